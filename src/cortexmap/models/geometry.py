@@ -1,0 +1,111 @@
+"""Head geometry: a small table of facts per architecture, keyed by ``config.model_type``.
+
+The unit of intervention is a *query head* ``(layer, head)``: its ``d_head``-wide slice of the
+input of the attention output projection (``out_proj``). That input is the per-head attention
+outputs concatenated along the last axis, head-major: columns ``[h * d_head, (h + 1) * d_head)``
+belong to head ``h``. This holds for every row below; we never copy modeling code.
+
+Grouped-query attention: with ``n_heads`` query heads and ``n_kv_heads`` key/value heads, query
+head ``h`` reads key/value head ``h // (n_heads // n_kv_heads)`` (the ``repeat_kv`` convention of
+transformers). Intervening on one query head touches only its own slice, so the other query heads
+sharing its KV head are unchanged.
+
+To register an architecture, add a :class:`HeadGeometry` row to ``GEOMETRY`` (or call
+:func:`register_geometry`) and a tiny-config test in ``tests/models/test_geometry.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cortexmap.errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class HeadGeometry:
+    """Where the heads live in a Hugging Face causal LM of one ``model_type``.
+
+    Attributes:
+        layers: dotted path from the CausalLM to the list of decoder blocks.
+        attn: attribute of a block holding the attention module.
+        out_proj: attribute of the attention module; its input is the concatenated head outputs.
+        q_proj: attribute of the attention module projecting queries (None: fused qkv).
+        final_norm: dotted paths applied in order to the last hidden state before the unembedding
+            (``get_output_embeddings()``); ``None`` modules are skipped (OPT's optional ``project_out``).
+        n_heads: config attribute with the number of query heads.
+        n_kv_heads: config attribute with the number of key/value heads (None: no GQA).
+        out_proj_is_conv1d: GPT-2's ``Conv1D`` stores the weight as ``[in, out]``.
+        qkv_fused: attribute of the fused query/key/value projection, if any.
+    """
+
+    layers: str
+    attn: str
+    out_proj: str
+    final_norm: tuple[str, ...]
+    q_proj: str | None = "q_proj"
+    n_heads: str = "num_attention_heads"
+    n_kv_heads: str | None = "num_key_value_heads"
+    out_proj_is_conv1d: bool = False
+    qkv_fused: str | None = None
+
+
+_LLAMA_LIKE = HeadGeometry("model.layers", "self_attn", "o_proj", ("model.norm",))
+
+GEOMETRY: dict[str, HeadGeometry] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "gpt2": HeadGeometry(
+        "transformer.h", "attn", "c_proj", ("transformer.ln_f",),
+        q_proj=None, n_heads="n_head", n_kv_heads=None, out_proj_is_conv1d=True, qkv_fused="c_attn",
+    ),
+    "gpt_neox": HeadGeometry(
+        "gpt_neox.layers", "attention", "dense", ("gpt_neox.final_layer_norm",),
+        q_proj=None, n_kv_heads=None, qkv_fused="query_key_value",
+    ),
+    "opt": HeadGeometry(
+        "model.decoder.layers", "self_attn", "out_proj",
+        ("model.decoder.final_layer_norm", "model.decoder.project_out"), n_kv_heads=None,
+    ),
+}
+
+
+def register_geometry(model_type: str, geometry: HeadGeometry) -> None:
+    """Add or replace the head geometry of ``model_type`` (for architectures not built in)."""
+    GEOMETRY[model_type] = geometry
+
+
+def geometry_for(config: Any) -> HeadGeometry:
+    """Return the geometry row of a transformers config.
+
+    Raises:
+        UnsupportedArchitectureError: no row for ``config.model_type``.
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in GEOMETRY:
+        raise UnsupportedArchitectureError(
+            f"architecture {model_type!r} is not supported (supported: {', '.join(sorted(GEOMETRY))}); "
+            "register it with cortexmap.models.register_geometry(model_type, HeadGeometry(...))"
+        )
+    return GEOMETRY[model_type]
+
+
+def head_counts(config: Any, geometry: HeadGeometry) -> tuple[int, int, int, int]:
+    """Return ``(n_layers, n_heads, n_kv_heads, d_head)`` read from a config."""
+    n_heads = int(getattr(config, geometry.n_heads))
+    n_kv = getattr(config, geometry.n_kv_heads, None) if geometry.n_kv_heads else None
+    n_kv_heads = int(n_kv) if n_kv else n_heads
+    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+    d_head = getattr(config, "head_dim", None) or hidden // n_heads
+    n_layers = int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer"))
+    return n_layers, n_heads, n_kv_heads, int(d_head)
+
+
+def kv_head_of(head: int, n_heads: int, n_kv_heads: int) -> int:
+    """The key/value head that query head ``head`` reads under grouped-query attention."""
+    return head // (n_heads // n_kv_heads)
