@@ -1,0 +1,75 @@
+"""Pure statistics over cortexmap result tables: no torch, no I/O, no printing.
+
+Every function takes DataFrames (docs/schema.md) and returns DataFrames or dicts; seeds are
+arguments and inputs are never modified. The conventions every module shares (which rows are
+read, what "importance", "important" and "active" mean) live in
+:mod:`cortexmap.analysis.selection`. Hypotheses of the "attention cortex" kind are tested here,
+each finding reported with an effect size, a 95% interval and a baseline or null.
+"""
+
+from __future__ import annotations
+
+from cortexmap.analysis.adaptivity import task_depths
+from cortexmap.analysis.atlas import ATLAS_COLUMNS, build_atlas, to_jsonable
+from cortexmap.analysis.bands import DEFAULT_LEVEL_ORDER, band_hypothesis, layer_bands, level_depths, ordinal_depth_rho
+from cortexmap.analysis.compare import compare_models, conservation_test, match_heads, scale_comparison
+from cortexmap.analysis.depth import layer_importance
+from cortexmap.analysis.groups import functional_groups
+from cortexmap.analysis.profiles import effect_columns, head_profiles, probe_columns, probe_matrix
+from cortexmap.analysis.regulators import (
+    condition_contrasts,
+    default_condition_pairs,
+    influence_matrix,
+    regulator_scores,
+)
+from cortexmap.analysis.resampling import bootstrap_effects
+from cortexmap.analysis.roles import ROLE_PROBES, ROLE_TASKS, assign_roles, evaluated_roles
+from cortexmap.analysis.selection import active_heads, head_grid, select_effects
+from cortexmap.analysis.specialization import (
+    pairwise_interactions,
+    redundancy_summary,
+    self_repair,
+    specialization_index,
+    specialization_summary,
+)
+from cortexmap.analysis.summary import summarize_findings
+
+__all__ = [
+    "ATLAS_COLUMNS",
+    "DEFAULT_LEVEL_ORDER",
+    "ROLE_PROBES",
+    "ROLE_TASKS",
+    "active_heads",
+    "assign_roles",
+    "band_hypothesis",
+    "bootstrap_effects",
+    "build_atlas",
+    "compare_models",
+    "condition_contrasts",
+    "conservation_test",
+    "default_condition_pairs",
+    "effect_columns",
+    "evaluated_roles",
+    "functional_groups",
+    "head_grid",
+    "head_profiles",
+    "influence_matrix",
+    "layer_bands",
+    "layer_importance",
+    "level_depths",
+    "match_heads",
+    "ordinal_depth_rho",
+    "pairwise_interactions",
+    "probe_columns",
+    "probe_matrix",
+    "redundancy_summary",
+    "regulator_scores",
+    "scale_comparison",
+    "select_effects",
+    "self_repair",
+    "specialization_index",
+    "specialization_summary",
+    "summarize_findings",
+    "task_depths",
+    "to_jsonable",
+]

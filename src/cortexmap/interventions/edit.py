@@ -35,7 +35,7 @@ class LayerEdit:
         heads = z.view(batch, seq, n_heads, width // n_heads)  # [batch, seq, n_heads, d_head]
         new = heads
         if self.scale is not None:
-            new = new * self.scale.to(new.dtype)[:, None, :, None]
+            new = new * self.scale.to(device=new.device, dtype=new.dtype)[:, None, :, None]
         if self.replace is not None:
             replace = self.replace
             if replace.shape[1] not in (1, seq):
@@ -47,8 +47,8 @@ class LayerEdit:
                 raise InterventionError(
                     f"the replacement activations have {replace.shape[0]} rows but the batch has {batch}"
                 )
-            mask = self.replace_mask[:, None, :, None]
-            new = torch.where(mask, replace.to(new.dtype), new)
+            mask = self.replace_mask.to(new.device)[:, None, :, None]
+            new = torch.where(mask, replace.to(device=new.device, dtype=new.dtype), new)
         if self.positions is not None:
             keep = _position_mask(self.positions, seq, z.device)
             new = torch.where(keep[None, :, None, None], new, heads)

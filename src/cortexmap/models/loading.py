@@ -186,15 +186,16 @@ def _convert_gguf(path: Path, progress: Callable[[str], None]) -> Path:
 def _load_pretrained(source: str, dtype: torch.dtype, device: str, attn: str | None) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    offline = not Path(source).is_dir() and not _hub_reachable()
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, local_files_only=offline)
     except Exception:
         raise ModelLoadError(
             f"unknown model spec {source!r}: not a bundled model ({', '.join(BUNDLED)}), a .gguf file, "
             "a local model directory, or a hub id that is reachable or in the local HF cache"
         ) from None
     geometry_for(config)  # unsupported architectures fail before weights load
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": offline}
     if attn:
         kwargs["attn_implementation"] = attn
     try:
@@ -205,8 +206,25 @@ def _load_pretrained(source: str, dtype: torch.dtype, device: str, attn: str | N
                 f"{source} is a {config.model_type} model, not a causal language model; cortexmap maps decoder LMs"
             ) from None
         raise
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
     return model.to(device), tokenizer
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers (checked once, so offline specs fail fast, not after retries)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def load_model(

@@ -1,0 +1,178 @@
+"""Pruning curves: held-out loss (and an optional task score) against the fraction of heads pruned.
+
+For each importance method, pruning fraction and replacement mode, the least important heads
+are physically pruned (:func:`~cortexmap.apply.prune_heads`), the pruned copy is evaluated on
+held-out text, and optionally healed (:func:`~cortexmap.apply.heal.heal`) and evaluated again.
+Fractions count query heads; parameters removed are measured on the pruned models.
+
+A method's importance is either a table (one-shot pruning) or a *scorer* ``scorer(pruned, means)
+-> table`` that is called again after each fraction with the heads pruned so far (iterative
+pruning; :func:`gradient_scorer` builds one). Heads are pruned cumulatively, so the head set at
+fraction 0.2 contains the set at 0.1.
+
+Mean replacement uses head means over the first chunks of the *training* split, never the
+held-out text the curve is evaluated on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import pandas as pd
+import torch
+
+from cortexmap.errors import CortexmapError
+from cortexmap.heads import HeadId
+from cortexmap.interventions import mean_head_outputs
+from cortexmap.models import ModelHandle
+from cortexmap.apply.corpus import Chunks, token_chunks
+from cortexmap.apply.heal import heal
+from cortexmap.apply.importance import head_importance, heads_for_fraction, select_heads
+from cortexmap.apply.prune import REPLACE_MODES, prune_heads, pruning_result
+
+log = logging.getLogger(__name__)
+
+Scorer = Callable[[list[HeadId], Union[dict, None]], pd.DataFrame]
+Importance = Union[pd.DataFrame, Scorer]
+COLUMNS = [
+    "method", "replace", "healed", "fraction", "heads_pruned", "kv_heads_removed", "attn_params_removed",
+    "attn_params_removed_frac", "total_params_removed", "total_params_removed_frac", "heldout_loss", "heldout_ppl",
+    "loss_delta_pct", "ppl_delta_pct", "task_score", "seconds",
+]
+
+
+@torch.no_grad()
+def heldout_loss(handle: ModelHandle, chunks: torch.Tensor, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats) over every predicted token of ``chunks`` ``[n, seq]``."""
+    total, count = 0.0, 0
+    for start in range(0, chunks.shape[0], batch_size):
+        ids = chunks[start:start + batch_size].to(handle.device)
+        logits = handle.model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        target = ids[:, 1:]
+        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                         reduction="sum"))
+        count += target.numel()
+    return total / count
+
+
+def gradient_scorer(handle: ModelHandle, chunks: torch.Tensor, batch_size: int = 1,
+                    progress: Callable[[str], None] | None = None) -> Scorer:
+    """An iterative scorer: gradient importance re-computed with the already pruned heads masked."""
+
+    def score(pruned: list[HeadId], means: dict | None) -> pd.DataFrame:
+        return head_importance(handle, chunks, batch_size=batch_size, pruned=pruned, means=means, progress=progress)
+
+    return score
+
+
+def _ids(text: Chunks | torch.Tensor | None, handle: ModelHandle, split: str, n_chunks: int, seq_len: int) -> torch.Tensor:
+    if text is None:
+        return token_chunks(handle.tokenizer, split, seq_len, n_chunks).ids
+    return text.ids if isinstance(text, Chunks) else text
+
+
+def _selections(importance: Importance, n_total: int, fractions: Sequence[float], means: dict | None
+                ) -> list[tuple[float, list[HeadId]]]:
+    """Cumulative head sets per fraction (re-scoring a scorer after each step)."""
+    chosen: list[HeadId] = []
+    out = []
+    for fraction in sorted(fractions):
+        count = heads_for_fraction(n_total, fraction)
+        table = importance(list(chosen), means) if callable(importance) else importance
+        chosen = chosen + select_heads(table, count - len(chosen), exclude=chosen) if count > len(chosen) else chosen
+        out.append((fraction, list(chosen)))
+    return out
+
+
+def pruning_curve(
+    handle: ModelHandle,
+    importances: Mapping[str, Importance],
+    fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4),
+    replace: Sequence[str] = ("zero", "mean"),
+    heal_steps: int = 0,
+    heal_methods: Sequence[str] | None = None,
+    text: Chunks | torch.Tensor | None = None,
+    train_text: Chunks | torch.Tensor | None = None,
+    task_score: Callable[[ModelHandle], float] | None = None,
+    n_chunks: int = 32,
+    seq_len: int = 128,
+    heal_kwargs: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Evaluate pruned copies of ``handle`` for each method, fraction and replacement mode.
+
+    Args:
+        handle: the unpruned model (never modified).
+        importances: method name -> importance table or iterative scorer (see module docstring).
+        fractions: fractions of query heads to prune.
+        replace: replacement modes (``zero``, ``mean``).
+        heal_steps: distillation steps after pruning (0: no healing).
+        heal_methods: methods to heal (default: all); the unhealed row is always kept.
+        text: held-out token ids (default: ``n_chunks`` x ``seq_len`` of the corpus held-out split).
+        train_text: token ids for means, healing and scorers (default: the corpus train split).
+        task_score: optional ``task_score(handle) -> float`` (e.g. a task-battery accuracy).
+        n_chunks: held-out chunks when ``text`` is not given.
+        seq_len: chunk length when ``text`` / ``train_text`` are not given.
+        heal_kwargs: extra arguments of :func:`~cortexmap.apply.heal.heal` (``lr``, ``batch_size``...).
+        progress: called with one line per evaluated model.
+
+    Returns:
+        One row per (method, replace, healed, fraction) plus a ``method="none"`` baseline row; columns
+        ``method, replace, healed, fraction, heads_pruned, kv_heads_removed, attn_params_removed(_frac),
+        total_params_removed(_frac), heldout_loss, heldout_ppl, loss_delta_pct, ppl_delta_pct, task_score, seconds``.
+    """
+    bad = [r for r in replace if r not in REPLACE_MODES]
+    if bad or not importances:
+        raise CortexmapError(f"pruning_curve needs importance methods and replace modes in {REPLACE_MODES}, got {bad}")
+    say = progress or log.info
+    eval_ids = _ids(text, handle, "heldout", n_chunks, seq_len)
+    train_ids = _ids(train_text, handle, "train", None, seq_len) if (heal_steps or "mean" in replace) else None
+    start = time.perf_counter()
+    base_loss = heldout_loss(handle, eval_ids)
+    base_task = task_score(handle) if task_score else float("nan")
+    rows = [_row("none", "none", False, 0.0, None, handle, base_loss, base_loss, base_task, start)]
+    say(f"baseline: held-out loss {base_loss:.4f}")
+    means = mean_head_outputs(handle, train_ids[:16]) if "mean" in replace else None
+    n_total = handle.n_layers * handle.n_heads
+    for method, importance in importances.items():
+        for mode in replace:
+            mode_means = means if mode == "mean" else None
+            for fraction, heads in _selections(importance, n_total, fractions, mode_means):
+                start = time.perf_counter()
+                pruned = prune_heads(handle, heads, replace=mode, reference=mode_means)
+                loss = heldout_loss(pruned, eval_ids)
+                score = task_score(pruned) if task_score else float("nan")
+                rows.append(_row(method, mode, False, fraction, pruned, handle, loss, base_loss, score, start))
+                say(f"{method}/{mode} {fraction:.0%}: loss {loss:.4f} ({rows[-1]['loss_delta_pct']:+.2f}%)")
+                if heal_steps and (heal_methods is None or method in heal_methods):
+                    start = time.perf_counter()
+                    heal(pruned, handle, train_ids, steps=heal_steps, **dict(heal_kwargs or {}))
+                    loss = heldout_loss(pruned, eval_ids)
+                    score = task_score(pruned) if task_score else float("nan")
+                    rows.append(_row(method, mode, True, fraction, pruned, handle, loss, base_loss, score, start))
+                    say(f"{method}/{mode} {fraction:.0%} healed: loss {loss:.4f} ({rows[-1]['loss_delta_pct']:+.2f}%)")
+                del pruned
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _row(method: str, replace: str, healed: bool, fraction: float, pruned: ModelHandle | None, handle: ModelHandle,
+         loss: float, base_loss: float, score: float, start: float) -> dict[str, Any]:
+    result = pruning_result(pruned) if pruned is not None else None
+    attn_before = result.attn_params_before if result else 1
+    total_before = result.total_params_before if result else handle.n_params
+    return {
+        "method": method, "replace": replace, "healed": healed, "fraction": fraction,
+        "heads_pruned": len(result.heads) if result else 0,
+        "kv_heads_removed": result.kv_heads_removed if result else 0,
+        "attn_params_removed": result.attn_params_removed if result else 0,
+        "attn_params_removed_frac": result.attn_params_removed / attn_before if result else 0.0,
+        "total_params_removed": result.total_params_removed if result else 0,
+        "total_params_removed_frac": result.total_params_removed / total_before if result else 0.0,
+        "heldout_loss": loss, "heldout_ppl": math.exp(loss),
+        "loss_delta_pct": 100.0 * (loss - base_loss) / base_loss,
+        "ppl_delta_pct": 100.0 * (math.exp(loss - base_loss) - 1.0),
+        "task_score": score, "seconds": time.perf_counter() - start,
+    }

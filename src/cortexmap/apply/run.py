@@ -1,0 +1,251 @@
+"""The functions behind ``cortexmap prune``, ``cortexmap edit`` and ``cortexmap monitor``.
+
+Each loads a model spec, does one job, and writes a directory with a Parquet table, a
+``manifest.json`` (``schema_version``, versions, model facts, arguments, timings) and, for
+pruning, ``curve.png`` and the pruned models of the best method (``models/<method>-<replace>-<pct>``).
+Files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from cortexmap.errors import ResultsError
+from cortexmap.models import load_model
+from cortexmap.apply.corpus import corpus_info, token_chunks
+from cortexmap.apply.curve import gradient_scorer, pruning_curve
+from cortexmap.apply.edit import compare_generations, edit_model, head_factors
+from cortexmap.apply.heal import heal as heal_model
+from cortexmap.apply.importance import (
+    head_importance, heads_for_fraction, importance_from_atlas, layer_importance, random_importance, select_heads,
+)
+from cortexmap.apply.monitor import monitor
+from cortexmap.apply.prune import prune_heads
+from cortexmap.apply.storage import save_model, save_pruned
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+METHODS = ("gradient", "random", "layer")
+DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time,")
+
+
+def _write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _manifest(out_dir: Path, handle: Any, arguments: dict[str, Any], extra: dict[str, Any]) -> None:
+    import torch
+    import transformers
+
+    from cortexmap import __version__
+
+    data = {
+        "schema_version": SCHEMA_VERSION, "cortexmap_version": __version__,
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__},
+        "model": handle.describe(), "arguments": arguments, **extra,
+    }
+    _write(out_dir / "manifest.json", lambda p: p.write_text(json.dumps(data, indent=1, default=str) + "\n"))
+
+
+def _atlas_effects(run_dir: str | Path) -> pd.DataFrame:
+    run = Path(run_dir)
+    manifest, effects = run / "manifest.json", run / "effects.parquet"
+    if not effects.exists():
+        raise ResultsError(f"{run} has no effects.parquet; pass the directory of a finished sweep run")
+    if manifest.exists():
+        version = json.loads(manifest.read_text()).get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ResultsError(f"{run} has results schema {version}, not {SCHEMA_VERSION}; re-run the sweep")
+    return pd.read_parquet(effects)
+
+
+def plot_curve(curve: pd.DataFrame, path: str | Path) -> bool:
+    """Draw loss change against attention and total parameters removed; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed; skipping %s", path)
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    rows = curve[curve["method"] != "none"]
+    for (method, replace, healed), group in rows.groupby(["method", "replace", "healed"]):
+        group = group.sort_values("fraction")
+        label = f"{method}/{replace}" + (" healed" if healed else "")
+        style = "--" if healed else "-"
+        for ax, column in zip(axes, ["attn_params_removed_frac", "total_params_removed_frac"]):
+            ax.plot([0] + list(100 * group[column]), [0] + list(group["loss_delta_pct"]), style, marker="o", label=label)
+    for ax, title in zip(axes, ["attention parameters removed (%)", "total parameters removed (%)"]):
+        ax.set_xlabel(title)
+        ax.axhline(2.0, color="grey", lw=0.8, ls=":")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out loss change (%)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    _write(Path(path), lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+    return True
+
+
+def run_prune(
+    model_spec: str,
+    run_dir: str | Path | None = None,
+    fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4),
+    replace: Sequence[str] = ("zero", "mean"),
+    heal: int = 0,
+    iterative: bool = False,
+    out_dir: str | Path = "prune-out",
+    progress: Callable[[str], None] | None = None,
+    methods: Sequence[str] = METHODS,
+    heal_methods: Sequence[str] | None = None,
+    n_chunks: int = 32,
+    seq_len: int = 128,
+    importance_chunks: int = 16,
+    save_models: bool = True,
+    task_score: Callable[[Any], float] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Compute a pruning curve for a model and write it (with the best method's pruned models) to ``out_dir``.
+
+    Args:
+        model_spec: a ``load_model`` spec.
+        run_dir: a sweep run directory; adds the ``atlas`` method from its ``effects.parquet``.
+        fractions: fractions of query heads to prune.
+        replace: replacement modes (``zero``, ``mean``).
+        heal: distillation steps after pruning (0: none).
+        iterative: re-score gradient importance after each fraction.
+        out_dir: output directory (``curve.parquet``, ``curve.png``, ``importance.parquet``,
+            ``manifest.json``, ``models/``).
+        progress: called with one-line messages.
+        methods: importance methods among ``gradient``, ``random``, ``layer``.
+        heal_methods: methods to heal (default: all).
+        n_chunks: held-out chunks of ``seq_len`` tokens.
+        seq_len: tokens per chunk.
+        importance_chunks: training chunks for gradient importance.
+        save_models: save the pruned models of the best (method, replace) per fraction.
+        task_score: optional ``task_score(handle) -> float`` column.
+        seed: seed of the random baseline.
+        device: torch device.
+
+    Returns:
+        The curve DataFrame (see :func:`~cortexmap.apply.pruning_curve`).
+    """
+    say = progress or log.info
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    handle = load_model(model_spec, device=device)
+    train = token_chunks(handle.tokenizer, "train", seq_len)
+    scorers: dict[str, Any] = {}
+    if "gradient" in methods:
+        grad_ids = train.ids[:importance_chunks]
+        scorers["gradient"] = (gradient_scorer(handle, grad_ids) if iterative
+                               else head_importance(handle, grad_ids, progress=say))
+    if "random" in methods:
+        scorers["random"] = random_importance(handle, seed)
+    if "layer" in methods:
+        scorers["layer"] = layer_importance(handle, "last")
+    if run_dir is not None:
+        scorers["atlas"] = importance_from_atlas(_atlas_effects(run_dir), model=model_spec)
+    static = [t.assign(method=m) for m, t in scorers.items() if isinstance(t, pd.DataFrame)]
+    if static:
+        _write(out / "importance.parquet", lambda p: pd.concat(static).to_parquet(p, index=False))
+    curve = pruning_curve(handle, scorers, fractions, replace, heal_steps=heal, heal_methods=heal_methods,
+                          train_text=train, task_score=task_score, n_chunks=n_chunks, seq_len=seq_len, progress=say)
+    _write(out / "curve.parquet", lambda p: curve.to_parquet(p, index=False))
+    plotted = plot_curve(curve, out / "curve.png")
+    pruned_rows = curve[(curve["method"] != "none") & ~curve["healed"]]
+    best = pruned_rows.groupby(["method", "replace"])["heldout_loss"].mean().idxmin()
+    saved = []
+    if save_models:
+        means = None
+        if best[1] == "mean":
+            from cortexmap.interventions import mean_head_outputs
+
+            means = mean_head_outputs(handle, train.ids[:16])
+        table = scorers[best[0]]
+        chosen: list[Any] = []
+        for fraction in sorted(fractions):
+            count = heads_for_fraction(handle.n_layers * handle.n_heads, fraction)
+            scores = table(list(chosen), means) if callable(table) else table
+            chosen = chosen + select_heads(scores, count - len(chosen), exclude=chosen)
+            pruned = prune_heads(handle, chosen, replace=best[1], reference=means)
+            if heal and (heal_methods is None or best[0] in heal_methods):
+                heal_model(pruned, handle, train.ids, steps=heal)
+            target = out / "models" / f"{best[0]}-{best[1]}-{round(100 * fraction)}pct"
+            save_pruned(pruned, target)
+            saved.append(str(target))
+            say(f"saved {target}")
+    arguments = {"model_spec": model_spec, "run_dir": str(run_dir) if run_dir else None, "fractions": list(fractions),
+                 "replace": list(replace), "heal": heal, "iterative": iterative, "methods": list(scorers),
+                 "heal_methods": heal_methods, "n_chunks": n_chunks, "seq_len": seq_len,
+                 "importance_chunks": importance_chunks, "seed": seed}
+    _manifest(out, handle, arguments, {"corpus": corpus_info(), "best": {"method": best[0], "replace": best[1]},
+                                       "saved_models": saved, "plot": plotted,
+                                       "timings": {"total_s": time.perf_counter() - started}})
+    return curve
+
+
+def run_edit(model_spec: str, amplify: Mapping[str, float] | None = None, ablate: Sequence[str] | None = None,
+             out_dir: str | Path = "edit-out", prompts: Sequence[str] = DEFAULT_PROMPTS, max_new_tokens: int = 32,
+             progress: Callable[[str], None] | None = None, device: str = "cpu") -> pd.DataFrame:
+    """Bake head edits into a copy of a model, save it, and compare greedy generations.
+
+    Writes ``out_dir/model`` (loads with plain transformers), ``generations.parquet`` and
+    ``manifest.json``; returns the generations table (:func:`~cortexmap.apply.compare_generations`).
+    """
+    say = progress or log.info
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    handle = load_model(model_spec, device=device)
+    factors = head_factors(handle, amplify, ablate)
+    edited = edit_model(handle, amplify=amplify, ablate=ablate)
+    save_model(edited, out / "model")
+    say(f"saved the edited model to {out / 'model'}")
+    generations = compare_generations(handle, edited, list(prompts), max_new_tokens)
+    _write(out / "generations.parquet", lambda p: generations.to_parquet(p, index=False))
+    _manifest(out, handle, {"model_spec": model_spec, "amplify": dict(amplify or {}), "ablate": list(ablate or []),
+                            "prompts": list(prompts), "max_new_tokens": max_new_tokens},
+              {"factors": {str(h): f for h, f in factors.items()}})
+    return generations
+
+
+def run_monitor(model_spec: str, heads: Sequence[str], prompt: str, max_new_tokens: int = 32,
+                thresholds: Mapping[str, Any] | None = None, out_dir: str | Path | None = None,
+                progress: Callable[[str], None] | None = None, device: str = "cpu") -> pd.DataFrame:
+    """Generate greedily from ``prompt`` while monitoring ``heads``; optionally write ``monitor.parquet``.
+
+    Returns:
+        The monitor table (see :mod:`cortexmap.apply.monitor`), with the generated text in ``attrs["text"]``.
+    """
+    say = progress or log.info
+    handle = load_model(model_spec, device=device)
+    ids = handle.tokenizer(prompt, return_tensors="pt")["input_ids"].to(handle.device)
+    with monitor(handle, heads, thresholds) as rec:
+        generated = handle.model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=handle.tokenizer.eos_token_id)
+    frame = rec.frame(generated)
+    frame.attrs["text"] = handle.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    say(f"{(frame['flag'] != '').sum()} flagged (step, head) values over {frame['step'].nunique()} steps")
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _write(out / "monitor.parquet", lambda p: frame.to_parquet(p, index=False))
+        _manifest(out, handle, {"model_spec": model_spec, "heads": list(heads), "prompt": prompt,
+                                "max_new_tokens": max_new_tokens, "thresholds": dict(thresholds or {})},
+                  {"text": frame.attrs["text"]})
+    return frame

@@ -1,0 +1,95 @@
+"""`cortexmap map` (the main job) and `cortexmap plan`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cortexmap.cli.app import Model, app, console, err, run_guarded, table_of
+
+DEFAULT_METHOD = "attribution+verify:5"
+DEFAULT_PROMPTS = 32
+
+
+class RichProgress:
+    """Adapts the sweep's progress protocol to a rich progress bar with an ETA."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False)
+        self.task: Any = None
+
+    def start(self, total: float, description: str) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(description, total=max(total, 1e-9))
+
+    def advance(self, amount: float, description: str | None = None) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, advance=amount, **({"description": description} if description else {}))
+
+    def note(self, message: str) -> None:
+        err.print(f"[dim]{message}[/dim]")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def summary_table(effects: Any, top: int = 3) -> Any:
+    """Per task and intervention: clean metric and the strongest heads with effect and CI."""
+    import pandas as pd
+
+    rows = []
+    exact = effects[effects["method"] == "exact"]
+    source = exact if len(exact) else effects
+    for (task, level, kind), group in source.groupby(["task", "level", "intervention"], sort=False):
+        best = group.reindex(group["effect"].abs().sort_values(ascending=False).index).head(top)
+        heads = ", ".join(f"{r.head_id} {r.effect:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" for r in best.itertuples())
+        rows.append({"task": task, "level": level, "intervention": kind, "clean": float(group["clean"].iloc[0]),
+                     f"strongest heads ({best['method'].iloc[0]}: effect [95% CI])": heads})
+    return pd.DataFrame(rows)
+
+
+@app.command("map")
+def map_(
+    model: Model = "smollm2-135m",
+    tasks: Annotated[str, typer.Option(help="task names, levels (lexical, ...), comma lists, or all")] = "all",
+    task_file: Annotated[Optional[str], typer.Option(help="JSONL file of your own pairs")] = None,
+    interventions: Annotated[str, typer.Option(help="zero,mean,resample,patch,amplify:ALPHA")] = "zero",
+    method: Annotated[str, typer.Option(help="exact | attribution | attribution+verify:K")] = DEFAULT_METHOD,
+    prompts: Annotated[int, typer.Option(help="pairs per built-in task")] = DEFAULT_PROMPTS,
+    out: Annotated[str, typer.Option(help="run directory")] = "runs/smollm2-135m",
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: Annotated[str, typer.Option(help="auto or rows (prompts x heads) per forward pass")] = "auto",
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help="continue a killed run in --out")] = False,
+    quick: Annotated[bool, typer.Option(help="a fast smoke map: 3 tasks, 16 prompts, attribution")] = False,
+    probes: Annotated[bool, typer.Option(help="score the mechanistic attention probes")] = True,
+    backend: Annotated[str, typer.Option(help="local or ray")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --backend ray)")] = None,
+    workers: Annotated[int, typer.Option(help="Ray workers (one model replica each)")] = 2,
+) -> None:
+    """Map every head x task x intervention of a model into RUN_DIR (effects, patterns, manifest)."""
+    from cortexmap.sweep import SweepConfig, run_sweep
+
+    if quick:
+        tasks, prompts, method = "ioi,capitals,subject_verb_agreement", 16, "attribution"
+    progress = RichProgress()
+
+    def go():  # noqa: ANN202
+        config = SweepConfig(model=model, tasks=tasks, task_file=task_file, interventions=interventions, method=method,
+                             n_prompts=prompts, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
+                             probes=probes, backend=backend, address=address, n_workers=workers)
+        try:
+            return run_sweep(config, out, resume=resume, progress=progress)
+        finally:
+            progress.stop()
+
+    result = run_guarded(go)
+    console.print(table_of(summary_table(result.effects), title=f"{model}: strongest heads per task"))
+    for key, info in result.manifest.get("attribution", {}).items():
+        console.print(f"attribution vs exact, {key}: Spearman {info['spearman']}, over the top {info['verified_heads']} heads")
+    console.print(f"wrote {result.run_dir}/effects.parquet, patterns.parquet, manifest.json "
+                  f"in {result.manifest['timings']['total_s']:.0f} s; next: cortexmap analyze {result.run_dir}")

@@ -1,0 +1,41 @@
+"""`cortexmap tasks list` and `cortexmap tasks check`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cortexmap.cli.app import Model, _load, console, run_guarded, table_of, tasks_app
+
+
+@tasks_app.command("list")
+def list_() -> None:
+    """List the built-in tasks with their level and whether they support patching."""
+    from cortexmap.tasks import list_tasks
+
+    console.print(table_of(list_tasks(), title="built-in tasks"))
+
+
+@tasks_app.command("check")
+def check(
+    model: Model = "smollm2-135m",
+    tasks: Annotated[str, typer.Option(help="task names, levels, or all")] = "all",
+    prompts: Annotated[int, typer.Option(help="pairs per task")] = 64,
+    seed: int = 0,
+    out: Annotated[str, typer.Option(help="also write the table to this CSV or Parquet file")] = "",
+) -> None:
+    """Baseline table: usable pairs, accuracy, mean logit difference with a 95% CI, chance level."""
+    from cortexmap.tasks import check_tasks, tasks_for
+
+    def go():  # noqa: ANN202
+        names = tasks_for(tasks)
+        handle = _load(model)
+        return check_tasks(handle, names, n=prompts, seed=seed)
+
+    table = run_guarded(go)
+    console.print(table_of(table, title=f"task baselines on {model}"))
+    above = int(table["above_chance"].sum())
+    console.print(f"{above}/{len(table)} tasks above chance (95% CI of the mean logit difference excludes 0)")
+    if out:
+        (table.to_parquet if out.endswith(".parquet") else table.to_csv)(out, index=False)

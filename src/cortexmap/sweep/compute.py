@@ -1,0 +1,217 @@
+"""Per-prompt metrics of every head intervention on one task: the numbers a sweep unit stores.
+
+A *unit* is one (task, intervention). Its result is a matrix ``[n_prompts, n_layers * n_heads]``
+of the metric under each single-head intervention (column ``layer * n_heads + head``), plus the
+clean metric per prompt. ``exact_matrix`` computes it with the prefix-reuse engine;
+``attribution_matrix`` estimates it to first order from one forward and one backward pass.
+
+Replacement activations per kind:
+    mean      the head's mean output over every token of every prompt of the task;
+    resample  the head's output on another prompt of the same token length (a seeded cyclic
+              derangement inside each length bucket; prompts alone in their bucket get NaN);
+    patch     the head's output on the pair's corrupt prompt (noising: effect = damage done).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cortexmap.errors import InterventionError
+from cortexmap.interventions.capture import head_outputs
+from cortexmap.sweep.engine import CleanCache, clean_cache, head_block_edit, run_from_layer
+
+log = logging.getLogger(__name__)
+
+Tick = Callable[[int], None]
+
+
+@dataclass
+class TaskBatch:
+    """One equal-length batch of a task with its clean cache."""
+
+    input_ids: torch.Tensor
+    corrupt_ids: torch.Tensor | None
+    target_ids: torch.Tensor
+    foil_ids: torch.Tensor
+    indices: list[int]
+    cache: CleanCache | None = None
+    corrupt_z: dict[int, torch.Tensor] | None = None
+
+    def metric(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logit difference target - foil for ``[k * batch, vocab]`` logits, rows tiled per batch."""
+        rows = logits.shape[0]
+        k = rows // len(self.indices)
+        target = self.target_ids.to(logits.device).repeat(k)
+        foil = self.foil_ids.to(logits.device).repeat(k)
+        picked = logits.float()
+        return picked.gather(1, target[:, None])[:, 0] - picked.gather(1, foil[:, None])[:, 0]
+
+
+def prepare(handle: Any, batches: list[Any], need_corrupt: bool) -> list[TaskBatch]:
+    """Run the clean pass (and corrupt pass for patching) of every batch once."""
+    prepared = []
+    for b in batches:
+        tb = TaskBatch(b.input_ids.to(handle.device), None if b.corrupt_ids is None else b.corrupt_ids.to(handle.device),
+                       b.target_ids, b.foil_ids, list(b.indices))
+        tb.cache = clean_cache(handle, tb.input_ids)
+        if need_corrupt:
+            if tb.corrupt_ids is None:
+                raise InterventionError("activation patching needs corrupt prompts, and this task has none")
+            tb.corrupt_z = head_outputs(handle, tb.corrupt_ids)
+        prepared.append(tb)
+    return prepared
+
+
+def n_prompts(batches: list[TaskBatch]) -> int:
+    return sum(len(b.indices) for b in batches)
+
+
+def clean_metrics(batches: list[TaskBatch]) -> np.ndarray:
+    """Clean metric per prompt, in task pair order."""
+    out = np.full(n_prompts(batches), np.nan)
+    for b in batches:
+        out[b.indices] = b.metric(b.cache.last_logits).cpu().numpy()
+    return out
+
+
+def task_means(batches: list[TaskBatch]) -> dict[int, torch.Tensor]:
+    """Mean head output over all tokens of all prompts: ``{layer: [1, 1, n_heads, d_head]}``."""
+    tokens = sum(b.input_ids.numel() for b in batches)
+    layers = batches[0].cache.z.keys()
+    return {l: sum(b.cache.z[l].sum((0, 1), keepdim=True) for b in batches) / tokens for l in layers}
+
+
+def resample_order(batch: int, seed: int) -> torch.Tensor | None:
+    """A seeded cyclic derangement of ``range(batch)``; None when the batch has one prompt."""
+    if batch < 2:
+        return None
+    perm = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
+    order = torch.empty_like(perm)
+    order[perm] = perm.roll(-1)
+    return order
+
+
+def replacement(kind: str, tb: TaskBatch, layer: int, means: dict[int, torch.Tensor] | None,
+                seed: int) -> torch.Tensor | None:
+    """Replacement activations ``[batch or 1, seq or 1, n_heads, d_head]`` for one layer."""
+    if kind == "mean":
+        return means[layer]
+    if kind == "patch":
+        return tb.corrupt_z[layer]
+    if kind == "resample":
+        order = resample_order(len(tb.indices), seed)
+        return None if order is None else tb.cache.z[layer][order.to(tb.cache.z[layer].device)]
+    return None
+
+
+def _run_chunk(handle: Any, tb: TaskBatch, layer: int, heads: list[int], kind: str, alpha: float,
+               repl: torch.Tensor | None) -> torch.Tensor:
+    edit = head_block_edit(handle.n_heads, heads, len(tb.indices), kind, alpha, repl)
+    return tb.metric(run_from_layer(handle, tb.cache, layer, edit, len(heads))).view(len(heads), -1)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def exact_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: float = 0.0, *,
+                 rows_per_pass: int = 256, heads: list[tuple[int, int]] | None = None, seed: int = 0,
+                 tick: Tick | None = None) -> np.ndarray:
+    """Metric under each single-head intervention, exactly: ``[n_prompts, n_layers * n_heads]``.
+
+    Args:
+        heads: restrict to these ``(layer, head)`` pairs (other columns stay NaN).
+        rows_per_pass: prompt rows x heads per forward pass; halved on out-of-memory.
+        tick: called with the number of head interventions finished.
+    """
+    n_h = handle.n_heads
+    out = np.full((n_prompts(batches), handle.n_layers * n_h), np.nan)
+    wanted: dict[int, list[int]] = {}
+    for layer, head in heads if heads is not None else [(l, h) for l in range(handle.n_layers) for h in range(n_h)]:
+        wanted.setdefault(layer, []).append(head)
+    means = task_means(batches) if kind == "mean" else None
+    for layer in sorted(wanted):
+        for tb in batches:
+            repl = replacement(kind, tb, layer, means, seed + layer)
+            if kind == "resample" and repl is None:
+                continue
+            todo = list(wanted[layer])
+            while todo:
+                k = max(1, min(len(todo), rows_per_pass // len(tb.indices)))
+                try:
+                    values = _run_chunk(handle, tb, layer, todo[:k], kind, alpha, repl)
+                except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                    if not _is_oom(exc) or rows_per_pass <= len(tb.indices) and k == 1:
+                        raise
+                    rows_per_pass = max(1, rows_per_pass // 2)
+                    log.warning("out of memory: halving the batch to %d rows and retrying", rows_per_pass)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
+                for i, head in enumerate(todo[:k]):
+                    out[tb.indices, layer * n_h + head] = values[i].cpu().numpy()
+                todo = todo[k:]
+        if tick:
+            tick(len(wanted[layer]))
+    return out
+
+
+def attribution_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: float = 0.0, *,
+                       seed: int = 0) -> np.ndarray:
+    """First-order estimate of :func:`exact_matrix` from one forward and one backward pass per batch.
+
+    The estimate for head ``h`` at layer ``l`` is ``clean + sum((z' - z) * dM/dz)`` over its
+    positions and ``d_head`` features, with ``z'`` the replacement (0 for zero ablation,
+    ``(1 + alpha) z`` for amplification). Each layer's head output is made a leaf so one
+    backward pass gives every ``dM/dz``.
+    """
+    n_h = handle.n_heads
+    out = np.full((n_prompts(batches), handle.n_layers * n_h), np.nan)
+    means = task_means(batches) if kind == "mean" else None
+    for tb in batches:
+        leaves: dict[int, torch.Tensor] = {}
+        hooks = []
+
+        def make(layer: int):  # noqa: ANN202
+            def hook(module: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+                x = a[0].detach().requires_grad_(True)  # HF calls the out-projection positionally
+                leaves[layer] = x
+                return (x,) + tuple(a[1:]), kw
+
+            return hook
+
+        params = [p for p in handle.model.parameters() if p.requires_grad]
+        try:
+            for p in params:  # gradients are wanted w.r.t. the head outputs only
+                p.requires_grad_(False)
+            for layer in range(handle.n_layers):
+                hooks.append(handle.out_proj(layer).register_forward_pre_hook(make(layer), with_kwargs=True))
+            with torch.enable_grad():
+                logits = handle.model(input_ids=tb.input_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+                metric = tb.metric(logits)
+                grads = torch.autograd.grad(metric.sum(), [leaves[l] for l in range(handle.n_layers)])
+        finally:
+            for h in hooks:
+                h.remove()
+            for p in params:
+                p.requires_grad_(True)
+        clean = metric.detach()
+        for layer, grad in enumerate(grads):
+            b, s, w = grad.shape
+            g = grad.view(b, s, n_h, w // n_h)
+            z = leaves[layer].detach().view(b, s, n_h, w // n_h)
+            if kind in ("zero", "amplify"):
+                delta = -z if kind == "zero" else alpha * z
+            else:
+                repl = replacement(kind, tb, layer, means, seed + layer)
+                if repl is None:
+                    continue
+                delta = repl.to(z.dtype) - z
+            estimate = (delta * g).sum((1, 3)).float() + clean[:, None]  # [batch, n_heads]
+            out[tb.indices, layer * n_h:(layer + 1) * n_h] = estimate.cpu().numpy()
+    return out

@@ -1,0 +1,269 @@
+"""Template engine for the built-in tasks: YAML word lists and prompt templates -> pairs.
+
+Each ``tasks/data/<level>.yaml`` file holds ``lists`` and ``tasks``. A list is either plain
+words (``names: [Mary, John]``) or rows with named fields::
+
+    capitals:
+      fields: [country, city]
+      rows:
+        - [France, Paris]
+
+A task has a ``description``, optional ``version``, and one or more ``variants`` (keys given
+at task level are defaults for every variant):
+
+* ``vars``: variable -> list name. Variables drawn from the same list are distinct.
+* ``prompt``, ``corrupt`` (optional), ``target``, ``foil``: :meth:`str.format` templates over
+  the variables. A plain word is ``{x}``, a row field ``{x.city}``; ``.cap`` capitalises
+  (``{x.cap}``, ``{x.city.cap}``).
+* ``swap: [x, y]``: exchange the values of ``x`` and ``y`` with probability 1/2, so targets
+  come from both lists.
+* ``differ: [["{x.verb}", "{y.verb}"]]``: pairs of templates that must render differently
+  (target != foil is always required).
+* ``compute``: name of a function in :data:`COMPUTED` that adds derived variables
+  (numbers) and may use the tokenizer.
+
+Sampling is driven by ``random.Random(f"{task}:{seed}")``, so a task is deterministic for a
+seed and independent of the other tasks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import yaml
+
+from cortexmap.errors import TaskError
+from cortexmap.tasks.core import LEVELS, Pair, check_pair, single_token
+
+_VARIANT_KEYS = {"vars", "prompt", "corrupt", "target", "foil", "swap", "differ", "compute"}
+_TASK_KEYS = _VARIANT_KEYS | {"description", "version", "variants"}
+
+
+class Word(str):
+    """A string that also offers ``.cap`` (first letter upper-cased) to templates."""
+
+    @property
+    def cap(self) -> str:
+        """The word with its first letter upper-cased."""
+        return self[:1].upper() + self[1:]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One prompt template of a task and the variables it draws."""
+
+    prompt: str
+    corrupt: str | None
+    target: str
+    foil: str
+    vars: tuple[tuple[str, str], ...]
+    swap: tuple[str, str] | None = None
+    differ: tuple[tuple[str, str], ...] = ()
+    compute: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A built-in task as read from its YAML file."""
+
+    name: str
+    level: str
+    description: str
+    version: str
+    variants: tuple[Variant, ...]
+    lists: dict[str, tuple[Any, ...]]
+
+    @property
+    def has_corrupt(self) -> bool:
+        """Whether every variant defines a corrupt prompt."""
+        return all(v.corrupt is not None for v in self.variants)
+
+
+def _greater_than(rng: random.Random, tokenizer: Any) -> dict[str, str]:
+    """Years for ``greater_than``: start year ``{century}{yy}``, a later and an earlier answer.
+
+    When the tokenizer has two-digit tokens the answers are two digits (``"45"``); when it
+    splits digits they are the tens digit only, strictly above / below the start's tens digit.
+    """
+    tens = rng.randint(2, 7)
+    yy = tens * 10 + rng.randint(0, 9)
+    if single_token(tokenizer, "45") is not None:
+        hi, lo = f"{rng.randint(yy + 1, 99):02d}", f"{rng.randint(0, yy - 1):02d}"
+    else:
+        hi, lo = str(rng.randint(tens + 1, 9)), str(rng.randint(0, tens - 1))
+    return {"century": str(rng.choice([13, 14, 15, 16, 17, 18])), "yy": f"{yy:02d}", "hi": hi, "lo": lo}
+
+
+def _arithmetic(rng: random.Random, tokenizer: Any) -> dict[str, str]:
+    """Single-digit sums ``a + b = s`` with a foil ``f = s +- 1`` and ``b2`` so that ``a + b2 = f``."""
+    del tokenizer
+    while True:
+        a, b = rng.randint(1, 8), rng.randint(1, 8)
+        s = a + b
+        f = s + rng.choice([-1, 1])
+        if s <= 9 and 1 <= f <= 9 and 1 <= f - a <= 9:
+            return {"a": str(a), "b": str(b), "b2": str(f - a), "s": str(s), "f": str(f)}
+
+
+COMPUTED: dict[str, Callable[[random.Random, Any], dict[str, str]]] = {
+    "greater_than": _greater_than,
+    "arithmetic": _arithmetic,
+}
+
+
+def _parse_list(name: str, raw: Any, source: str) -> tuple[Any, ...]:
+    if isinstance(raw, list):
+        return tuple(Word(str(w)) for w in raw)
+    if isinstance(raw, dict) and set(raw) == {"fields", "rows"}:
+        fields = list(raw["fields"])
+        rows = []
+        for row in raw["rows"]:
+            if len(row) != len(fields):
+                raise TaskError(f"{source}: list {name!r} has a row {row!r} that does not match its fields {fields}")
+            rows.append(SimpleNamespace(**{f: Word(str(v)) for f, v in zip(fields, row)}))
+        return tuple(rows)
+    raise TaskError(f"{source}: list {name!r} must be a list of words or a mapping with fields and rows")
+
+
+def _parse_variant(task: str, raw: dict[str, Any], lists: dict[str, tuple[Any, ...]], source: str) -> Variant:
+    for key in ("prompt", "target", "foil"):
+        if not isinstance(raw.get(key), str):
+            raise TaskError(f"{source}: task {task!r} has a variant without a string {key!r}")
+    vars_ = tuple((str(k), str(v)) for k, v in (raw.get("vars") or {}).items())
+    for var, list_name in vars_:
+        if list_name not in lists:
+            raise TaskError(f"{source}: task {task!r} draws {var!r} from unknown list {list_name!r}")
+    if raw.get("compute") is not None and raw["compute"] not in COMPUTED:
+        raise TaskError(f"{source}: task {task!r} names unknown compute {raw['compute']!r}")
+    swap = tuple(raw["swap"]) if raw.get("swap") else None
+    return Variant(
+        prompt=raw["prompt"],
+        corrupt=raw.get("corrupt"),
+        target=raw["target"],
+        foil=raw["foil"],
+        vars=vars_,
+        swap=swap,  # type: ignore[arg-type]
+        differ=tuple(tuple(d) for d in raw.get("differ") or ()),  # type: ignore[misc]
+        compute=raw.get("compute"),
+    )
+
+
+def parse_specs(text: str, level: str, source: str) -> dict[str, TaskSpec]:
+    """Parse one level's YAML text into task specs.
+
+    Args:
+        text: the YAML document.
+        level: the level every task of the file belongs to.
+        source: file name used in error messages.
+
+    Returns:
+        Task name -> spec, in file order.
+
+    Raises:
+        TaskError: the document does not follow the format in this module's docstring.
+    """
+    if level not in LEVELS:
+        raise TaskError(f"{source}: unknown level {level!r}; use one of {', '.join(LEVELS)}")
+    doc = yaml.safe_load(text) or {}
+    lists = {name: _parse_list(name, raw, source) for name, raw in (doc.get("lists") or {}).items()}
+    specs: dict[str, TaskSpec] = {}
+    for name, raw in (doc.get("tasks") or {}).items():
+        unknown = set(raw) - _TASK_KEYS
+        if unknown:
+            raise TaskError(f"{source}: task {name!r} has unknown keys {sorted(unknown)}")
+        defaults = {k: v for k, v in raw.items() if k in _VARIANT_KEYS}
+        variants = tuple(
+            _parse_variant(name, {**defaults, **v}, lists, source) for v in raw.get("variants") or [{}]
+        )
+        specs[name] = TaskSpec(
+            name=name,
+            level=level,
+            description=str(raw.get("description", "")).strip(),
+            version=str(raw.get("version", "1")),
+            variants=variants,
+            lists=lists,
+        )
+    return specs
+
+
+@lru_cache(maxsize=1)
+def builtin_specs() -> dict[str, TaskSpec]:
+    """Read every built-in task from the package's ``tasks/data/<level>.yaml`` files."""
+    specs: dict[str, TaskSpec] = {}
+    data = resources.files("cortexmap.tasks") / "data"
+    for level in LEVELS:
+        path = data / f"{level}.yaml"
+        if path.is_file():
+            specs.update(parse_specs(path.read_text(encoding="utf-8"), level, f"{level}.yaml"))
+    return specs
+
+
+def _render(variant: Variant, spec: TaskSpec, rng: random.Random, tokenizer: Any) -> Pair | None:
+    """Draw the variables of one variant and render a candidate pair (None if a constraint fails)."""
+    by_list: dict[str, list[str]] = {}
+    for var, list_name in variant.vars:
+        by_list.setdefault(list_name, []).append(var)
+    values: dict[str, Any] = {}
+    for list_name, names in by_list.items():
+        rows = spec.lists[list_name]
+        if len(rows) < len(names):
+            raise TaskError(f"task {spec.name!r} draws {len(names)} distinct items from list {list_name!r} of {len(rows)}")
+        values.update(zip(names, rng.sample(rows, len(names))))
+    if variant.swap is not None and rng.random() < 0.5:
+        a, b = variant.swap
+        values[a], values[b] = values[b], values[a]
+    if variant.compute is not None:
+        values.update({k: Word(v) for k, v in COMPUTED[variant.compute](rng, tokenizer).items()})
+    try:
+        if any(x.format(**values) == y.format(**values) for x, y in variant.differ):
+            return None
+        pair = Pair(
+            prompt=variant.prompt.format(**values),
+            target=variant.target.format(**values),
+            foil=variant.foil.format(**values),
+            corrupt=None if variant.corrupt is None else variant.corrupt.format(**values),
+        )
+    except (KeyError, AttributeError, IndexError) as err:
+        raise TaskError(f"task {spec.name!r} has a template naming an unknown variable or field ({err})") from None
+    return None if pair.target == pair.foil else pair
+
+
+def generate_pairs(spec: TaskSpec, tokenizer: Any, n: int, seed: int) -> tuple[list[Pair], dict[str, int]]:
+    """Sample up to ``n`` distinct usable pairs of a built-in task.
+
+    Candidates are drawn until ``n`` pass :func:`~cortexmap.tasks.core.check_pair` or the
+    attempt budget (``max(400, 50 n)``) runs out; each distinct rejected candidate is counted
+    under its reason.
+
+    Args:
+        spec: the task spec.
+        tokenizer: the tokenizer the pairs must fit.
+        n: number of pairs wanted.
+        seed: sampling seed.
+
+    Returns:
+        ``(pairs, dropped)``; ``pairs`` may be shorter than ``n``.
+    """
+    rng = random.Random(f"{spec.name}:{seed}")
+    pairs: list[Pair] = []
+    seen: set[Pair] = set()
+    dropped: Counter[str] = Counter()
+    for _ in range(max(400, 50 * n)):
+        if len(pairs) >= n:
+            break
+        candidate = _render(rng.choice(spec.variants), spec, rng, tokenizer)
+        if candidate is None or candidate in seen:
+            continue
+        seen.add(candidate)
+        pair, reason = check_pair(candidate, tokenizer)
+        if pair is None:
+            dropped[reason or "unknown"] += 1
+        else:
+            pairs.append(pair)
+    return pairs, dict(sorted(dropped.items()))
