@@ -19,6 +19,7 @@ def test_planted_bands_support_the_hypothesis(banded: tuple[pd.DataFrame, pd.Dat
     assert result["rho"] > result["null_p95"]
     assert 0 < result["ci_low"] <= result["rho"] <= result["ci_high"]
     assert set(result["levels_used"]) == set(TASKS.values())
+    assert [step["ci_low"] > 0 for step in result["steps"]] == [True, True]
 
 
 def test_reversed_bands_are_not_supported() -> None:
@@ -28,6 +29,7 @@ def test_reversed_bands_are_not_supported() -> None:
     result = band_hypothesis(effects, N_LAYERS, N_HEADS, n_boot=50, seed=0)
     assert result["verdict"] == "not supported"
     assert result["rho"] < 0
+    assert all(step["diff"] < 0 for step in result["steps"])
 
 
 def test_structureless_data_is_rarely_called_significant() -> None:

@@ -18,11 +18,14 @@ pragmatic work in the middle and reasoning late. This module measures and tests 
   seeded); the one-sided p-value is ``(1 + #{rho_perm >= rho}) / (1 + n_perm)``. Verdict
   "supported" when ``p < alpha`` and ``rho > 0``, "not supported" otherwise, "not evaluated" when
   fewer than two ordinal values have important heads. The interval on rho is a bootstrap over
-  prompts and over each task's important heads (see :mod:`cortexmap.analysis.depth`).
+  prompts and over each task's important heads (see :mod:`cortexmap.analysis.depth`). Because one
+  step alone can carry a trend, the depth differences between consecutive ordinals (``steps``)
+  are reported with their intervals too.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -293,7 +296,8 @@ def band_hypothesis(
     Returns:
         Dict: hypothesis, level_order, levels_used, verdict, statistic ("spearman_rho"), rho,
         ci_low, ci_high, p_value, n_perm, null_mean, null_p95, alpha, level_depths (records of
-        level, ordinal, mean_depth, ci_low, ci_high) and note.
+        level, ordinal, mean_depth, ci_low, ci_high), steps (depth difference between consecutive
+        ordinals, with interval) and note.
 
     Raises:
         ResultsError: ``n_perm`` < 1.
@@ -316,7 +320,7 @@ def band_hypothesis(
                               for i in use]
     if len(np.unique(ordinals)) < 2:
         result.update({"verdict": "not evaluated", "rho": None, "ci_low": None, "ci_high": None, "p_value": None,
-                       "null_mean": None, "null_p95": None,
+                       "null_mean": None, "null_p95": None, "steps": [],
                        "note": "fewer than two level ordinals have important heads, so depth order cannot be tested"})
         return result
     observed = dist.observed[use]
@@ -331,5 +335,25 @@ def band_hypothesis(
     result.update({"verdict": "supported" if supported else "not supported", "rho": rho, "ci_low": float(ci_low),
                    "ci_high": float(ci_high), "p_value": float(p_value), "null_mean": float(np.mean(null)),
                    "null_p95": float(np.percentile(null, 95)),
+                   "steps": _steps(depths[use], mean_depth(dist.boot[:, use], dist.rel_depth), ordinals),
                    "note": f"bootstrap interval from {int(np.isfinite(boot_rho).sum())} of {n_boot} replicates"})
     return result
+
+
+def _steps(depths: np.ndarray, boot: np.ndarray, ordinals: np.ndarray) -> list[dict]:
+    """Depth difference between consecutive ordinal groups (mean of their levels' depths), with CI.
+
+    A significant trend can come from one step alone (say lexical early, everything else level);
+    the steps show which parts of the ordering the data carry.
+    """
+    values = np.unique(ordinals)
+    means = np.stack([depths[ordinals == v].mean() for v in values])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # replicates where a level lost its mass
+        boot_means = np.stack([np.nanmean(boot[:, ordinals == v], axis=1) for v in values], axis=1)
+    steps = []
+    for i in range(len(values) - 1):
+        low, high = percentile_interval(boot_means[:, i + 1] - boot_means[:, i])
+        steps.append({"from": int(values[i]), "to": int(values[i + 1]), "diff": float(means[i + 1] - means[i]),
+                      "ci_low": float(low), "ci_high": float(high)})
+    return steps

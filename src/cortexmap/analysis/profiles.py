@@ -99,12 +99,6 @@ def head_profiles(
     return pd.concat(parts, axis=1)
 
 
-def profile_task_levels(effects: pd.DataFrame) -> dict[str, str]:
-    """Task -> level mapping of an effects table (first level seen per task)."""
-    require_columns(effects, ("task", "level"), "effects")
-    return {str(t): str(lev) for t, lev in effects.groupby("task")["level"].first().items()}
-
-
 def standardize(values: np.ndarray) -> np.ndarray:
     """Z-score columns (NaN -> column mean, i.e. 0); constant columns become 0.
 

@@ -16,8 +16,14 @@ Definitions (``metric`` is ``out_change`` unless asked otherwise):
   breadth is then about ``1 - null_quantile`` by construction.
 * **Regulator score** = breadth x strength: breadth = share of the source's later heads whose mean
   influence exceeds the threshold, strength = mean influence over those later heads.
-* **Baseline**: the distribution of scores over all source heads (median and 95th percentile); a
-  head is a *candidate* when the lower end of its bootstrap interval exceeds that 95th percentile.
+* **Baseline**: the distribution of scores over all source heads (median and 95th percentile), and
+  a breadth test: the number of a head's later heads above the threshold against a binomial with
+  the random-head exceedance rate ``max(median breadth over sources, 1 - null_quantile)``,
+  Bonferroni-corrected over source heads (``p_breadth``; targets of one source share prompts, so
+  this p-value is optimistic, which the correction and the next condition temper). A head is a
+  *candidate* when ``p_breadth < alpha`` and the lower end of its bootstrap interval exceeds the
+  95th percentile of all heads' scores. Sources in late layers have few later heads, so their
+  breadth is coarse and rarely passes the test.
 * **Intervals**: bootstrap over prompts (same resample for every pair, stratified by condition),
   threshold held at its observed value.
 * **Condition contrasts** (a vs b): difference of each head's score, threshold shared (from the
@@ -36,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import false_discovery_control, norm
+from scipy.stats import binom, false_discovery_control, norm
 
 from cortexmap.analysis.resampling import percentile_interval
 from cortexmap.analysis.selection import require_columns
@@ -159,6 +165,7 @@ def regulator_scores(
     condition: str | None = None,
     noise_floor: float | None = None,
     null_quantile: float = 0.95,
+    alpha: float = 0.05,
     n_boot: int = 500,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -170,13 +177,15 @@ def regulator_scores(
         condition: rows of this condition; None reads ``"all"`` if present, else every row.
         noise_floor: fixed null threshold; None fits the random-pair null (module docstring).
         null_quantile: quantile of the random-pair null.
+        alpha: level of the breadth test.
         n_boot: bootstrap replicates over prompts.
         seed: random seed.
 
     Returns:
         DataFrame sorted by score: head_id, layer, head, n_targets, breadth, strength, score,
         ci_low, ci_high, p_top (share of replicates where the head ranks first), percentile (rank
-        among sources, %), baseline_median, baseline_p95, threshold, candidate.
+        among sources, %), baseline_median, baseline_p95, threshold, p_breadth (Bonferroni),
+        candidate.
     """
     pivot = _pivot(influence, metric)
     rows = _rows(pivot, condition)
@@ -199,7 +208,11 @@ def regulator_scores(
     out["baseline_median"] = float(np.median(score))
     out["baseline_p95"] = float(np.percentile(score, 95))
     out["threshold"] = threshold
-    out["candidate"] = out["ci_low"] > out["baseline_p95"]
+    n_targets = out["n_targets"].to_numpy()
+    rate = max(float(np.median(breadth)), 1.0 - null_quantile)
+    exceed = np.rint(breadth * n_targets).astype(int)
+    out["p_breadth"] = np.minimum(1.0, binom.sf(exceed - 1, n_targets, rate) * len(out))
+    out["candidate"] = (out["p_breadth"] < alpha) & (out["ci_low"] > out["baseline_p95"])
     return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 

@@ -30,6 +30,10 @@ def _band_lines(bands: dict) -> list[str]:
         lines = [f"Depth order '{test['hypothesis']}': {test['verdict']}: Spearman rho = {_num(test['rho'])} "
                  f"{_ci(test['ci_low'], test['ci_high'])}; layer-shuffle null mean {_num(test['null_mean'])} "
                  f"(95th pct {_num(test['null_p95'])}), p = {_num(test['p_value'], 4)} ({test['n_perm']} permutations)."]
+    names = {v: "/".join(sorted(k for k, o in test["level_order"].items() if o == v)) for v in set(test["level_order"].values())}
+    for step in test.get("steps", []):
+        lines.append(f"  step {names[step['from']]} -> {names[step['to']]}: depth difference {_num(step['diff'])} "
+                     f"{_ci(step['ci_low'], step['ci_high'])} (0 = same depth).")
     for row in bands["level_depths"]:
         if row["n_important"]:
             lines.append(f"  {row['level']}: mean relative depth {_num(row['mean_depth'])} {_ci(row['ci_low'], row['ci_high'])} "

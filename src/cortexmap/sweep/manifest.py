@@ -23,16 +23,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def base_manifest(config: Any, handle: Any, tasks: list[Any], skipped: dict[str, str]) -> dict[str, Any]:
-    """A fresh manifest for a run of ``config`` on ``handle``."""
+def base_manifest(config: Any, facts: dict[str, Any], tasks: list[Any], skipped: dict[str, str]) -> dict[str, Any]:
+    """A fresh manifest for a run of ``config`` on a model described by ``facts`` (``handle.describe()``)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "cortexmap_version": package_versions()["cortexmap"],
         "versions": package_versions(),
         "platform": platform.platform(),
-        "model": handle.describe(),
-        "dtype": str(handle.dtype).replace("torch.", ""),
-        "device": str(handle.device),
+        "model": facts,
+        "dtype": facts["dtype"],
+        "device": facts["device"],
         "seed": config.seed,
         "arguments": config.to_dict(),
         "interventions": [s.label for s in config.specs],

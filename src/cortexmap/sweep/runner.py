@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from cortexmap.errors import CortexmapError, TaskError
-from cortexmap.sweep.compute import attribution_matrix, clean_metrics, exact_matrix, prepare
 from cortexmap.sweep.config import SweepConfig
 from cortexmap.sweep.manifest import base_manifest
-from cortexmap.sweep.plan import auto_rows
 from cortexmap.sweep.store import PATTERNS, RunStore, unit_key, write_parquet
 from cortexmap.sweep.summary import effect_rows
 
@@ -91,38 +88,69 @@ def _units(config: SweepConfig, tasks: list[Any]) -> list[tuple[Any, Any, str]]:
     return units
 
 
-def _unit_result(handle: Any, batches: list[Any], task: Any, spec: Any, config: SweepConfig, rows: int,
+def _unit_result(backend: Any, task: Any, spec: Any, config: SweepConfig,
                  tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     base, verify_k = config.method_parts
-    alpha = 0.0 if math.isnan(spec.alpha) else spec.alpha
     seed = config.seed
-    clean = clean_metrics(batches)
+    facts = backend.describe()
+    geometry = (facts["n_layers"], facts["n_heads"])
     meta = {"model": config.model, "task": task.name, "level": task.level, "intervention": spec.kind,
             "alpha": spec.alpha}
-    geometry = (handle.n_layers, handle.n_heads)
-    info: dict[str, Any] = {}
-    if base == "exact":
-        matrix = exact_matrix(handle, batches, spec.kind, alpha, rows_per_pass=rows, seed=seed, tick=tick)
-        return (*effect_rows(matrix, clean, {**meta, "method": "exact"}, *geometry, seed), info)
-    estimate = attribution_matrix(handle, batches, spec.kind, alpha, seed=seed)
-    tick(handle.n_layers * handle.n_heads * 0.05)
-    eff, prompts = effect_rows(estimate, clean, {**meta, "method": "attribution"}, *geometry, seed)
-    if verify_k:
-        order = np.argsort(-np.abs(np.nanmean(estimate - clean[:, None], axis=0)))[:verify_k]
-        heads = [divmod(int(c), handle.n_heads) for c in order]
-        exact = exact_matrix(handle, batches, spec.kind, alpha, rows_per_pass=rows, heads=heads, seed=seed, tick=tick)
-        ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": "exact"}, *geometry, seed)
-        merged = eff.merge(ex_eff[["layer", "head", "effect"]], on=["layer", "head"], suffixes=("", "_exact"))
-        rho = spearmanr(merged["effect"], merged["effect_exact"]).statistic if len(merged) > 2 else float("nan")
-        info = {"verified_heads": len(merged), "spearman": None if np.isnan(rho) else float(rho),
-                "max_abs_error": float((merged["effect"] - merged["effect_exact"]).abs().max())}
-        eff, prompts = pd.concat([eff, ex_eff], ignore_index=True), pd.concat([prompts, ex_prompts], ignore_index=True)
-    return eff, prompts, info
+    matrix, clean = backend.matrix(task, spec, base, tick=tick)
+    eff, prompts = effect_rows(matrix, clean, {**meta, "method": base}, *geometry, seed)
+    if base == "exact" or not verify_k:
+        return eff, prompts, {}
+    order = np.argsort(-np.abs(np.nanmean(matrix - clean[:, None], axis=0)))[:verify_k]
+    heads = [divmod(int(c), geometry[1]) for c in order]
+    exact, _ = backend.matrix(task, spec, "exact", heads=heads, tick=tick)
+    ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": "exact"}, *geometry, seed)
+    merged = eff.merge(ex_eff[["layer", "head", "effect"]], on=["layer", "head"], suffixes=("", "_exact"))
+    rho = spearmanr(merged["effect"], merged["effect_exact"]).statistic if len(merged) > 2 else float("nan")
+    info = {"verified_heads": len(merged), "spearman": None if np.isnan(rho) else float(rho),
+            "max_abs_error": float((merged["effect"] - merged["effect_exact"]).abs().max())}
+    return pd.concat([eff, ex_eff], ignore_index=True), pd.concat([prompts, ex_prompts], ignore_index=True), info
 
 
 def _unit_weight(config: SweepConfig, n_heads_total: int) -> float:
     base, verify_k = config.method_parts
     return float(n_heads_total) if base == "exact" else n_heads_total * 0.05 + verify_k
+
+
+def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dict[str, Any] | None,
+               progress: Progress) -> list[tuple[Any, Any, str]]:
+    """Compute and store every unfinished unit; return all units of the run."""
+    tasks, skipped = build_tasks(config, backend.tokenizer, progress.note)
+    units = _units(config, tasks)
+    facts = backend.describe()
+    manifest = base_manifest(config, facts, tasks, skipped)
+    if previous:
+        manifest.update(previous)
+    manifest["arguments_identity"] = config.identity()
+    manifest.setdefault("units", {})
+    manifest.setdefault("attribution", {})
+    store.write_manifest(manifest)
+    n_total = facts["n_layers"] * facts["n_heads"]
+    todo = [u for u in units if not store.has_unit(unit_key(u[0].name, u[1].label, u[2]))]
+    do_probes = config.probes and not (store.root / PATTERNS).exists()
+    progress.start(len(todo) * _unit_weight(config, n_total) + (n_total * 0.1 if do_probes else 0), "mapping heads")
+    timings = manifest.setdefault("timings", {})
+    if do_probes:
+        t0 = time.time()
+        write_parquet(backend.probes(), store.root / PATTERNS)
+        timings["probes_s"] = round(time.time() - t0, 2)
+        progress.advance(n_total * 0.1, "probes")
+    for task, spec, base in todo:
+        key = unit_key(task.name, spec.label, base)
+        t0 = time.time()
+        progress.advance(0, f"{task.name} · {spec.label}")
+        effects, prompts, info = _unit_result(backend, task, spec, config, lambda n: progress.advance(n))
+        store.write_unit(key, effects, prompts)
+        manifest["units"][key] = "done"
+        timings[key] = round(time.time() - t0, 2)
+        if info:
+            manifest["attribution"][key] = info
+        store.write_manifest(manifest)
+    return units
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False, handle: Any = None,
@@ -146,60 +174,23 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False,
         raise CortexmapError(f"{store.root} already holds a run; pass --resume to continue it or choose another --out")
     if previous is not None and previous.get("arguments_identity") != config.identity():
         raise CortexmapError(f"{store.root} holds a run with other arguments; resume it with the same ones or use another --out")
-    if config.backend == "ray":
-        from cortexmap.sweep.ray_backend import run_sweep_ray
-
-        return run_sweep_ray(config, store, progress=progress)
     started = time.time()
-    if handle is None:
-        from cortexmap.models import load_model
+    if config.backend == "ray":
+        from cortexmap.sweep.ray_backend import RayBackend
 
-        handle = load_model(config.model, device=config.device, dtype=config.dtype, progress=progress.note)
-    tasks, skipped = build_tasks(config, handle.tokenizer, progress.note)
-    units = _units(config, tasks)
-    manifest = base_manifest(config, handle, tasks, skipped)
-    if previous:
-        manifest.update(previous)
-    manifest["arguments_identity"] = config.identity()
-    manifest.setdefault("units", {})
-    manifest.setdefault("attribution", {})
-    store.write_manifest(manifest)
-    n_total = handle.n_layers * handle.n_heads
-    todo = [u for u in units if not store.has_unit(unit_key(u[0].name, u[1].label, u[2]))]
-    do_probes = config.probes and not (store.root / PATTERNS).exists()
-    progress.start(len(todo) * _unit_weight(config, n_total) + (n_total * 0.1 if do_probes else 0), "mapping heads")
-    timings = manifest.setdefault("timings", {})
-    if do_probes:
-        from cortexmap.tasks.probes import run_probes
+        backend: Any = RayBackend(config, note=progress.note)
+    else:
+        from cortexmap.sweep.backends import LocalBackend
 
-        t0 = time.time()
-        patterns = run_probes(handle, n=config.probe_prompts, seed=config.seed)
-        write_parquet(patterns, store.root / PATTERNS)
-        timings["probes_s"] = round(time.time() - t0, 2)
-        progress.advance(n_total * 0.1, "probes")
-    for task in tasks:
-        task_units = [u for u in todo if u[0] is task]
-        if not task_units:
-            continue
-        from cortexmap.tasks import encode_task
-
-        need_corrupt = any(u[1].kind == "patch" for u in task_units)
-        batches = prepare(handle, encode_task(task, handle.tokenizer, max_batch=64), need_corrupt)
-        seq = max(b.input_ids.shape[1] for b in batches)
-        rows = config.rows_per_pass(auto_rows(handle, seq))
-        for _, spec, base in task_units:
-            key = unit_key(task.name, spec.label, base)
-            t0 = time.time()
-            progress.advance(0, f"{task.name} · {spec.label}")
-            effects, prompts, info = _unit_result(handle, batches, task, spec, config, rows, lambda n: progress.advance(n))
-            store.write_unit(key, effects, prompts)
-            manifest["units"][key] = "done"
-            timings[key] = round(time.time() - t0, 2)
-            if info:
-                manifest["attribution"][key] = info
-            store.write_manifest(manifest)
+        backend = LocalBackend(config, handle, note=progress.note)
+    try:
+        units = _run_units(backend, config, store, previous, progress)
+    finally:
+        backend.close()
     keys = [unit_key(t.name, s.label, b) for t, s, b in units]
     effects = store.finalize(keys)
+    manifest = store.read_manifest()
+    timings = manifest.setdefault("timings", {})
     timings["total_s"] = round(timings.get("total_s", 0) + time.time() - started, 2)
     manifest["complete"] = True
     store.write_manifest(manifest)

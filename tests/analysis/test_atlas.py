@@ -1,0 +1,64 @@
+"""Tests of cortexmap.analysis.atlas and summary: the one-call analysis and its printed lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from cortexmap.analysis import ATLAS_COLUMNS, build_atlas, summarize_findings
+
+from .conftest import N_HEADS, N_LAYERS
+
+
+def test_atlas_table_and_findings(banded: tuple[pd.DataFrame, pd.DataFrame], patterns: pd.DataFrame,
+                                  influence: pd.DataFrame) -> None:
+    effects, prompt_effects = banded
+    before = effects.copy(), patterns.copy(), influence.copy()
+    pairs = pd.DataFrame({"task": "ioi", "head_a": ["L1H0", "L2H0"], "head_b": ["L3H0", "L4H0"],
+                          "effect_a": [-0.1, -0.3], "effect_b": [-0.1, -0.2], "effect_ab": [-0.6, -0.3]})
+    atlas, findings = build_atlas(effects, patterns, N_LAYERS, N_HEADS, influence=influence, pairs=pairs,
+                                  prompt_effects=prompt_effects, n_boot=100, n_perm=500, seed=0)
+    pd.testing.assert_frame_equal(effects, before[0])
+    pd.testing.assert_frame_equal(patterns, before[1])
+    pd.testing.assert_frame_equal(influence, before[2])
+    assert len(atlas) == N_LAYERS * N_HEADS and atlas["head_id"].is_unique
+    assert list(atlas.columns[: len(ATLAS_COLUMNS)]) == list(ATLAS_COLUMNS)
+    assert "probe:induction" in atlas.columns
+    atlas = atlas.set_index("head_id")
+    assert "induction" in atlas.loc["L5H1", "roles"].split(";")
+    assert atlas["regulator_score"].idxmax() == "L1H2"
+    json.dumps(findings, allow_nan=False)
+    assert findings["bands"]["hypothesis"]["verdict"] == "supported"
+    assert findings["regulators"]["top"][0]["head_id"] == "L1H2"
+    assert any("number_date" in note for note in findings["not_evaluated"])
+
+    lines = summarize_findings(findings)
+    assert lines[0].startswith("Depth order") and "supported" in lines[0] and "CI" in lines[0] and "p =" in lines[0]
+    finding_lines = [l for l in lines if l.startswith(("Role", "Regulator", "Specialization", "Task", "Condition"))
+                     and "no head" not in l]
+    assert finding_lines and all("CI" in l for l in finding_lines)
+    assert any(l.startswith("Regulator candidate L1H2") for l in lines)
+    assert summarize_findings(json.loads(json.dumps(findings))) == lines
+
+
+def test_atlas_without_optional_inputs(null_effects: pd.DataFrame) -> None:
+    atlas, findings = build_atlas(null_effects, None, N_LAYERS, N_HEADS, n_boot=50, n_perm=200)
+    assert atlas["regulator_score"].isna().all()
+    assert findings["regulators"] is None and findings["redundancy"] is None
+    assert findings["bands"]["hypothesis"]["verdict"] != "supported"
+    notes = " ".join(findings["not_evaluated"])
+    assert "regulator" in notes and "redundancy" in notes and "induction" in notes
+    lines = summarize_findings(findings)
+    assert any(l.startswith("Not evaluated") for l in lines)
+    json.dumps(findings, allow_nan=False)
+
+
+def test_analysis_never_imports_torch() -> None:
+    code = "import sys, cortexmap.analysis; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": "src"}, cwd=__file__.rsplit("/tests/", 1)[0])
+    assert out.stdout.strip() == "False"
