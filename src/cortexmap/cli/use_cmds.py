@@ -1,3 +1,51 @@
-"""Commands over finished runs and uses of the map: analyze, compare, report, figures, prune, edit, monitor."""
+"""Commands over finished runs: analyze and compare."""
 
 from __future__ import annotations
+
+from typing import Annotated, List
+
+import typer
+
+from cortexmap.cli.app import _say, app, console, run_guarded
+
+
+@app.command()
+def analyze(
+    run_dir: Annotated[str, typer.Argument(help="a run directory written by cortexmap map")],
+    regulators: Annotated[bool, typer.Option(help="measure head-to-head influence (loads the model)")] = False,
+    redundancy: Annotated[bool, typer.Option(help="pairwise-ablate each task's strongest heads (loads the model)")] = False,
+    seed: int = 0,
+    permutations: Annotated[int, typer.Option(help="permutations of each null distribution")] = 2000,
+) -> None:
+    """Find functional groups, layer bands, head roles and regulator heads; write atlas.parquet + atlas.json."""
+    from cortexmap.analysis import summarize_findings
+    from cortexmap.pipeline import analyze_run
+
+    atlas, findings = run_guarded(lambda: analyze_run(run_dir, regulators=regulators, redundancy=redundancy,
+                                                      seed=seed, n_perm=permutations, note=_say))
+    for line in summarize_findings(findings):
+        console.print(f"• {line}", soft_wrap=True)
+    console.print(f"wrote {run_dir}/atlas.parquet ({len(atlas)} heads) and atlas.json; next: cortexmap report {run_dir}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[List[str], typer.Argument(help="two or more run directories (first = reference)")],
+    seed: int = 0,
+) -> None:
+    """Match heads across models by profile similarity and test conservation against a shuffled null."""
+    from cortexmap.errors import CortexmapError
+    from cortexmap.pipeline import compare_runs
+
+    def go():  # noqa: ANN202
+        if len(run_dirs) < 2:
+            raise CortexmapError("compare needs at least two run directories")
+        return compare_runs(run_dirs, seed=seed)
+
+    result = run_guarded(go)
+    for comp in result["comparisons"]:
+        cons = comp.get("conservation", comp)
+        console.print(f"{comp['a']} vs {comp['b']}: " + ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in cons.items()
+            if not isinstance(v, (dict, list))), soft_wrap=True)
+    console.print(f"wrote {run_dirs[0]}/compare.json")
