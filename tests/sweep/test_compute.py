@@ -30,6 +30,7 @@ def make_batches(seed: int = 0):  # noqa: ANN201
 def metric_of(handle, batch, **kwargs):  # noqa: ANN001, ANN201
     with torch.no_grad(), cortexmap.intervene(handle, **kwargs):
         logits = handle.model(input_ids=batch.input_ids, use_cache=False).logits[:, -1]
+    logits = logits.float()
     return (logits.gather(1, batch.target_ids[:, None]) - logits.gather(1, batch.foil_ids[:, None]))[:, 0].numpy()
 
 
