@@ -1,0 +1,5 @@
+"""``python -m cortexmap.cli``."""
+
+from cortexmap.cli import main
+
+main()
