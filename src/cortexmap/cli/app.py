@@ -21,8 +21,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Map the function of every attention head of a causal LM by intervening on it.")
 tasks_app = typer.Typer(no_args_is_help=True, help="The task battery: list tasks, check a model's baseline.")
 app.add_typer(tasks_app, name="tasks")
-console = Console()
-err = Console(stderr=True)
+# Piped output (logs, CI) gets a wide console so tables do not fold at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 _STATE = {"debug": False}
 
 Model = Annotated[str, typer.Option("--model", "-m", help="bundled name, .gguf path, HF directory or hub id")]
@@ -32,6 +33,12 @@ Model = Annotated[str, typer.Option("--model", "-m", help="bundled name, .gguf p
 def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
     """Map the function of every attention head of a causal LM by intervening on it."""
     _STATE["debug"] = debug
+    import logging
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # the CLI shows its own progress
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
 def _say(message: str) -> None:

@@ -37,7 +37,7 @@ class RichProgress:
 
 
 def summary_table(effects: Any, top: int = 3) -> Any:
-    """Per task and intervention: clean metric and the strongest heads with effect and CI."""
+    """Per task and intervention: clean metric and the strongest heads, each with its effect and CI."""
     import pandas as pd
 
     rows = []
@@ -45,9 +45,12 @@ def summary_table(effects: Any, top: int = 3) -> Any:
     source = exact if len(exact) else effects
     for (task, level, kind), group in source.groupby(["task", "level", "intervention"], sort=False):
         best = group.reindex(group["effect"].abs().sort_values(ascending=False).index).head(top)
-        heads = ", ".join(f"{r.head_id} {r.effect:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" for r in best.itertuples())
-        rows.append({"task": task, "level": level, "intervention": kind, "clean": float(group["clean"].iloc[0]),
-                     f"strongest heads ({best['method'].iloc[0]}: effect [95% CI])": heads})
+        for rank, r in enumerate(best.itertuples()):
+            first = rank == 0
+            rows.append({"task": task if first else "", "level": level if first else "",
+                         "intervention": kind if first else "", "clean": f"{r.clean:.2f}" if first else "",
+                         "head": r.head_id, "effect": f"{r.effect:+.2f}", "95% CI": f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
+                         "method": r.method})
     return pd.DataFrame(rows)
 
 
