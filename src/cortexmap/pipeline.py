@@ -34,13 +34,18 @@ def _condition_prompts(tokenizer: Any, n: int, seed: int) -> dict[str, list[str]
     return prompts
 
 
-def measure_regulators(results: Results, handle: Any, *, screen_prompts: int = 4, top: int = 8,
-                       n_prompts: int = 16, seed: int = 0, note: Callable[[str], None] = lambda m: None) -> pd.DataFrame:
-    """Screen every head's influence on a few prompts, then measure the top candidates on every condition."""
+def measure_regulators(results: Results, handle: Any, *, screen_prompts: int = 4, top: int = 6,
+                       n_prompts: int = 8, seed: int = 0, note: Callable[[str], None] = lambda m: None) -> pd.DataFrame:
+    """Screen every head's influence on a few prompts, then measure the top candidates on every condition.
+
+    The screen uses the ``screen_prompts`` shortest condition prompts (one per condition first),
+    so its cost is about one exact sweep of that many short prompts.
+    """
     from cortexmap.sweep.influence import measure_influence, screen_sources
 
     prompts = _condition_prompts(handle.tokenizer, n_prompts, seed)
-    screen_set = {"screen": [p for texts in prompts.values() for p in texts[:max(1, screen_prompts // len(prompts) + 1)]]}
+    firsts = sorted((min(texts, key=len) for texts in prompts.values()), key=len)
+    screen_set = {"screen": firsts[:screen_prompts]}
     note(f"screening all {handle.n_layers * handle.n_heads} heads' influence on {len(screen_set['screen'])} prompts")
     screened = measure_influence(handle, screen_set, progress=note)
     candidates = screen_sources(screened, top)
