@@ -16,9 +16,8 @@ import torch
 
 from cortexmap.errors import TaskError
 from cortexmap.tasks.core import MIN_PAIRS, Task, encode_task, logit_diff
-from cortexmap.tasks.registry import _spec, tasks_for
+from cortexmap.tasks.registry import build_task, tasks_for
 from cortexmap.tasks.stats import bootstrap_ci
-from cortexmap.tasks.templates import generate_pairs
 
 EVAL_COLUMNS = ["task", "level", "pair", "prompt", "target", "foil", "logit_diff", "p_target", "p_foil", "correct"]
 CHECK_COLUMNS = [
@@ -123,12 +122,7 @@ def check_tasks(
         row: dict[str, Any] = {"task": name, "chance": 0.5, "error": "", "accuracy": float("nan"),
                                "mean_logit_diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
                                "above_chance": False}
-        if isinstance(item, Task):
-            task: Task | None = item
-        else:
-            spec = _spec(item)
-            pairs, dropped = generate_pairs(spec, handle.tokenizer, n, seed)
-            task = Task(item, spec.level, spec.description, pairs, dropped, spec.version)
+        task = item if isinstance(item, Task) else build_task(item, handle.tokenizer, n=n, seed=seed, min_pairs=0)
         row.update(level=task.level, usable=len(task.pairs), dropped=int(sum(task.dropped.values())))
         if len(task.pairs) < min(MIN_PAIRS, n):
             row["error"] = f"only {len(task.pairs)} usable pairs for this tokenizer (dropped: {task.dropped})"

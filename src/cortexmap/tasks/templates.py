@@ -111,13 +111,52 @@ def _arithmetic(rng: random.Random, tokenizer: Any) -> dict[str, str]:
             return {"a": str(a), "b": str(b), "b2": str(f - a), "s": str(s), "f": str(f)}
 
 
+@lru_cache(maxsize=1)
+def load_sequences() -> dict[str, tuple[str, ...]]:
+    """Ordinal sequences (weekdays, months, number words, ...) from ``data/sequences.yaml``."""
+    text = (resources.files("cortexmap.tasks") / "data" / "sequences.yaml").read_text(encoding="utf-8")
+    return {name: tuple(str(item) for item in items) for name, items in load_yaml(text, "sequences.yaml").items()}
+
+
+def _sequence(rng: random.Random, tokenizer: Any) -> dict[str, str]:
+    """Five consecutive members ``a .. e`` of a random ordinal sequence."""
+    del tokenizer
+    items = rng.choice(list(load_sequences().values()))
+    start = rng.randrange(len(items) - 4)
+    return dict(zip("abcde", items[start : start + 5]))
+
+
 COMPUTED: dict[str, Callable[[random.Random, Any], dict[str, str]]] = {
     "greater_than": _greater_than,
     "arithmetic": _arithmetic,
+    "sequence": _sequence,
 }
 
 
-def _parse_list(name: str, raw: Any, source: str) -> tuple[Any, ...]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML, refusing duplicate keys; errors become :class:`TaskError` naming ``source``."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise TaskError(f"{where} is not valid YAML ({problem}); fix the file") from None
+
+
+def parse_list(name: str, raw: Any, source: str) -> tuple[Any, ...]:
+    """Parse one word list (plain words, or ``fields`` + ``rows``) into Words / row namespaces."""
     if isinstance(raw, list):
         return tuple(Word(str(w)) for w in raw)
     if isinstance(raw, dict) and set(raw) == {"fields", "rows"}:
@@ -170,8 +209,8 @@ def parse_specs(text: str, level: str, source: str) -> dict[str, TaskSpec]:
     """
     if level not in LEVELS:
         raise TaskError(f"{source}: unknown level {level!r}; use one of {', '.join(LEVELS)}")
-    doc = yaml.safe_load(text) or {}
-    lists = {name: _parse_list(name, raw, source) for name, raw in (doc.get("lists") or {}).items()}
+    doc = load_yaml(text, source)
+    lists = {name: parse_list(name, raw, source) for name, raw in (doc.get("lists") or {}).items()}
     specs: dict[str, TaskSpec] = {}
     for name, raw in (doc.get("tasks") or {}).items():
         unknown = set(raw) - _TASK_KEYS
@@ -204,17 +243,29 @@ def builtin_specs() -> dict[str, TaskSpec]:
     return specs
 
 
-def _render(variant: Variant, spec: TaskSpec, rng: random.Random, tokenizer: Any) -> Pair | None:
-    """Draw the variables of one variant and render a candidate pair (None if a constraint fails)."""
+def draw(
+    vars_: tuple[tuple[str, str], ...], lists: dict[str, tuple[Any, ...]], rng: random.Random, owner: str
+) -> dict[str, Any]:
+    """Draw a value for each ``(variable, list name)``; variables sharing a list get distinct items.
+
+    Raises:
+        TaskError: a list has fewer items than the variables drawn from it (``owner`` names the task).
+    """
     by_list: dict[str, list[str]] = {}
-    for var, list_name in variant.vars:
+    for var, list_name in vars_:
         by_list.setdefault(list_name, []).append(var)
     values: dict[str, Any] = {}
     for list_name, names in by_list.items():
-        rows = spec.lists[list_name]
+        rows = lists[list_name]
         if len(rows) < len(names):
-            raise TaskError(f"task {spec.name!r} draws {len(names)} distinct items from list {list_name!r} of {len(rows)}")
+            raise TaskError(f"{owner!r} draws {len(names)} distinct items from list {list_name!r} of {len(rows)}")
         values.update(zip(names, rng.sample(rows, len(names))))
+    return values
+
+
+def _render(variant: Variant, spec: TaskSpec, rng: random.Random, tokenizer: Any) -> Pair | None:
+    """Draw the variables of one variant and render a candidate pair (None if a constraint fails)."""
+    values = draw(variant.vars, spec.lists, rng, spec.name)
     if variant.swap is not None and rng.random() < 0.5:
         a, b = variant.swap
         values[a], values[b] = values[b], values[a]

@@ -1,0 +1,46 @@
+"""Slow tests on the bundled models' tokenizers (SmolLM2, Gemma-3) and on SmolLM2 itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from cortexmap.tasks import MIN_PAIRS, build_task, builtin_task_names, check_tasks, condition_sets, run_probes
+from cortexmap.tasks.core import prompt_ids, single_token
+from cortexmap.tasks.probes import ordinal_sequences, repeated_random_tokens
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_builtin_task_fits_the_bundled_tokenizer(bundled_tokenizer):
+    tok = bundled_tokenizer
+    for name in builtin_task_names():
+        task = build_task(name, tok, n=64, seed=0)
+        assert len(task.pairs) == 64, (name, task.dropped)
+        assert build_task(name, tok, n=64, seed=0).pairs == task.pairs
+        assert build_task(name, tok, n=64, seed=1).pairs != task.pairs
+        for pair in task.pairs:
+            assert single_token(tok, pair.target) is not None and single_token(tok, pair.foil) is not None
+            assert pair.target != pair.foil
+            assert len(prompt_ids(tok, pair.corrupt)) == len(prompt_ids(tok, pair.prompt)), (name, pair)
+
+
+def test_probe_inputs_and_conditions_fit_the_bundled_tokenizer(bundled_tokenizer):
+    assert repeated_random_tokens(bundled_tokenizer, n=4).input_ids.shape[0] == 4
+    assert ordinal_sequences(bundled_tokenizer, n=4).members.shape == (4, 6)
+    sets = condition_sets(bundled_tokenizer, n=32)
+    assert all(len(a) == len(b) == 32 for a, b in sets.values())
+
+
+def test_smollm2_does_most_builtin_tasks(smollm2):
+    table = check_tasks(smollm2, "all", n=32, seed=0)
+    assert len(table) == len(builtin_task_names())
+    assert (table["usable"] >= MIN_PAIRS).all() and (table["error"] == "").all()
+    # A smoke check of the battery's design, not a golden number: most tasks are learnable.
+    assert table["above_chance"].mean() >= 0.5
+
+
+def test_smollm2_has_induction_heads(smollm2):
+    before = smollm2.model.config._attn_implementation
+    table = run_probes(smollm2, probes=["induction"], n=8, seed=0)
+    assert smollm2.model.config._attn_implementation == before
+    assert table["score"].max() > 0.5

@@ -1,0 +1,102 @@
+"""Tests of cortexmap/tasks/core.py: pair checks, space folding, equal-length batches, the metric."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cortexmap.errors import TaskError
+from cortexmap.tasks.core import (
+    DROP_FOIL, DROP_LENGTH, DROP_SAME, DROP_TARGET, Pair, Task, check_pair, encode_task, logit_diff, require_pairs,
+)
+
+
+def test_check_pair_accepts_single_token_answers(bpe):
+    pair = Pair("The capital of France is", " Paris", " Rome", "The capital of Italy is")
+    checked, reason = check_pair(pair, bpe)
+    assert reason is None and checked == pair
+
+
+def test_check_pair_folds_a_separate_space_token(bpe_digits, bpe_gpt2):
+    pair = Pair("3 + 4 =", " 7", " 8", "3 + 5 =")
+    folded, reason = check_pair(pair, bpe_digits)
+    assert reason is None
+    assert folded == Pair("3 + 4 = ", "7", "8", "3 + 5 = ")
+    # GPT-2 style tokenizers have a " 7" token: nothing to fold.
+    same, reason = check_pair(pair, bpe_gpt2)
+    assert reason is None and same == pair
+
+
+@pytest.mark.parametrize(
+    ("pair", "reason"),
+    [
+        (Pair("The capital of France is", " Parisxyzzy", " Rome"), DROP_TARGET),
+        (Pair("The capital of France is", " Paris", " Romexyzzy"), DROP_FOIL),
+        (Pair("The capital of France is", " Paris", " Paris"), DROP_SAME),
+        (Pair("The capital of France is", " Paris", " Rome", "The capital of the old Italy is"), DROP_LENGTH),
+    ],
+)
+def test_check_pair_drop_reasons(bpe, pair, reason):
+    assert check_pair(pair, bpe) == (None, reason)
+
+
+def test_require_pairs_names_task_and_counts():
+    with pytest.raises(TaskError, match=r"'demo' has 2 usable pairs.*corrupt_length_mismatch=5"):
+        require_pairs("demo", [Pair("a", " b", " c")] * 2, {"corrupt_length_mismatch": 5})
+
+
+def _task(pairs):
+    return Task("demo", "custom", "", pairs, {})
+
+
+def test_encode_task_groups_by_length_without_padding(bpe_digits):
+    pairs = [
+        Pair("The capital of France is", " Paris", " Rome", "The capital of Italy is"),
+        Pair("Paris is", " big", " small", "Rome is"),
+        Pair("The capital of Spain is", " Madrid", " Paris", "The capital of France is"),
+        Pair("Rome is", " old", " new", None),
+    ]
+    batches = encode_task(_task(pairs), bpe_digits)
+    assert sorted(i for b in batches for i in b.indices) == [0, 1, 2, 3]
+    for batch in batches:
+        for row, index in enumerate(batch.indices):
+            pair = pairs[index]
+            assert batch.input_ids[row].tolist() == bpe_digits(pair.prompt)["input_ids"]  # BOS included
+            assert batch.input_ids[row, 0].item() == bpe_digits.bos_token_id
+            assert batch.target_ids[row].item() == bpe_digits(pair.target, add_special_tokens=False)["input_ids"][0]
+            assert batch.foil_ids[row].item() == bpe_digits(pair.foil, add_special_tokens=False)["input_ids"][0]
+            if pair.corrupt is None:
+                assert batch.corrupt_ids is None
+            else:
+                assert batch.corrupt_ids[row].tolist() == bpe_digits(pair.corrupt)["input_ids"]
+        assert batch.input_ids.dtype == torch.long and batch.input_ids.ndim == 2
+    by_index = {i: b for b in batches for i in b.indices}
+    assert by_index[0] is by_index[2]  # same length, both with corrupt prompts
+    assert by_index[1] is not by_index[3]  # same length, but only one has a corrupt prompt
+
+
+def test_encode_task_max_batch_splits(bpe_digits):
+    pairs = [Pair(f"The capital of {c} is", " Paris", " Rome") for c in ["France", "Spain", "Italy"]]
+    batches = encode_task(_task(pairs), bpe_digits, max_batch=2)
+    assert [len(b) for b in batches] == [2, 1]
+    with pytest.raises(TaskError):
+        encode_task(_task(pairs), bpe_digits, max_batch=0)
+
+
+def test_encode_task_refuses_a_task_for_another_tokenizer(bpe_digits, bpe_gpt2):
+    task = _task([Pair("3 + 4 =", " 7", " 8")])  # fits GPT-2 style merges only
+    encode_task(task, bpe_gpt2)
+    with pytest.raises(TaskError, match="rebuild the task"):
+        encode_task(task, bpe_digits)
+
+
+def test_logit_diff_picks_target_minus_foil():
+    logits = torch.tensor([[0.0, 1.0, 5.0], [2.0, -1.0, 0.5]])
+    out = logit_diff(logits, torch.tensor([2, 0]), torch.tensor([1, 1]))
+    assert torch.allclose(out, torch.tensor([4.0, 3.0]))
+
+
+def test_task_has_corrupt():
+    assert _task([Pair("a", " b", " c", "d")]).has_corrupt
+    assert not _task([Pair("a", " b", " c", "d"), Pair("a", " b", " c")]).has_corrupt
+    assert not _task([]).has_corrupt

@@ -1,0 +1,95 @@
+"""Tests of cortexmap/tasks/custom.py: user tasks from JSONL files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cortexmap.errors import TaskError
+from cortexmap.tasks import load_task_file
+from cortexmap.tasks.core import Pair
+
+CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"),
+            ("Russia", "Moscow"), ("Japan", "Tokyo"), ("China", "Beijing"), ("Greece", "Athens"),
+            ("Egypt", "Cairo"), ("Poland", "Warsaw")]
+
+
+def _lines(level: str | None = "reasoning") -> list[str]:
+    out = []
+    for (country, city), (other, foil) in zip(CAPITALS, CAPITALS[1:] + CAPITALS[:1]):
+        obj = {"prompt": f"The capital of {country} is", "target": f" {city}", "foil": f" {foil}",
+               "corrupt": f"The capital of {other} is"}
+        if level:
+            obj["level"] = level
+        out.append(json.dumps(obj))
+    return out
+
+
+def _write(tmp_path, lines, name="capitals.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_loads_a_valid_file(tmp_path, bpe_digits):
+    path = _write(tmp_path, _lines()[:5] + ["", "   "] + _lines()[5:])
+    task = load_task_file(path, bpe_digits)
+    assert task.name == "capitals" and task.level == "reasoning" and task.has_corrupt
+    assert task.pairs[0] == Pair("The capital of France is", " Paris", " Rome", "The capital of Italy is")
+    assert len(task.pairs) == 10 and task.dropped == {}
+    assert len(task.version) == 12
+    assert load_task_file(path, bpe_digits, name="mine").name == "mine"
+
+
+def test_level_defaults_to_custom_and_corrupt_is_optional(tmp_path, bpe_digits):
+    lines = [json.dumps({k: v for k, v in json.loads(line).items() if k != "corrupt"}) for line in _lines(None)]
+    task = load_task_file(_write(tmp_path, lines), bpe_digits)
+    assert task.level == "custom" and not task.has_corrupt
+
+
+def test_pairs_that_do_not_fit_the_tokenizer_are_dropped(tmp_path, bpe_digits):
+    extra = json.dumps({"prompt": "The capital of Peru is", "target": " Limaqqq", "foil": " Paris"})
+    longer = json.dumps({"prompt": "The capital of Peru is", "target": " Lima", "foil": " Paris",
+                         "corrupt": "The capital of old France is"})
+    task = load_task_file(_write(tmp_path, _lines() + [extra, longer]), bpe_digits)
+    assert len(task.pairs) == 10
+    assert task.dropped == {"corrupt_length_mismatch": 1, "target_not_single_token": 1}
+
+
+def test_too_few_usable_pairs(tmp_path, bpe_digits):
+    with pytest.raises(TaskError, match="'capitals' has 3 usable pairs"):
+        load_task_file(_write(tmp_path, _lines()[:3]), bpe_digits)
+
+
+BAD = {
+    "not json": ('{"prompt": "x", ', "not valid JSON"),
+    "array": ('["prompt", "target"]', "expected a JSON object, got list"),
+    "missing": ('{"prompt": "The capital of Peru is", "target": " Lima"}', "missing required key 'foil'"),
+    "empty": ('{"prompt": "The capital of Peru is", "target": " ", "foil": " Paris"}', "'target' is empty"),
+    "not string": ('{"prompt": "The capital of Peru is", "target": 3, "foil": " Paris"}', "'target' must be a string"),
+    "unknown key": ('{"prompt": "a", "target": " b", "foil": " c", "answer": "b"}', "unknown key 'answer'"),
+    "unknown level": ('{"prompt": "a", "target": " b", "foil": " c", "level": "poetry"}', "unknown level 'poetry'"),
+    "same answer": ('{"prompt": "a", "target": " b", "foil": " b"}', "target and foil are both"),
+    "same corrupt": ('{"prompt": "a", "target": " b", "foil": " c", "corrupt": "a"}', "corrupt is the same"),
+    "mixed level": ('{"prompt": "a", "target": " b", "foil": " c", "level": "lexical"}', "differs from 'reasoning'"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_malformed_line_names_path_and_line(tmp_path, bpe_digits, kind):
+    line, reason = BAD[kind]
+    lines = _lines()
+    lines.insert(7, line)  # good lines before and after: nothing is returned on bad data
+    path = _write(tmp_path, [""] + lines)  # a leading blank line still counts in the numbering
+    with pytest.raises(TaskError) as err:
+        load_task_file(path, bpe_digits)
+    message = str(err.value)
+    assert message.startswith(f"{path}:9: ") and reason in message
+
+
+def test_missing_or_empty_file(tmp_path, bpe_digits):
+    with pytest.raises(TaskError, match="does not exist"):
+        load_task_file(tmp_path / "nope.jsonl", bpe_digits)
+    with pytest.raises(TaskError, match="has no pairs"):
+        load_task_file(_write(tmp_path, ["", " "]), bpe_digits)

@@ -1,0 +1,142 @@
+"""Tests of the built-in battery (registry.py + templates.py + data/*.yaml) on BPE test tokenizers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from cortexmap.errors import TaskError
+from cortexmap.tasks import LEVELS, build_task, builtin_task_names, list_tasks, task_level, tasks_for
+from cortexmap.tasks.core import prompt_ids, single_token
+
+NAMES = builtin_task_names()
+
+
+def test_every_level_has_at_least_two_tasks():
+    counts = Counter(task_level(name) for name in NAMES)
+    for level in LEVELS:
+        if level != "custom":
+            assert counts[level] >= 2, level
+    assert counts["custom"] == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_builtin_task_is_deterministic_and_fits(bpe, name):
+    task = build_task(name, bpe, n=16, seed=0)
+    assert task.name == name and task.level == task_level(name) and task.description
+    assert len(task.pairs) == 16 and len(set(task.pairs)) == 16
+    assert build_task(name, bpe, n=16, seed=0).pairs == task.pairs
+    assert build_task(name, bpe, n=16, seed=1).pairs != task.pairs
+    assert task.has_corrupt
+    for pair in task.pairs:
+        assert pair.target != pair.foil
+        assert single_token(bpe, pair.target) is not None
+        assert single_token(bpe, pair.foil) is not None
+        assert pair.corrupt != pair.prompt
+        assert len(prompt_ids(bpe, pair.corrupt)) == len(prompt_ids(bpe, pair.prompt))
+
+
+def test_larger_n_extends_the_same_stream(bpe_digits):
+    small = build_task("capitals", bpe_digits, n=8, seed=3)
+    large = build_task("capitals", bpe_digits, n=24, seed=3)
+    assert large.pairs[:8] == small.pairs
+
+
+def test_swap_draws_targets_from_both_lists(bpe_digits):
+    task = build_task("article_agreement", bpe_digits, n=48, seed=0)
+    endings = Counter(p.prompt.split()[-1] for p in task.pairs)
+    assert endings["a"] > 5 and endings["an"] > 5
+
+
+def test_differ_keeps_verbs_apart(bpe_digits):
+    for pair in build_task("selectional_restriction", bpe_digits, n=32).pairs:
+        assert pair.prompt.split()[-2] != pair.corrupt.split()[-2]
+
+
+def test_greater_than_answers_are_later_and_earlier(bpe):
+    for pair in build_task("greater_than", bpe, n=32).pairs:
+        start = next(w for w in pair.prompt.split() if len(w) == 4 and w.isdigit())
+        yy = int(start[2:])
+        hi, lo = int(pair.target), int(pair.foil)
+        if len(pair.target) == 1:  # one digit per token: the tens digit of the end year
+            assert hi > yy // 10 > lo
+        else:
+            assert hi > yy > lo
+        assert " started " in pair.prompt or " began " in pair.prompt
+
+
+def test_arithmetic_target_is_the_sum_and_corrupt_sums_to_the_foil(bpe):
+    for pair in build_task("arithmetic", bpe, n=32).pairs:
+        def total(text: str) -> int:
+            words = text.replace("?", " ").split()
+            i = max(j for j, w in enumerate(words) if w in ("+", "plus"))  # the last sum, after any example
+            return int(words[i - 1]) + int(words[i + 1])
+
+        assert total(pair.prompt) == int(pair.target)
+        assert total(pair.corrupt) == int(pair.foil)
+
+
+def test_ioi_corrupt_repeats_the_other_name(bpe_digits):
+    for pair in build_task("ioi", bpe_digits, n=16).pairs:
+        a, b = pair.target.strip(), pair.foil.strip()
+        assert pair.prompt.count(b) == 2 and pair.prompt.count(a) == 1
+        assert pair.corrupt.count(a) == 2 and pair.corrupt.count(b) == 1
+
+
+def test_too_few_single_token_answers_raise():
+    tiny_vocab = _char_level()
+    with pytest.raises(TaskError, match=r"'capitals' has 0 usable pairs.*target_not_single_token"):
+        build_task("capitals", tiny_vocab, n=16)
+
+
+def _char_level():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=260, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(["abc"], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def test_build_task_rejects_bad_arguments(bpe_digits):
+    with pytest.raises(TaskError, match="unknown task 'nope'; valid tasks: article_agreement"):
+        build_task("nope", bpe_digits)
+    with pytest.raises(TaskError, match="n must be at least 1"):
+        build_task("capitals", bpe_digits, n=0)
+    assert len(build_task("capitals", bpe_digits, n=3).pairs) == 3  # below the minimum when asked for
+
+
+def test_tasks_for_expands_names_levels_and_all():
+    assert tasks_for("capitals") == ["capitals"]
+    assert tasks_for("all") == NAMES
+    syntactic = tasks_for("syntactic")
+    assert syntactic and all(task_level(n) == "syntactic" for n in syntactic)
+    combo = tasks_for("ioi, lexical,capitals,ioi")
+    assert combo == [n for n in NAMES if n in set(tasks_for("lexical")) | {"ioi", "capitals"}]
+    assert tasks_for(["capitals", "ioi"]) == ["ioi", "capitals"]  # battery order
+
+
+@pytest.mark.parametrize("spec", ["nope", "capitals,nope", ""])
+def test_tasks_for_rejects_unknown(spec):
+    with pytest.raises(TaskError, match="task"):
+        tasks_for(spec)
+
+
+def test_unknown_name_lists_levels_and_tasks():
+    with pytest.raises(TaskError) as err:
+        tasks_for("lexicall")
+    assert "lexical" in str(err.value) and "capitals" in str(err.value)
+    with pytest.raises(TaskError):
+        task_level("lexical")
+
+
+def test_list_tasks_table():
+    table = list_tasks()
+    assert list(table.columns[:4]) == ["name", "level", "description", "has_corrupt"]
+    assert table["name"].tolist() == NAMES
+    assert table["has_corrupt"].all()
+    assert set(table["level"]) <= set(LEVELS)
