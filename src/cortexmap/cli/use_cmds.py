@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, List
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -49,3 +49,36 @@ def compare(
             f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in cons.items()
             if not isinstance(v, (dict, list))), soft_wrap=True)
     console.print(f"wrote {run_dirs[0]}/compare.json")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(help="a run directory")],
+    compare: Annotated[Optional[List[str]], typer.Option("--compare", help="another run to compare with, repeatable")] = None,
+    out: Annotated[Optional[str], typer.Option(help="HTML file (default RUN_DIR/report.html)")] = None,
+    screenshot: Annotated[Optional[str], typer.Option(help="also save a PNG screenshot (needs chromium)")] = None,
+) -> None:
+    """Write one self-contained HTML atlas (opens offline in any browser); runs the analysis if needed."""
+    from cortexmap.report import render_report
+    from cortexmap.report import screenshot as shoot
+
+    def go():  # noqa: ANN202
+        path = render_report(run_dir, compare=compare or None, out=out)
+        if screenshot:
+            shoot(path, screenshot)
+        return path
+
+    path = run_guarded(go)
+    console.print(f"wrote {path}" + (f" and {screenshot}" if screenshot else ""))
+
+
+@app.command()
+def figures(
+    run_dir: Annotated[str, typer.Argument(help="a run directory")],
+    out: Annotated[str, typer.Option(help="output directory")] = "figures",
+) -> None:
+    """Export the atlas figures as files for papers (HTML; SVG/PNG where kaleido can render)."""
+    from cortexmap.report import export_figures
+
+    written = run_guarded(lambda: export_figures(run_dir, out))
+    console.print("wrote " + ", ".join(str(p) for p in written))
