@@ -105,9 +105,11 @@ def analyze_run(run_dir: str | Path, *, regulators: bool = False, redundancy: bo
     if influence is not None:
         influence = influence[influence["condition"] != "screen"]
     pairs = pd.read_parquet(root / PAIRS) if (root / PAIRS).exists() else None
+    # With attribution+verify, exact rows cover only the verified heads: profile every head by attribution.
+    method = "attribution" if str(results.manifest["arguments"].get("method", "")).startswith("attribution") else None
     atlas, findings = build_atlas(results.effects, results.patterns if len(results.patterns) else None,
                                   results.n_layers, results.n_heads, influence=influence, pairs=pairs,
-                                  prompt_effects=results.prompt_effects(), n_perm=n_perm, seed=seed)
+                                  prompt_effects=results.prompt_effects(), method=method, n_perm=n_perm, seed=seed)
     findings["model"] = results.manifest["model"]
     write_parquet(atlas, root / ATLAS)
     write_json(findings, root / FINDINGS)
