@@ -58,12 +58,30 @@ def heldout_loss(handle: ModelHandle, chunks: torch.Tensor, batch_size: int = 8)
     return total / count
 
 
-def gradient_scorer(handle: ModelHandle, chunks: torch.Tensor, batch_size: int = 1,
+def gradient_scorer(handle: ModelHandle, chunks: torch.Tensor, batch_size: int = 1, iterative: bool = True,
                     progress: Callable[[str], None] | None = None) -> Scorer:
-    """An iterative scorer: gradient importance re-computed with the already pruned heads masked."""
+    """Gradient importance matched to the replacement mode (zero, or mean when the curve passes means).
+
+    Args:
+        handle: the unpruned model.
+        chunks: training token ids ``[n, seq]``.
+        batch_size: rows per backward pass.
+        iterative: re-score after each pruning step with the pruned heads masked; otherwise score
+            once per replacement mode and reuse the table.
+        progress: passed to :func:`~cortexmap.apply.head_importance`.
+
+    Returns:
+        A scorer ``scorer(pruned, means) -> importance table`` for :func:`pruning_curve`.
+    """
+    cache: dict[bool, pd.DataFrame] = {}
 
     def score(pruned: list[HeadId], means: dict | None) -> pd.DataFrame:
-        return head_importance(handle, chunks, batch_size=batch_size, pruned=pruned, means=means, progress=progress)
+        if iterative:
+            return head_importance(handle, chunks, batch_size=batch_size, pruned=pruned, means=means, progress=progress)
+        key = means is None  # one table per replacement mode (the curve passes the same means each time)
+        if key not in cache:
+            cache[key] = head_importance(handle, chunks, batch_size=batch_size, means=means, progress=progress)
+        return cache[key]
 
     return score
 
@@ -74,9 +92,24 @@ def _ids(text: Chunks | torch.Tensor | None, handle: ModelHandle, split: str, n_
     return text.ids if isinstance(text, Chunks) else text
 
 
-def _selections(importance: Importance, n_total: int, fractions: Sequence[float], means: dict | None
-                ) -> list[tuple[float, list[HeadId]]]:
-    """Cumulative head sets per fraction (re-scoring a scorer after each step)."""
+def heals(method: str, replace: str, heal_methods: Sequence[str] | None) -> bool:
+    """Whether ``heal_methods`` (names ``method`` or ``method/replace``; None: all) selects this curve."""
+    return heal_methods is None or method in heal_methods or f"{method}/{replace}" in heal_methods
+
+
+def select_cumulative(importance: Importance, n_total: int, fractions: Sequence[float], means: dict | None = None
+                      ) -> list[tuple[float, list[HeadId]]]:
+    """Nested head sets to prune at each fraction, in increasing order of fraction.
+
+    Args:
+        importance: an importance table, or a scorer re-run after each step (iterative pruning).
+        n_total: number of query heads of the model.
+        fractions: fractions of heads to prune.
+        means: passed to a scorer (``None``: zero ablation).
+
+    Returns:
+        ``[(fraction, heads)]``; each head set contains the previous one.
+    """
     chosen: list[HeadId] = []
     out = []
     for fraction in sorted(fractions):
@@ -110,7 +143,8 @@ def pruning_curve(
         fractions: fractions of query heads to prune.
         replace: replacement modes (``zero``, ``mean``).
         heal_steps: distillation steps after pruning (0: no healing).
-        heal_methods: methods to heal (default: all); the unhealed row is always kept.
+        heal_methods: curves to heal, as ``method`` or ``method/replace`` (default: all); the
+            unhealed row is always kept.
         text: held-out token ids (default: ``n_chunks`` x ``seq_len`` of the corpus held-out split).
         train_text: token ids for means, healing and scorers (default: the corpus train split).
         task_score: optional ``task_score(handle) -> float`` (e.g. a task-battery accuracy).
@@ -140,14 +174,14 @@ def pruning_curve(
     for method, importance in importances.items():
         for mode in replace:
             mode_means = means if mode == "mean" else None
-            for fraction, heads in _selections(importance, n_total, fractions, mode_means):
+            for fraction, heads in select_cumulative(importance, n_total, fractions, mode_means):
                 start = time.perf_counter()
                 pruned = prune_heads(handle, heads, replace=mode, reference=mode_means)
                 loss = heldout_loss(pruned, eval_ids)
                 score = task_score(pruned) if task_score else float("nan")
                 rows.append(_row(method, mode, False, fraction, pruned, handle, loss, base_loss, score, start))
                 say(f"{method}/{mode} {fraction:.0%}: loss {loss:.4f} ({rows[-1]['loss_delta_pct']:+.2f}%)")
-                if heal_steps and (heal_methods is None or method in heal_methods):
+                if heal_steps and heals(method, mode, heal_methods):
                     start = time.perf_counter()
                     heal(pruned, handle, train_ids, steps=heal_steps, **dict(heal_kwargs or {}))
                     loss = heldout_loss(pruned, eval_ids)

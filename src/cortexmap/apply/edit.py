@@ -19,33 +19,41 @@ import torch
 
 from cortexmap.errors import CortexmapError
 from cortexmap.heads import HeadId, HeadLike, as_head, as_heads
+from cortexmap.interventions import HeadIntervention
 from cortexmap.models import ModelHandle, wrap_model
 
 log = logging.getLogger(__name__)
 
 
 def head_factors(handle: ModelHandle, amplify: Mapping[Any, float] | None = None,
-                 ablate: Iterable[HeadLike] | None = None) -> dict[HeadId, float]:
+                 ablate: Iterable[HeadLike] | None = None, specs: Sequence[HeadIntervention] = ()) -> dict[HeadId, float]:
     """The multiplicative factor of every edited head (``1 + alpha``, or ``0`` when ablated).
 
     Raises:
         UnknownHeadError: a head outside the model.
+        CortexmapError: a spec other than ``zero`` / ``amplify`` (not a fixed weight scale).
     """
     factors: dict[HeadId, float] = {}
-    for head, alpha in (amplify or {}).items():
+    pairs = [(h, float(a)) for h, a in (amplify or {}).items()]
+    for spec in specs:
+        if spec.kind not in ("zero", "amplify"):
+            raise CortexmapError(f"a {spec.kind!r} intervention cannot be baked into weights; edit with zero or amplify")
+        pairs += [(h, -1.0 if spec.kind == "zero" else spec.alpha) for h in spec.heads]
+    for head, alpha in pairs:
         key = handle.head(as_head(head))
-        factors[key] = factors.get(key, 1.0) * (1.0 + float(alpha))
+        factors[key] = factors.get(key, 1.0) * (1.0 + alpha)
     for head in as_heads(list(ablate or [])):
         factors[handle.head(head)] = 0.0
     return factors
 
 
-def edit_model(handle: ModelHandle, amplify: Mapping[Any, float] | None = None,
+def edit_model(handle: ModelHandle, *specs: HeadIntervention, amplify: Mapping[Any, float] | None = None,
                ablate: Iterable[HeadLike] | None = None) -> ModelHandle:
     """Return a copy of the model with head amplifications and ablations baked into its weights.
 
     Args:
         handle: the model (left untouched).
+        *specs: ``zero`` / ``amplify`` :class:`~cortexmap.interventions.HeadIntervention` objects (an edit plan).
         amplify: ``{head: alpha}``: the head's output is scaled by ``1 + alpha``.
         ablate: heads whose output is zeroed.
 
@@ -57,7 +65,7 @@ def edit_model(handle: ModelHandle, amplify: Mapping[Any, float] | None = None,
         UnknownHeadError: a head outside the model.
         CortexmapError: nothing to edit, or the model is pruned.
     """
-    factors = head_factors(handle, amplify, ablate)
+    factors = head_factors(handle, amplify, ablate, specs)
     if not factors:
         raise CortexmapError("nothing to edit: give amplify={head: alpha} and/or ablate=[heads]")
     if getattr(handle.model.config, "cortexmap_pruning", None):

@@ -76,12 +76,21 @@ def head_masks(handle: ModelHandle, pruned: Iterable[HeadId] = (), means: dict[i
 
         return hook
 
-    hooks = [handle.out_proj(layer).register_forward_pre_hook(make(layer), with_kwargs=True) for layer in range(handle.n_layers)]
+    hooks = [handle.out_proj(layer).register_forward_pre_hook(make(layer), with_kwargs=True)
+             for layer in range(handle.n_layers)]
     try:
         yield mask
     finally:
         for h in hooks:
             h.remove()
+
+
+def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; half precision is upcast, float64 kept (exact gradient checks)."""
+    logits = logits[:, :-1]  # [batch, seq - 1, vocab]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
 @contextmanager
@@ -122,7 +131,7 @@ def head_importance(handle: ModelHandle, chunks: torch.Tensor, batch_size: int =
     with _frozen(handle.model), head_masks(handle, done, means) as mask:
         for start in range(0, chunks.shape[0], batch_size):
             ids = chunks[start:start + batch_size].to(handle.device)
-            loss = handle.model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss = lm_loss(handle.model(input_ids=ids, use_cache=False).logits, ids)
             (grad,) = torch.autograd.grad(loss, mask)
             total += grad.detach().abs().float().cpu()
             n_batches += 1
@@ -138,7 +147,8 @@ def head_importance(handle: ModelHandle, chunks: torch.Tensor, batch_size: int =
 
 
 def importance_from_atlas(effects: pd.DataFrame, interventions: Sequence[str] = ("zero", "mean"),
-                          tasks: Sequence[str] | None = None, model: str | None = None) -> pd.DataFrame:
+                          tasks: Sequence[str] | None = None, model: str | None = None,
+                          shape: tuple[int, int] | None = None) -> pd.DataFrame:
     """Head importance from a sweep's effects table: mean over tasks of ``|effect_normalized|``.
 
     Args:
@@ -147,9 +157,10 @@ def importance_from_atlas(effects: pd.DataFrame, interventions: Sequence[str] = 
         interventions: which ablations count (averaged together).
         tasks: restrict to these tasks (default all).
         model: restrict to this model spec when the table holds several.
+        shape: ``(n_layers, n_heads)`` of the model (default: the largest indices in the table).
 
     Returns:
-        An importance table; heads without rows get importance 0.
+        An importance table; heads without effects get NaN, so they are never selected for pruning.
 
     Raises:
         ResultsError: missing columns or no matching rows.
@@ -170,8 +181,8 @@ def importance_from_atlas(effects: pd.DataFrame, interventions: Sequence[str] = 
         raise ResultsError(f"no {'/'.join(interventions)} ablation effects in the table; run a sweep with them")
     per_task = rows.assign(size=rows["effect_normalized"].abs()).groupby(["layer", "head", "task"])["size"].mean()
     per_head = per_task.groupby(["layer", "head"]).mean()
-    n_layers, n_heads = int(effects["layer"].max()) + 1, int(effects["head"].max()) + 1
-    grid = np.zeros((n_layers, n_heads))
+    n_layers, n_heads = shape or (int(effects["layer"].max()) + 1, int(effects["head"].max()) + 1)
+    grid = np.full((n_layers, n_heads), np.nan)
     for (layer, head), value in per_head.items():
         grid[int(layer), int(head)] = value
     return importance_table(grid)

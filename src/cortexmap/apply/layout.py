@@ -33,6 +33,7 @@ load with ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -112,7 +113,8 @@ def _set(root: Any, dotted: str, module: nn.Module) -> None:
 def build_module(spec: dict[str, Any], device: Any, dtype: Any) -> nn.Module:
     """An uninitialised projection of the shape ``spec`` records (see the module docstring)."""
     kind, n_in, n_out, bias = spec["type"], int(spec["in"]), int(spec["out"]), bool(spec["bias"])
-    with torch.device(device):
+    with torch.device(device), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")  # emptied projections
         if kind == "linear":
             module: nn.Module = nn.Linear(n_in, n_out, bias=bias, dtype=dtype)
         elif kind == "kv_expand":

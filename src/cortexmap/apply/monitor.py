@@ -53,7 +53,8 @@ def _check_thresholds(thresholds: Mapping[str, Any] | None) -> dict[str, tuple[f
 class Monitor:
     """Records head norms and attention entropies per forward step; build it with :func:`monitor`."""
 
-    def __init__(self, handle: ModelHandle, heads: list[HeadId], thresholds: dict[str, tuple[float | None, float | None]]) -> None:
+    def __init__(self, handle: ModelHandle, heads: list[HeadId],
+                 thresholds: dict[str, tuple[float | None, float | None]]) -> None:
         self.handle = handle
         self.heads = heads
         self.thresholds = thresholds
@@ -74,7 +75,8 @@ class Monitor:
         try:
             self._hooks.append(model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
             for layer in sorted({h.layer for h in self.heads}):
-                self._hooks.append(self.handle.out_proj(layer).register_forward_pre_hook(self._on_z(layer), with_kwargs=True))
+                out_proj = self.handle.out_proj(layer)
+                self._hooks.append(out_proj.register_forward_pre_hook(self._on_z(layer), with_kwargs=True))
                 self._hooks.append(self.handle.attention(layer).register_forward_hook(self._on_attention(layer)))
         except Exception:
             self.__exit__()

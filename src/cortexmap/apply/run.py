@@ -19,14 +19,13 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from cortexmap.errors import ResultsError
+from cortexmap.interventions import mean_head_outputs
 from cortexmap.models import load_model
 from cortexmap.apply.corpus import corpus_info, token_chunks
-from cortexmap.apply.curve import gradient_scorer, pruning_curve
+from cortexmap.apply.curve import gradient_scorer, heals, pruning_curve, select_cumulative
 from cortexmap.apply.edit import compare_generations, edit_model, head_factors
 from cortexmap.apply.heal import heal as heal_model
-from cortexmap.apply.importance import (
-    head_importance, heads_for_fraction, importance_from_atlas, layer_importance, random_importance, select_heads,
-)
+from cortexmap.apply.importance import importance_from_atlas, layer_importance, random_importance
 from cortexmap.apply.monitor import monitor
 from cortexmap.apply.prune import prune_heads
 from cortexmap.apply.storage import save_model, save_pruned
@@ -127,12 +126,12 @@ def run_prune(
         fractions: fractions of query heads to prune.
         replace: replacement modes (``zero``, ``mean``).
         heal: distillation steps after pruning (0: none).
-        iterative: re-score gradient importance after each fraction.
+        iterative: re-score gradient importance after each fraction (otherwise once per replacement mode).
         out_dir: output directory (``curve.parquet``, ``curve.png``, ``importance.parquet``,
             ``manifest.json``, ``models/``).
         progress: called with one-line messages.
         methods: importance methods among ``gradient``, ``random``, ``layer``.
-        heal_methods: methods to heal (default: all).
+        heal_methods: curves to heal, ``method`` or ``method/replace`` (default: all).
         n_chunks: held-out chunks of ``seq_len`` tokens.
         seq_len: tokens per chunk.
         importance_chunks: training chunks for gradient importance.
@@ -151,17 +150,20 @@ def run_prune(
     handle = load_model(model_spec, device=device)
     train = token_chunks(handle.tokenizer, "train", seq_len)
     scorers: dict[str, Any] = {}
-    if "gradient" in methods:
-        grad_ids = train.ids[:importance_chunks]
-        scorers["gradient"] = (gradient_scorer(handle, grad_ids) if iterative
-                               else head_importance(handle, grad_ids, progress=say))
+    if "gradient" in methods:  # matched to each replacement mode; batches of 4 rows for CPU speed
+        scorers["gradient"] = gradient_scorer(handle, train.ids[:importance_chunks], batch_size=4, iterative=iterative)
     if "random" in methods:
         scorers["random"] = random_importance(handle, seed)
     if "layer" in methods:
         scorers["layer"] = layer_importance(handle, "last")
     if run_dir is not None:
-        scorers["atlas"] = importance_from_atlas(_atlas_effects(run_dir), model=model_spec)
+        effects = _atlas_effects(run_dir)
+        several = "model" in effects.columns and effects["model"].nunique() > 1
+        scorers["atlas"] = importance_from_atlas(effects, model=model_spec if several else None,
+                                                 shape=(handle.n_layers, handle.n_heads))
     static = [t.assign(method=m) for m, t in scorers.items() if isinstance(t, pd.DataFrame)]
+    if "gradient" in scorers and not iterative:
+        static.append(scorers["gradient"]([], None).assign(method="gradient"))
     if static:
         _write(out / "importance.parquet", lambda p: pd.concat(static).to_parquet(p, index=False))
     curve = pruning_curve(handle, scorers, fractions, replace, heal_steps=heal, heal_methods=heal_methods,
@@ -172,19 +174,11 @@ def run_prune(
     best = pruned_rows.groupby(["method", "replace"])["heldout_loss"].mean().idxmin()
     saved = []
     if save_models:
-        means = None
-        if best[1] == "mean":
-            from cortexmap.interventions import mean_head_outputs
-
-            means = mean_head_outputs(handle, train.ids[:16])
-        table = scorers[best[0]]
-        chosen: list[Any] = []
-        for fraction in sorted(fractions):
-            count = heads_for_fraction(handle.n_layers * handle.n_heads, fraction)
-            scores = table(list(chosen), means) if callable(table) else table
-            chosen = chosen + select_heads(scores, count - len(chosen), exclude=chosen)
+        means = mean_head_outputs(handle, train.ids[:16]) if best[1] == "mean" else None  # as pruning_curve does
+        n_total = handle.n_layers * handle.n_heads
+        for fraction, chosen in select_cumulative(scorers[best[0]], n_total, fractions, means):
             pruned = prune_heads(handle, chosen, replace=best[1], reference=means)
-            if heal and (heal_methods is None or best[0] in heal_methods):
+            if heal and heals(best[0], best[1], heal_methods):
                 heal_model(pruned, handle, train.ids, steps=heal)
             target = out / "models" / f"{best[0]}-{best[1]}-{round(100 * fraction)}pct"
             save_pruned(pruned, target)

@@ -141,7 +141,9 @@ def load_pruned(path: str | Path, device: str = "cpu", dtype: torch.dtype | None
 
     path = Path(path)
     if not (path / "config.json").exists() or not (path / PLAN_FILE).exists():
-        raise ModelLoadError(f"{path} is not a pruned model directory (no config.json or {PLAN_FILE}); save one with save_pruned")
+        raise ModelLoadError(
+            f"{path} is not a pruned model directory (no config.json or {PLAN_FILE}); save one with save_pruned"
+        )
     config = AutoConfig.from_pretrained(path)
     if not getattr(config, "cortexmap_pruning", None):
         raise ModelLoadError(f"{path}/config.json has no cortexmap_pruning layout; was it written by save_pruned?")

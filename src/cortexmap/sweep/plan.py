@@ -1,19 +1,101 @@
-"""Sizing a sweep: rows per forward pass, and the forward-pass count and memory of a planned run."""
+"""Sizing a sweep: rows per forward pass, and the forward passes, time and memory of a planned run.
+
+Conventions fixed here:
+
+* a *forward-pass equivalent* (FPE) is the compute of one full forward pass of one batch of
+  prompts with last-position logits; running blocks ``l..L-1`` counts ``(L - l) / L``, a backward
+  pass counts 2 (so attribution's forward + backward is 3);
+* one FPE of ``tokens`` tokens is ``2 * n_params * tokens`` FLOPs (the usual dense estimate);
+* tasks are encoded in batches of at most :data:`MAX_BATCH` prompts of one length (as the local
+  backend does), and all batches of the task being mapped stay cached;
+* memory figures are estimates in bytes: weights + that task's clean caches + one pass's
+  activations, plus 10% for the allocator.
+
+:func:`plan_run` answers ``cortexmap plan``; :func:`require_fit` turns a plan that cannot fit
+into a one-line :class:`~cortexmap.errors.CortexmapError`.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from cortexmap.errors import CortexmapError
+
+MAX_BATCH = 64  # prompts per equal-length batch (LocalBackend encodes tasks with this)
+OVERHEAD = 1.10  # allocator slack on top of the estimated tensors
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device-name substring, from the vendors' data sheets.
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What sizing needs to know about a model, with or without its weights loaded."""
+
+    name: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_ff: int
+    vocab: int
+    n_params: int
+    dtype_bytes: int
+
+    @classmethod
+    def from_handle(cls, handle: Any) -> ModelFacts:
+        config = handle.model.config
+        return cls(handle.spec, handle.n_layers, handle.n_heads, _d_model(config), _d_ff(config),
+                   int(config.vocab_size), handle.n_params, torch.finfo(handle.dtype).bits // 8)
+
+    @classmethod
+    def from_config(cls, config: Any, dtype: torch.dtype = torch.float32, name: str | None = None) -> ModelFacts:
+        """Facts of a transformers config; parameters are counted on the meta device (no memory)."""
+        from transformers import AutoModelForCausalLM
+
+        from cortexmap.models.geometry import geometry_for, head_counts
+
+        n_layers, n_heads, _, _ = head_counts(config, geometry_for(config))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        n_params = sum(p.numel() for p in model.parameters())
+        return cls(name or str(config.model_type), n_layers, n_heads, _d_model(config), _d_ff(config),
+                   int(config.vocab_size), n_params, torch.finfo(dtype).bits // 8)
+
+
+def _d_model(config: Any) -> int:
+    return int(getattr(config, "hidden_size", None) or config.n_embd)
+
+
+def _d_ff(config: Any) -> int:
+    for key in ("intermediate_size", "ffn_dim", "n_inner"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return 4 * _d_model(config)
+
+
+def _facts(model: Any) -> ModelFacts:
+    if isinstance(model, ModelFacts):
+        return model
+    if hasattr(model, "model") and hasattr(model, "n_heads"):
+        return ModelFacts.from_handle(model)
+    return ModelFacts.from_config(model)
+
 
 def bytes_per_row(handle: Any, seq: int) -> int:
-    """Rough peak activation bytes of one prompt row through one block (attention scores + MLP)."""
-    config = handle.model.config
-    d_model = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
-    d_ff = int(getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) or 4 * d_model)
-    width = 8 * d_model + 3 * d_ff + 2 * handle.n_heads * seq
-    return seq * width * torch.finfo(handle.dtype).bits // 8
+    """Rough peak activation bytes of one prompt row through one block (attention scores + MLP).
+
+    Args:
+        handle: a model handle or :class:`ModelFacts`.
+    """
+    f = _facts(handle)
+    width = 8 * f.d_model + 3 * f.d_ff + 2 * f.n_heads * seq
+    return seq * width * f.dtype_bytes
 
 
 def auto_rows(handle: Any, seq: int, budget_bytes: int | None = None) -> int:
@@ -31,11 +113,225 @@ def auto_rows(handle: Any, seq: int, budget_bytes: int | None = None) -> int:
     return max(1, min(8192, budget_bytes // max(1, bytes_per_row(handle, seq))))
 
 
-def forward_equivalents(n_layers: int, n_heads: int, n_prompts: int, rows_per_pass: int) -> float:
-    """Full forward passes (of ``n_prompts`` prompts) an exact sweep of one unit costs.
+def forward_equivalents(n_layers: int, n_heads: int, n_prompts: int, rows_per_pass: int, *,
+                        method: str = "exact", verify: int = 0) -> float:
+    """Full forward passes (of one batch of prompts) one unit costs, plus the clean pass.
 
-    Head ``(l, h)`` runs ``n_layers - l`` of ``n_layers`` blocks, so a unit costs about
-    ``n_heads * (n_layers + 1) / 2`` full passes, plus the clean pass.
+    Head ``(l, h)`` runs ``n_layers - l`` of ``n_layers`` blocks, so an exact unit costs
+    ``n_heads * (n_layers + 1) / 2`` passes; attribution costs a forward and a backward (3),
+    plus ``verify`` exactly re-run heads of average depth. The count does not depend on how
+    many rows share a pass (``n_prompts`` and ``rows_per_pass`` only change the speed per pass).
     """
     del n_prompts, rows_per_pass
-    return n_heads * (n_layers + 1) / 2 + 1
+    per_head = (n_layers + 1) / (2 * n_layers)
+    if method == "exact":
+        return n_heads * n_layers * per_head + 1
+    if method == "attribution":
+        return 3 + verify * per_head + 1
+    raise CortexmapError(f"unknown method {method!r}: use exact or attribution")
+
+
+def peak_flops(device: str | torch.device) -> float | None:
+    """Dense bf16 peak FLOP/s of a CUDA device from :data:`BF16_PEAK`, or None (CPU, unknown GPU)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK.items() if key in name), None)
+
+
+def host_available_bytes() -> int:
+    """Host RAM available to a new allocation (``MemAvailable``), in bytes."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _device_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return host_available_bytes()
+
+
+@torch.no_grad()
+def calibrate(handle: Any, batch: int, seq: int, rows_per_pass: int, attribution: bool = False,
+              seed: int = 0) -> dict[str, float]:
+    """Time the sweep's building blocks on the real model with random prompts.
+
+    Returns:
+        ``clean_s`` (one clean pass of ``batch`` prompts), ``block_row_s`` (one block over one
+        row of ``seq`` tokens inside a ``run_from_layer`` chunk of ``rows_per_pass`` rows) and,
+        when asked, ``attribution_s`` (forward + backward of the batch).
+    """
+    from cortexmap.sweep.compute import TaskBatch, attribution_matrix, prepare
+    from cortexmap.sweep.engine import head_block_edit, run_from_layer
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = int(handle.model.config.vocab_size)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    answers = torch.randint(0, vocab, (2, batch), generator=g)
+    tb = TaskBatch(ids, None, answers[0], answers[1], list(range(batch)))
+    handle.model(input_ids=ids[:1].to(handle.device), use_cache=False, logits_to_keep=1)  # warm-up
+    start = time.perf_counter()
+    (tb,) = prepare(handle, [tb], need_corrupt=False)
+    out = {"clean_s": time.perf_counter() - start}
+    k = max(1, min(handle.n_heads, rows_per_pass // batch))
+    depth = min(handle.n_layers, 4)
+    layer = handle.n_layers - depth
+    edit = head_block_edit(handle.n_heads, list(range(k)), batch, "zero")
+    _sync(handle.device)
+    start = time.perf_counter()
+    run_from_layer(handle, tb.cache, layer, edit, k)
+    _sync(handle.device)
+    out["block_row_s"] = (time.perf_counter() - start) / (depth * k * batch)
+    if attribution:
+        start = time.perf_counter()
+        attribution_matrix(handle, [tb], "zero")
+        _sync(handle.device)
+        out["attribution_s"] = time.perf_counter() - start
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: str | list[str] = "zero",
+             method: str = "exact", device: str | torch.device | None = None, *, dtype: torch.dtype | None = None,
+             rows_per_pass: int | None = None, calibrated: bool = True, utilization: float = 0.35,
+             memory_bytes: int | None = None, host_bytes: int | None = None) -> dict[str, Any]:
+    """Forward passes, expected time and peak memory of mapping ``model``, and whether it fits.
+
+    Args:
+        model: a loaded model handle (calibrated timings), a transformers config, or
+            :class:`ModelFacts` (FLOP-based time on GPUs with a known peak; none on CPU).
+        n_tasks: tasks mapped.
+        n_prompts: prompts per task.
+        seq: prompt length in tokens (the longest bucket).
+        interventions: ``"zero,mean,patch,amplify:0.5"`` or a list of such labels.
+        method: ``exact``, ``attribution`` or ``attribution+verify:K``.
+        device: where the run goes (default: the handle's device, else ``cpu``).
+        dtype: weight dtype when ``model`` is a config (default float32).
+        rows_per_pass: rows (prompts x heads) per pass; default as ``--batch-size auto``.
+        calibrated: time one clean pass and one ``run_from_layer`` chunk on a loaded model.
+        utilization: assumed fraction of the GPU's bf16 peak for FLOP-based times.
+        memory_bytes: device memory to plan against (default: the GPU's total, or host RAM available).
+        host_bytes: host RAM to plan against (default: ``MemAvailable``).
+
+    Returns:
+        A dict: ``forward_equivalents``, ``flops``, ``time_s`` (None when unknown) with
+        ``time_source``, ``memory`` (bytes by part and ``peak``), ``rows_per_pass``, ``fits`` and
+        ``message`` (one line, why it cannot fit or what was adjusted).
+    """
+    from cortexmap.sweep.config import SweepConfig
+
+    is_handle = hasattr(model, "model") and hasattr(model, "n_heads")
+    if isinstance(model, ModelFacts) or is_handle:
+        facts = _facts(model)
+    else:
+        facts = ModelFacts.from_config(model, dtype or torch.float32)
+    device = torch.device(device if device is not None else (model.device if is_handle else "cpu"))
+    labels = ",".join(interventions) if isinstance(interventions, (list, tuple)) else interventions
+    config = SweepConfig(interventions=labels, method=method)  # validates both
+    base, verify = config.method_parts
+    kinds = [spec.kind for spec in config.specs]
+    patch = "patch" in kinds
+    L, H = facts.n_layers, facts.n_heads
+    batch = min(n_prompts, MAX_BATCH)
+    n_batches = math.ceil(n_prompts / MAX_BATCH)
+    units = n_tasks * len(kinds)
+
+    # Compute: clean passes per task (a second clean + the corrupt pass once patching needs them).
+    prep_fpe = 1 + (2 if patch else 0)
+    unit_fpe = forward_equivalents(L, H, n_prompts, 0, method=base, verify=verify) - 1
+    fpe = n_tasks * n_batches * (prep_fpe + len(kinds) * unit_fpe)
+    flops = fpe * 2 * facts.n_params * batch * seq
+
+    # Memory.
+    b = facts.dtype_bytes
+    weights = facts.n_params * b
+    cache = n_prompts * seq * L * facts.d_model * b * (3 if patch else 2) + n_prompts * facts.vocab * b
+    budget = memory_bytes if memory_bytes is not None else _device_budget(device)
+    resident = weights if is_handle and model.device == device and device.type == "cpu" and memory_bytes is None else 0
+    per_row = bytes_per_row(facts, seq) + 2 * seq * facts.d_model * b + facts.vocab * (b + 4)
+    if rows_per_pass is None:
+        if device.type == "cuda":
+            rows_per_pass = max(batch, min(8192, int((budget - weights - cache) / 4) // max(1, per_row)))
+        else:
+            rows_per_pass = 256
+    attribution_pass = batch * L * bytes_per_row(facts, seq) if base == "attribution" else 0
+    exact_rows = max(batch, rows_per_pass) if base == "exact" or verify else 0
+    fixed = weights + cache
+    peak = (fixed + max(exact_rows * per_row, attribution_pass)) * OVERHEAD
+    minimum = (fixed + max(batch * per_row if exact_rows else 0, attribution_pass)) * OVERHEAD
+    message, fits = "", True
+    where = "host RAM" if device.type == "cpu" else str(device)
+    if weights * OVERHEAD > budget + resident:
+        fits = False
+        smaller = "bfloat16, " if b > 2 else ""
+        advice = (f"use {smaller}a larger GPU, or shard it over several (device_map)" if device.type == "cuda"
+                  else f"use {smaller}a machine with more RAM, or GPUs (device_map)")
+        message = (f"{facts.name} needs {_gb(weights)} for its weights alone in {b * 8}-bit floats but {where} has "
+                   f"{_gb(budget + resident)}; {advice}")
+    elif minimum > budget + resident:
+        fits = False
+        message = (f"one task's clean caches and a pass of {batch} prompts x {seq} tokens need {_gb(minimum)} "
+                   f"but {where} has {_gb(budget + resident)}; use fewer --prompts or shorter prompts")
+    elif peak > budget + resident:
+        spare = (budget + resident) / OVERHEAD - fixed
+        rows_per_pass = max(batch, int(spare // per_row))
+        peak = (fixed + max(rows_per_pass * per_row, attribution_pass)) * OVERHEAD
+        message = f"{rows_per_pass} rows per pass fit in {where} ({_gb(budget + resident)})"
+    else:
+        message = f"fits: about {_gb(peak)} at peak of the {_gb(budget + resident)} in {where}"
+    host = host_bytes if host_bytes is not None else host_available_bytes()
+    if fits and device.type == "cuda" and not is_handle and weights > host:
+        fits = False
+        message = (f"loading {facts.name} puts its {_gb(weights)} of weights in host RAM first but only "
+                   f"{_gb(host)} is available; load with device_map or on a machine with more RAM")
+
+    # Time.
+    time_s, source, calibration = None, "unknown: calibrate on the loaded model", None
+    if is_handle and calibrated and model.device == device:
+        calibration = calibrate(model, batch, seq, rows_per_pass, attribution=base == "attribution")
+        row_blocks = H * batch * L * (L + 1) / 2  # every head of one batch of one exact unit
+        exact_s = row_blocks * calibration["block_row_s"]
+        verify_s = verify * batch * (L + 1) / 2 * calibration["block_row_s"]
+        unit_s = exact_s if base == "exact" else calibration["attribution_s"] + verify_s
+        time_s = n_tasks * n_batches * (prep_fpe * calibration["clean_s"] + len(kinds) * unit_s)
+        source = f"calibrated on {device}"
+    elif peak_flops(device) is not None:
+        time_s = flops / (peak_flops(device) * utilization)
+        source = f"estimate: FLOPs at {utilization:.0%} of the bf16 peak"
+    return {
+        "model": facts.name, "device": str(device), "n_layers": L, "n_heads": H, "n_params": facts.n_params,
+        "dtype_bytes": b, "n_tasks": n_tasks, "n_prompts": n_prompts, "seq": seq,
+        "interventions": [spec.label for spec in config.specs], "method": method, "units": units,
+        "head_interventions": units * L * H, "batches_per_task": n_batches, "rows_per_pass": rows_per_pass,
+        "forward_equivalents": fpe, "flops": flops, "time_s": time_s, "time_source": source,
+        "calibration": calibration,
+        "memory": {"weights": weights, "caches": cache, "pass": peak / OVERHEAD - fixed, "peak": peak,
+                   "budget": budget + resident},
+        "fits": fits, "message": message,
+    }
+
+
+def require_fit(plan: dict[str, Any]) -> dict[str, Any]:
+    """Return ``plan`` when it fits, else raise its one-line reason.
+
+    Raises:
+        CortexmapError: the run cannot fit in the device memory or host RAM it was planned for.
+    """
+    if not plan["fits"]:
+        raise CortexmapError(plan["message"])
+    return plan

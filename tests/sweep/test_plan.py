@@ -1,0 +1,105 @@
+"""Sizing a sweep: forward-pass counts, memory, calibration and the cannot-fit error (tiny models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cortexmap.errors import CortexmapError
+from cortexmap.sweep.plan import (
+    ModelFacts,
+    auto_rows,
+    bytes_per_row,
+    calibrate,
+    forward_equivalents,
+    plan_run,
+    require_fit,
+)
+from tests.tiny import _config, tiny_handle
+
+GB = 10**9
+
+
+def test_forward_equivalents_count_the_depth_each_head_reruns() -> None:
+    # heads at layers 0, 1, 2 of 3 run 3, 2, 1 blocks: 4 heads * 6 / 3 = 8 passes, plus the clean pass
+    assert forward_equivalents(3, 4, 32, 256) == pytest.approx(9.0)
+    assert forward_equivalents(3, 4, 32, 256, method="attribution") == pytest.approx(4.0)
+    assert forward_equivalents(3, 4, 32, 256, method="attribution", verify=3) == pytest.approx(4.0 + 3 * 4 / 6)
+    with pytest.raises(CortexmapError):
+        forward_equivalents(3, 4, 32, 256, method="magic")
+
+
+def test_facts_from_config_match_the_built_model() -> None:
+    handle = tiny_handle("llama_gqa")
+    from_config = ModelFacts.from_config(_config("llama_gqa"))
+    assert from_config.n_params == handle.n_params
+    assert (from_config.n_layers, from_config.n_heads, from_config.d_model) == (3, 4, 32)
+    assert bytes_per_row(from_config, 10) == bytes_per_row(handle, 10)
+
+
+def test_auto_rows_on_cpu_and_with_a_budget() -> None:
+    handle = tiny_handle("gpt2")
+    assert auto_rows(handle, 8) == 256
+    assert auto_rows(handle, 8, budget_bytes=10 * bytes_per_row(handle, 8)) == 10
+
+
+def test_calibration_times_the_real_building_blocks() -> None:
+    timing = calibrate(tiny_handle("llama"), batch=4, seq=6, rows_per_pass=8, attribution=True)
+    assert set(timing) == {"clean_s", "block_row_s", "attribution_s"}
+    assert all(value > 0 for value in timing.values())
+
+
+def test_plan_of_a_loaded_model() -> None:
+    handle = tiny_handle("llama")
+    plan = plan_run(handle, n_tasks=2, n_prompts=70, seq=6, interventions="zero,patch", method="exact")
+    assert plan["fits"] and plan["message"].startswith("fits")
+    assert plan["batches_per_task"] == 2 and plan["units"] == 4 and plan["head_interventions"] == 4 * 12
+    # per task and batch: clean + second clean + corrupt pass, and 2 units of 4 * (3 + 1) / 2 passes
+    assert plan["forward_equivalents"] == pytest.approx(2 * 2 * (3 + 2 * 8))
+    assert plan["time_s"] > 0 and plan["time_source"].startswith("calibrated")
+    memory = plan["memory"]
+    assert memory["weights"] == handle.n_params * 4 and memory["peak"] > memory["weights"] + memory["caches"]
+    assert require_fit(plan) is plan
+
+
+def test_attribution_plans_fewer_passes_than_exact() -> None:
+    handle = tiny_handle("gpt2")
+    exact = plan_run(handle, 1, 8, 6, "zero", "exact", calibrated=False)
+    screen = plan_run(handle, 1, 8, 6, "zero", "attribution+verify:2", calibrated=False)
+    assert screen["forward_equivalents"] < exact["forward_equivalents"]
+    assert exact["time_s"] is None  # not calibrated, and a CPU has no known peak
+
+
+def test_a_model_too_large_for_the_device_cannot_fit() -> None:
+    facts = ModelFacts("llama-2-70b", 80, 64, 8192, 28672, 32000, 68_976_648_192, 2)
+    plan = plan_run(facts, 1, 32, 16, "zero", "exact", device="cpu", memory_bytes=80 * GB, host_bytes=1000 * GB)
+    assert not plan["fits"]
+    assert "weights alone" in plan["message"] and "device_map" in plan["message"]
+    with pytest.raises(CortexmapError, match="llama-2-70b needs 138.0 GB") as info:
+        require_fit(plan)
+    assert "\n" not in str(info.value)
+
+
+def test_rows_shrink_to_fit_and_caches_can_be_the_limit() -> None:
+    facts = ModelFacts.from_config(_config("llama"))
+    roomy = plan_run(facts, 1, 64, 8, "zero", "exact", memory_bytes=10 * GB, rows_per_pass=4096)
+    assert roomy["fits"] and roomy["rows_per_pass"] == 4096
+    budget = int(roomy["memory"]["weights"] * 1.1 + roomy["memory"]["caches"] * 1.1 + 200 * bytes_per_row(facts, 8) * 1.5)
+    tight = plan_run(facts, 1, 64, 8, "zero", "exact", memory_bytes=budget, rows_per_pass=4096)
+    assert tight["fits"] and 64 <= tight["rows_per_pass"] < 4096 and tight["memory"]["peak"] <= budget
+    starved = plan_run(facts, 1, 64, 8, "patch", "exact", memory_bytes=int(roomy["memory"]["weights"] * 1.2))
+    assert not starved["fits"] and "fewer --prompts" in starved["message"]
+
+
+def test_bad_interventions_and_methods_are_refused() -> None:
+    handle = tiny_handle("llama")
+    with pytest.raises(CortexmapError):
+        plan_run(handle, 1, 8, 6, "explode", "exact")
+    with pytest.raises(CortexmapError):
+        plan_run(handle, 1, 8, 6, "zero", "guess")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_plan_estimates_from_flops_without_a_handle() -> None:
+    plan = plan_run(ModelFacts.from_config(_config("llama")), 1, 8, 6, "zero", "exact", device="cuda")
+    assert plan["fits"]
