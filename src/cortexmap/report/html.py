@@ -18,7 +18,7 @@ from plotly.offline import get_plotlyjs
 
 from cortexmap.errors import ResultsError
 from cortexmap.report import figures
-from cortexmap.report.page import CSS, SCRIPT
+from cortexmap.report.style import CSS, SCRIPT
 
 PRUNE_CURVE = Path("prune") / "curve.parquet"
 
