@@ -1,0 +1,292 @@
+"""Figures of the findings: layer bands, regulator heads, cross-model matches and pruning curves.
+
+Each function takes the loaded :class:`~cortexmap.report.data.ReportData` (or the part it needs)
+and returns a plotly figure, or ``None`` when its input was not measured. Intervals are the 95%
+intervals the analyses report; nothing is re-estimated here except plain means for display.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from cortexmap.analysis import influence_matrix, layer_importance
+from cortexmap.report.data import Comparison, ReportData
+from cortexmap.report.maps import grid_axes, grid_height, head_details
+from cortexmap.report.theme import (
+    ACCENT,
+    GRID,
+    LEVEL_ORDER,
+    MUTED,
+    NEUTRAL,
+    base_layout,
+    group_colors,
+    hcl_palette,
+    level_color,
+)
+
+N_EDGES = 60
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _segments(fig: go.Figure, segmentation: list[dict], n_layers: int, row: int) -> None:
+    """The BIC layer bands as one strip of coloured spans, labelled where they are wide enough."""
+    pad = 0.5 / max(n_layers - 1, 1)
+    for seg in segmentation:
+        lo, hi = seg["depth_start"] - pad, seg["depth_end"] + pad
+        color = level_color(seg["dominant_level"])
+        label = f"L{seg['layer_start']}–L{seg['layer_end']} {seg['dominant_level']} ×{seg['enrichment']:.1f}"
+        fig.add_trace(go.Bar(x=[hi - lo], base=[lo], y=["bands"], orientation="h", showlegend=False, width=0.9,
+                             marker={"color": _rgba(color, 0.35), "line": {"color": "#ffffff", "width": 2}},
+                             text=[label if hi - lo > 0.16 else ""], textposition="inside", insidetextanchor="middle",
+                             textfont={"size": 10, "color": "#374151"}, hovertemplate=f"{label} (enrichment; 1 = none)<extra></extra>"),
+                      row=row, col=1)
+
+
+def band_figure(data: ReportData) -> go.Figure:
+    """Level mean depths with 95% CIs (top), the layer bands (middle), importance over depth per level (bottom).
+
+    Args:
+        data: the loaded run.
+
+    Returns:
+        The three-row figure over relative depth.
+    """
+    bands = data.findings["bands"]
+    sel = data.findings.get("selection", {})
+    n_layers = data.results.n_layers
+    dist = layer_importance(data.results.effects, n_layers, data.results.n_heads,
+                            intervention=sel.get("intervention"), method=sel.get("method"))
+    per_level = dist.dropna(subset=["share"]).groupby(["level", "layer", "rel_depth"], as_index=False)["share"].mean()
+    depths = [r for r in bands["level_depths"] if r["n_important"]]
+    present = {r["level"] for r in depths} | set(per_level["level"])
+    levels = [lv for lv in LEVEL_ORDER if lv in present] + sorted(present - set(LEVEL_ORDER))
+    segmentation = bands.get("segmentation", [])
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.30, 0.07, 0.63], vertical_spacing=0.035)
+    for row in depths:
+        lv = row["level"]
+        fig.add_trace(go.Scatter(
+            x=[row["mean_depth"]], y=[lv], mode="markers", marker={"size": 11, "color": level_color(lv)},
+            error_x={"type": "data", "symmetric": False, "array": [row["ci_high"] - row["mean_depth"]],
+                     "arrayminus": [row["mean_depth"] - row["ci_low"]], "color": level_color(lv), "thickness": 2, "width": 5},
+            showlegend=False, legendgroup=lv,
+            hovertemplate=(f"<b>{lv}</b><br>mean relative depth %{{x:.2f}} [95% CI {row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+                           f"<br>{row['n_important']} important head-task cells<extra></extra>")), row=1, col=1)
+    fig.add_vline(x=bands.get("depth_baseline", 0.5), line={"dash": "dot", "color": MUTED, "width": 1}, row=1, col=1)
+    _segments(fig, segmentation, n_layers, row=2)
+    for lv in levels:
+        rows = per_level[per_level["level"] == lv].sort_values("rel_depth")
+        if rows.empty:
+            continue
+        color = level_color(lv)
+        fig.add_trace(go.Scatter(x=rows["rel_depth"], y=rows["share"], name=lv, mode="lines+markers", legendgroup=lv,
+                                 line={"color": color, "width": 2}, marker={"size": 4}, fill="tozeroy",
+                                 fillcolor=_rgba(color, 0.10), customdata=rows["layer"],
+                                 hovertemplate=f"<b>{lv}</b> · layer %{{customdata}}<br>share of importance %{{y:.2f}}<extra></extra>"),
+                      row=3, col=1)
+    fig.update_layout(**base_layout(height=500, margin={"l": 80, "r": 20, "t": 40, "b": 50}, barmode="overlay"))
+    fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(levels)), row=1, col=1, showgrid=False)
+    fig.update_yaxes(showticklabels=True, showgrid=False, row=2, col=1, tickfont={"size": 10, "color": MUTED})
+    fig.update_yaxes(title={"text": "share of importance"}, rangemode="tozero", row=3, col=1)
+    for row in (1, 2):
+        fig.update_xaxes(range=[-0.04, 1.04], showgrid=row == 1, row=row, col=1)
+    fig.update_xaxes(title={"text": "relative depth (layer / (n_layers − 1))"}, range=[-0.04, 1.04], row=3, col=1)
+    return fig
+
+
+def regulator_graph(data: ReportData) -> go.Figure | None:
+    """Layered node-link plot of the strongest head-to-head influences (edges run to later layers).
+
+    Args:
+        data: the loaded run.
+
+    Returns:
+        The ``N_EDGES`` strongest source -> target pairs on the layer x head grid, or None without
+        influence measurements.
+    """
+    if data.influence is None:
+        return None
+    matrix = influence_matrix(data.influence)
+    edges = matrix.nlargest(N_EDGES, "out_change")
+    atlas = data.atlas
+    n_layers, n_heads = data.results.n_layers, data.results.n_heads
+    details = head_details(data)
+    colors = group_colors(atlas["group"].tolist())
+    fig = go.Figure()
+    top = edges["out_change"].max()
+    for lo, hi, width in ((0.0, 0.5, 1.0), (0.5, 0.8, 2.2), (0.8, 1.01, 3.5)):
+        chosen = edges[(edges["out_change"] >= lo * top) & (edges["out_change"] < hi * top)]
+        xs: list[Any] = []
+        ys: list[Any] = []
+        for r in chosen.itertuples():
+            xs += [r.source_layer, r.target_layer, None]
+            ys += [r.source_head, r.target_head, None]
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                     line={"width": width, "color": _rgba(ACCENT, 0.25 + 0.5 * lo)}))
+    fig.add_trace(go.Scatter(x=atlas["layer"], y=atlas["head"], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker={"size": 5, "color": NEUTRAL}))
+    involved = set(edges["source_id"]) | set(edges["target_id"])
+    nodes = atlas[atlas["head_id"].isin(involved)]
+    score = nodes["regulator_score"].fillna(0.0)
+    size = 9 + 18 * (score / score.max() if score.max() > 0 else score)
+    fig.add_trace(go.Scatter(x=nodes["layer"], y=nodes["head"], mode="markers", showlegend=False,
+                             text=[details[h] for h in nodes["head_id"]], hovertemplate="%{text}<extra></extra>",
+                             marker={"size": size, "color": [colors[int(g)] for g in nodes["group"]],
+                                     "line": {"width": 1.5, "color": "#374151"}}))
+    axes = grid_axes(n_layers, n_heads)
+    axes["xaxis"]["range"] = [-0.8, n_layers - 0.2]
+    axes["yaxis"]["range"] = [n_heads - 0.4, -0.6]
+    fig.update_layout(**base_layout(height=grid_height(n_heads, n_layers) + 20, **axes))
+    return fig
+
+
+def regulator_bars(data: ReportData) -> go.Figure | None:
+    """Top regulator scores with 95% CIs against the all-heads median and 95th percentile.
+
+    Args:
+        data: the loaded run.
+
+    Returns:
+        A bar chart, or None when the findings hold no regulator scores.
+    """
+    regulators = data.findings.get("regulators")
+    if not regulators or not regulators.get("top"):
+        return None
+    top = pd.DataFrame(regulators["top"]).iloc[::-1]
+    colors = [ACCENT if c else NEUTRAL for c in top["candidate"]]
+    fig = go.Figure(go.Bar(x=top["score"], y=top["head_id"], orientation="h", marker={"color": colors},
+                           error_x={"type": "data", "symmetric": False, "array": top["ci_high"] - top["score"],
+                                    "arrayminus": top["score"] - top["ci_low"], "color": "#374151", "thickness": 1.2},
+                           customdata=np.stack([top["ci_low"], top["ci_high"], top["breadth"], top["p_breadth"]], axis=1),
+                           hovertemplate="<b>%{y}</b> score %{x:.3f} [95% CI %{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                                         "<br>breadth %{customdata[2]:.2f}, Bonferroni p %{customdata[3]:.2g}<extra></extra>"))
+    first = top.iloc[0]
+    for value, dash in ((first["baseline_median"], "dot"), (first["baseline_p95"], "dash")):
+        fig.add_vline(x=value, line={"dash": dash, "color": MUTED, "width": 1})
+    fig.update_layout(**base_layout(height=max(240, 26 * len(top) + 90), xaxis={"title": {"text": "regulator score"},
+                                                                                  "gridcolor": GRID}))
+    return fig
+
+
+def contrast_figure(data: ReportData) -> go.Figure | None:
+    """Condition contrasts of regulator scores (a − b) with 95% CIs; filled markers have q < 0.05.
+
+    Args:
+        data: the loaded run.
+
+    Returns:
+        A forest plot, or None when the findings hold no contrasts.
+    """
+    regulators = data.findings.get("regulators")
+    if not regulators or not regulators.get("contrasts"):
+        return None
+    table = pd.DataFrame(regulators["contrasts"]).sort_values(["condition_a", "diff"])
+    table["label"] = table["head_id"] + " · " + table["condition_a"] + " − " + table["condition_b"].str.split(":").str[-1]
+    significant = table["q_value"].fillna(1.0) < 0.05
+    fig = go.Figure(go.Scatter(
+        x=table["diff"], y=table["label"], mode="markers",
+        marker={"size": 9, "color": [ACCENT if s else "#ffffff" for s in significant], "line": {"width": 1.5, "color": ACCENT}},
+        error_x={"type": "data", "symmetric": False, "array": table["ci_high"] - table["diff"],
+                 "arrayminus": table["diff"] - table["ci_low"], "color": ACCENT, "thickness": 1.2},
+        customdata=np.stack([table["ci_low"], table["ci_high"], table["p_value"], table["q_value"].fillna(np.nan)], axis=1),
+        hovertemplate="<b>%{y}</b><br>difference %{x:.3f} [95% CI %{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                      "<br>permutation p %{customdata[2]:.3g}, q %{customdata[3]:.3g}<extra></extra>"))
+    fig.add_vline(x=0, line={"color": MUTED, "width": 1})
+    fig.update_layout(**base_layout(height=max(240, 24 * len(table) + 90),
+                                    xaxis={"title": {"text": "regulator score difference (a − b)"}, "gridcolor": GRID},
+                                    yaxis={"automargin": True, "showgrid": False}))
+    return fig
+
+
+def compare_figure(comparison: Comparison) -> go.Figure | None:
+    """Matched heads' relative depths (A vs B, coloured by profile similarity) and the similarity distribution.
+
+    Args:
+        comparison: one cross-model comparison.
+
+    Returns:
+        The two-panel figure, or None when the comparison could not be computed.
+    """
+    if comparison.result is None:
+        return None
+    result = comparison.result
+    matches = pd.DataFrame(result["matches"])
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.2,
+                        subplot_titles=("depth of matched heads", "profile similarity of matched pairs"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": MUTED, "width": 1},
+                             hoverinfo="skip", showlegend=False), row=1, col=1)
+    fig.add_trace(go.Scatter(
+        x=matches["rel_depth_a"], y=matches["rel_depth_b"], mode="markers", showlegend=False,
+        marker={"size": 9, "color": matches["similarity"], "colorscale": "Viridis", "cmin": -1, "cmax": 1,
+                "colorbar": {"title": {"text": "similarity", "side": "top"}, "thickness": 10, "len": 0.8, "x": 0.41,
+                             "xanchor": "left"},
+                "line": {"width": 0.5, "color": "#ffffff"}},
+        text=matches["head_a"] + " ↔ " + matches["head_b"],
+        hovertemplate="%{text}<br>similarity %{marker.color:.2f}<br>depth %{x:.2f} → %{y:.2f}<extra></extra>"), row=1, col=1)
+    counts, edges = np.histogram(matches["similarity"], bins=20, range=(-1.0, 1.0))
+    centers = (edges[:-1] + edges[1:]) / 2
+    fig.add_trace(go.Bar(x=centers, y=counts, width=edges[1] - edges[0], marker={"color": hcl_palette(1, start=250)[0]},
+                         showlegend=False, hovertemplate="similarity %{x:.2f}<br>%{y} pairs<extra></extra>"), row=1, col=2)
+    top = max(int(counts.max()), 1)
+    for value, label, dash, color in ((result["conservation"], "observed mean", "solid", "#111827"),
+                                      (result["null_mean"], "null mean", "dot", MUTED),
+                                      (result["null_p95"], "null 95th pct", "dash", MUTED)):
+        fig.add_trace(go.Scatter(x=[value, value], y=[0, top * 1.05], mode="lines", name=f"{label} {value:.2f}",
+                                 line={"dash": dash, "color": color, "width": 1.8},
+                                 hovertemplate=f"{label} %{{x:.3f}}<extra></extra>"), row=1, col=2)
+    fig.update_layout(**base_layout(height=380, margin={"l": 60, "r": 20, "t": 60, "b": 50}, bargap=0.05,
+                                    legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 1, "xanchor": "right",
+                                            "font": {"size": 11}}))
+    fig.update_xaxes(title={"text": f"relative depth in {comparison.model_a}"}, range=[-0.05, 1.05], row=1, col=1)
+    fig.update_yaxes(title={"text": f"relative depth in {comparison.model_b}"}, range=[-0.05, 1.05], row=1, col=1)
+    fig.update_xaxes(title={"text": "cosine similarity of effect profiles"}, range=[-1.02, 1.02], row=1, col=2)
+    fig.update_yaxes(title={"text": "pairs"}, row=1, col=2)
+    return fig
+
+
+def prune_figure(curve: pd.DataFrame | None) -> go.Figure | None:
+    """Held-out loss change against the fraction of heads pruned, one line per method / replacement / healing.
+
+    Args:
+        curve: ``prune/curve.parquet`` of the run, or None.
+
+    Returns:
+        The figure, or None without a curve.
+    """
+    if curve is None:
+        return None
+    rows = curve[curve["method"] != "none"]
+    methods = sorted(rows["method"].unique())
+    colors = dict(zip(methods, hcl_palette(len(methods), start=250, chroma=60, lightness=52)))
+    fig = go.Figure()
+    for (method, replace, healed), line in rows.groupby(["method", "replace", "healed"], sort=True):
+        line = line.sort_values("fraction")
+        extra = np.stack([line["heads_pruned"], line["total_params_removed"] / 1e6, line["heldout_ppl"]], axis=1)
+        fig.add_trace(go.Scatter(
+            x=line["fraction"], y=line["loss_delta_pct"], mode="lines+markers",
+            name=f"{method} · {replace}" + (" · healed" if healed else ""),
+            line={"color": colors[method], "width": 2.2, "dash": "dot" if healed else ("solid" if replace == "zero" else "dash")},
+            marker={"size": 7}, customdata=extra,
+            hovertemplate=(f"<b>{method}</b> · {replace}{' · healed' if healed else ''}<br>%{{x:.0%}} of heads "
+                           "(%{customdata[0]}), %{customdata[1]:.1f}M params removed<br>held-out loss %{y:+.1f}% "
+                           "(ppl %{customdata[2]:.2f})<extra></extra>")))
+    fig.add_hline(y=0, line={"color": MUTED, "width": 1})
+    fig.update_layout(**base_layout(height=400, xaxis={"title": {"text": "fraction of heads pruned"}, "tickformat": ".0%",
+                                                       "gridcolor": GRID},
+                                    yaxis={"title": {"text": "held-out loss change (%)"}, "gridcolor": GRID},
+                                    margin={"l": 60, "r": 20, "t": 50, "b": 50}))
+    return fig

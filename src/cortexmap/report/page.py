@@ -1,0 +1,174 @@
+"""HTML building blocks of the report: header, cards, findings lists and tables.
+
+Every function returns an HTML fragment (a ``str``) with all text escaped; the stylesheet and
+script live in ``report/assets`` and are inlined by :mod:`cortexmap.report.render`. Figures are
+placeholders (``<div class="figure" data-figure=NAME>``) that the page script fills from the
+inlined figure JSON. Numbers are formatted once here: ``num`` for values, ``ci`` for intervals.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cortexmap.report.theme import level_color
+
+ROUTES = (("Depth order", ("bands", "overview")), ("  ", ("bands",)), ("Layer bands", ("bands",)),
+          ("Functional groups", ("map", "overview")), ("Role ", ("roles",)), ("Regulator", ("regulators", "overview")),
+          ("No regulator", ("regulators", "overview")), ("Condition contrast", ("regulators",)),
+          ("Not evaluated", ("caveats",)), ("Note:", ("caveats",)))
+
+
+def esc(value: Any) -> str:
+    """HTML-escape ``str(value)``."""
+    return html.escape(str(value), quote=True)
+
+
+def num(value: Any, digits: int = 2) -> str:
+    """A number for display: ``n/a`` for None/NaN, scientific notation for very small or large values."""
+    if value is None or isinstance(value, bool):
+        return "n/a" if value is None else str(value)
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "n/a"
+        if isinstance(value, float) and (abs(value) >= 1e5 or 0 < abs(value) < 10 ** -digits):
+            return f"{value:.1e}"
+        return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}"
+    return str(value)
+
+
+def ci(low: Any, high: Any, digits: int = 2) -> str:
+    """``[95% CI low, high]``."""
+    return f"[95% CI {num(low, digits)}, {num(high, digits)}]"
+
+
+def route_findings(lines: Iterable[str]) -> dict[str, list[str]]:
+    """Sort :func:`~cortexmap.analysis.summarize_findings` lines into report sections by their opening words.
+
+    Headline lines (depth order, groups, regulators) go to their section and to ``"overview"``;
+    lines of no known kind go to ``"overview"``; caveats to ``"caveats"``.
+    """
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        targets = next((names for prefix, names in ROUTES if line.startswith(prefix)), ("overview",))
+        for name in targets:
+            out.setdefault(name, []).append(line.strip())
+    return out
+
+
+def findings_list(lines: Sequence[str], css: str = "findings") -> str:
+    """A bullet list of finding lines, the label before the first colon in bold."""
+    items = []
+    for line in lines:
+        head, sep, rest = line.partition(": ")
+        text = f"<b>{esc(head)}</b>: {esc(rest)}" if sep and len(head) < 100 else esc(line)
+        items.append(f"<li>{text}</li>")
+    return f'<ul class="{css}">{"".join(items)}</ul>' if items else ""
+
+
+def figure(name: str, caption: str = "") -> str:
+    """Placeholder of a plotly figure, with an optional caption under it."""
+    cap = f'<p class="caption">{caption}</p>' if caption else ""
+    return f'<div class="figure" id="fig-{esc(name)}" data-figure="{esc(name)}"></div>{cap}'
+
+
+def card(body: str, title: str = "", css: str = "") -> str:
+    """A white card, optionally titled."""
+    head = f"<h3>{esc(title)}</h3>" if title else ""
+    return f'<div class="card {css}">{head}{body}</div>'
+
+
+def section(anchor: str, title: str, lede: str, body: str) -> str:
+    """A top-level report section with an anchor the nav links to."""
+    return (f'<section id="{esc(anchor)}"><div class="section-head"><h2>{esc(title)}</h2>'
+            f'<p class="lede">{lede}</p></div>{body}</section>')
+
+
+def note(text: str, command: str | None = None) -> str:
+    """A muted "not measured" box, optionally with the command that would measure it."""
+    cmd = f'<code class="cmd">{esc(command)}</code>' if command else ""
+    return f'<div class="note">{text}{cmd}</div>'
+
+
+def stat(label: str, value: str, detail: str, tone: str = "") -> str:
+    """A headline number with its evidence line (tone: "good", "bad" or "")."""
+    return (f'<div class="stat {tone}"><div class="stat-label">{esc(label)}</div><div class="stat-value">{esc(value)}'
+            f'</div><div class="stat-detail">{esc(detail)}</div></div>')
+
+
+def chip(text: str) -> str:
+    """A small pill in the header."""
+    return f'<span class="chip">{esc(text)}</span>'
+
+
+def swatch(color: str) -> str:
+    """A colour square for tables and legends."""
+    return f'<span class="swatch" style="background:{esc(color)}"></span>'
+
+
+def level_tag(level: Any) -> str:
+    """A task level as a coloured tag ("none" for None / NaN)."""
+    if not isinstance(level, str) or not level:
+        return '<span class="muted">none</span>'
+    return f'<span class="tag" style="--c:{level_color(level)}">{esc(level)}</span>'
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, sortable: bool = False, css: str = "",
+          raw: Sequence[int] = ()) -> str:
+    """An HTML table; ``raw`` lists column indices whose cells are trusted HTML, the rest are escaped.
+
+    A sortable table sorts on a header click by each cell's ``data-v`` (numbers sort numerically).
+    Cells may be ``(display, sort_value)`` pairs.
+    """
+    head = "".join(f'<th{" tabindex=0" if sortable else ""}>{esc(c)}</th>' for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            shown, key = cell if isinstance(cell, tuple) else (cell, cell)
+            text = str(shown) if i in raw else esc(shown)
+            sort = f' data-v="{esc(num(key, 6) if isinstance(key, float) else key)}"' if sortable else ""
+            cells.append(f"<td{sort}>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    cls = " ".join(c for c in ("table", "sortable" if sortable else "", css) if c)
+    return f'<div class="table-wrap"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
+    """A two-column definition table (values escaped; nested dicts/lists shown compactly)."""
+    rows = []
+    for key, value in pairs:
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "—"
+        elif isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value)) or "—"
+        elif value is None:
+            value = "—"
+        rows.append(f"<tr><th>{esc(key)}</th><td>{esc(num(value) if isinstance(value, float) else value)}</td></tr>")
+    return f'<table class="kv">{"".join(rows)}</table>'
+
+
+def seconds(value: Any) -> str:
+    """Seconds as ``1 h 02 min``, ``3 min 20 s`` or ``12.3 s``."""
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if value >= 3600:
+        return f"{int(value // 3600)} h {int(value % 3600 // 60):02d} min"
+    if value >= 60:
+        return f"{int(value // 60)} min {int(value % 60):02d} s"
+    return f"{value:.1f} s"
+
+
+def header(title: str, subtitle: str, chips: Sequence[str], generated: str) -> str:
+    """The page header: model name, its shape and the run's key facts."""
+    return (f'<header class="hero"><div class="wrap"><div class="eyebrow">cortexmap · attention-head atlas</div>'
+            f'<h1>{esc(title)}</h1><p class="sub">{esc(subtitle)}</p><div class="chips">{"".join(chip(c) for c in chips)}'
+            f'</div><div class="generated">{esc(generated)}</div></div></header>')
+
+
+def nav(entries: Sequence[tuple[str, str]]) -> str:
+    """The sticky section navigation."""
+    links = "".join(f'<a href="#{esc(anchor)}">{esc(label)}</a>' for anchor, label in entries)
+    return f'<nav class="nav"><div class="wrap">{links}</div></nav>'

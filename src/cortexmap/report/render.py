@@ -1,0 +1,173 @@
+"""``render_report``: one self-contained HTML atlas of a run, and the figures it is made of.
+
+The page opens offline: plotly.js, the stylesheet, the page script and every figure (as plotly
+JSON, one ``<script type="application/json" id="figure-data">`` blob) are inlined once. The page
+script draws the figures, records any error in ``<div id="errors">`` and sets
+``<body data-rendered="1">`` when every figure is drawn, which the browser test checks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from cortexmap.analysis import summarize_findings
+from cortexmap.report import charts, maps, sections
+from cortexmap.report.data import ReportData, load_report_data
+from cortexmap.report.page import esc, header, nav, num, route_findings
+
+REPORT_NAME = "report.html"
+
+
+def effect_views(data: ReportData) -> list[tuple[str, str, dict]]:
+    """The effect heatmaps a run gets: one per (intervention, method, alpha).
+
+    Args:
+        data: the loaded run.
+
+    Returns:
+        ``(figure name, title, select_effects keyword arguments)`` per heatmap.
+    """
+    effects = data.results.effects
+    sel = data.findings.get("selection", {})
+    keys = effects[["intervention", "method", "alpha"]].drop_duplicates()
+    keys = keys.assign(atlas=(keys["intervention"] != sel.get("intervention")) | (keys["method"] != sel.get("method")))
+    keys = keys.sort_values(["atlas", "intervention", "method", "alpha"])  # the atlas's own selection first
+    views = []
+    for r in keys.itertuples():
+        alpha = None if r.alpha is None or (isinstance(r.alpha, float) and math.isnan(r.alpha)) else float(r.alpha)
+        suffix = f" · α = {alpha:g}" if alpha is not None else ""
+        name = f"effects_{r.intervention}_{r.method}" + (f"_a{alpha:g}" if alpha is not None else "")
+        views.append((name, f"{r.intervention} · {r.method}{suffix}",
+                      {"intervention": r.intervention, "method": r.method, "alpha": alpha}))
+    return views
+
+
+def build_figures(data: ReportData) -> dict[str, go.Figure]:
+    """Every figure of the report by name (the names ``export_figures`` writes).
+
+    Args:
+        data: the loaded run.
+
+    Returns:
+        ``name -> figure``; figures whose input was not measured are left out.
+    """
+    n_layers, n_heads = data.results.n_layers, data.results.n_heads
+    figures: dict[str, go.Figure | None] = {"cortex_map": maps.cortex_map(data)}
+    for name, _, kwargs in effect_views(data):
+        figures[name] = maps.effect_heatmap(data.results.effects, n_layers=n_layers, n_heads=n_heads, **kwargs)
+    figures["task_head_matrix"] = maps.task_head_matrix(data)
+    figures["bands"] = charts.band_figure(data)
+    figures["regulator_graph"] = charts.regulator_graph(data)
+    figures["regulator_scores"] = charts.regulator_bars(data)
+    figures["contrasts"] = charts.contrast_figure(data)
+    for i, comparison in enumerate(data.comparisons):
+        figures[f"compare_{i}"] = charts.compare_figure(comparison)
+    figures["pruning"] = charts.prune_figure(data.prune_curve)
+    return {name: fig for name, fig in figures.items() if fig is not None}
+
+
+def _asset(name: str) -> str:
+    return resources.files("cortexmap.report").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _script_json(payload: str) -> str:
+    """JSON safe inside a ``<script>`` element (no ``</script>`` or ``<!--`` can close it early)."""
+    return payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _header(data: ReportData) -> str:
+    m = data.results.manifest
+    model = m.get("model", {})
+    sel = data.findings.get("selection", {})
+    n_layers, n_heads = data.results.n_layers, data.results.n_heads
+    params = model.get("n_params")
+    subtitle = f"{model.get('model_type', '')} · {n_layers} layers × {n_heads} heads = {n_layers * n_heads} heads"
+    if model.get("n_kv_heads") and model.get("n_kv_heads") != n_heads:
+        subtitle += f" · {model['n_kv_heads']} KV heads per layer"
+    if isinstance(params, (int, float)):
+        subtitle += f" · {params / 1e6:.1f}M parameters"
+    tasks = m.get("tasks", {})
+    levels = sorted({t.get("level") for t in tasks.values() if t.get("level")})
+    chips = [f"{len(tasks)} tasks · {len(levels)} levels", f"interventions: {', '.join(m.get('interventions', []))}",
+             f"atlas: {sel.get('intervention')} · {sel.get('method')}", f"{m.get('dtype', '')} on {m.get('device', '')}",
+             f"seed {m.get('seed')}"]
+    total = m.get("timings", {}).get("total_s")
+    if isinstance(total, (int, float)):
+        chips.append(f"mapped in {num(total / 60, 1)} min")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return header(data.model_name, subtitle, chips,
+                  f"generated {stamp} by cortexmap {m.get('cortexmap_version', '')} from {data.results.root}")
+
+
+def build_page(data: ReportData, figures: dict[str, go.Figure]) -> str:
+    """The complete HTML document of a loaded run and its figures.
+
+    Args:
+        data: the loaded run.
+        figures: :func:`build_figures` output.
+
+    Returns:
+        The page as one string.
+    """
+    routed = route_findings(summarize_findings(data.findings))
+    present = set(figures)
+    effect_names = [(name, title) for name, title, _ in effect_views(data) if name in present]
+    compare_names = [f"compare_{i}" for i in range(len(data.comparisons))]
+    body = "".join([
+        sections.summary_section(data),
+        sections.map_section(data, routed),
+        sections.findings_section(routed),
+        sections.effects_section(data, effect_names),
+        sections.bands_section(data, routed),
+        sections.roles_section(data, routed),
+        sections.regulators_section(data, routed, present),
+        sections.compare_section(data, compare_names),
+        sections.prune_section(data, present),
+        sections.manifest_section(data),
+    ])
+    blob = _script_json("{" + ",".join(f"{json.dumps(name)}:{pio.to_json(fig, validate=False)}"
+                                       for name, fig in figures.items()) + "}")
+    title = f"{data.model_name} · cortexmap atlas"
+    footer = ('<footer><div class="wrap">cortexmap atlas · self-contained page (no network needed) · effects are '
+              "fractions of the clean logit difference; intervals are 95% bootstrap intervals unless stated.</div></footer>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+            f"<style>{_asset('report.css')}</style></head><body>{_header(data)}{nav(sections.SECTIONS)}"
+            f'<main class="wrap">{body}</main>{footer}<div id="errors"></div>'
+            f"<script>{get_plotlyjs()}</script>"
+            f'<script type="application/json" id="figure-data">{blob}</script>'
+            f"<script>{_asset('report.js')}</script></body></html>")
+
+
+def render_report(run_dir: str | Path, compare: Sequence[str | Path] | None = None, out: str | Path | None = None) -> Path:
+    """Write the HTML atlas of a run (building its atlas first when ``cortexmap analyze`` was not run).
+
+    Args:
+        run_dir: a run directory written by ``cortexmap map``.
+        compare: other run directories to compare the run with (cross-model panels).
+        out: the HTML file to write; default ``RUN_DIR/report.html``.
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        ResultsError: ``run_dir`` (or a ``compare`` entry) is not a run directory or is unfinished.
+    """
+    data = load_report_data(run_dir, compare or ())
+    page = build_page(data, build_figures(data))
+    target = Path(out) if out is not None else data.results.root / REPORT_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,128 @@
+"""Run directories for the report tests: the committed SmolLM2 run, and seeded synthetic runs.
+
+``small_run`` is a copy of ``tests/data/run_small`` (a real ``cortexmap map --quick`` run) when it
+exists, else a synthetic run of the same layout. ``rich_run`` is synthetic and holds everything
+optional a report can show: two interventions, influence measurements (regulators), a pruning
+curve, and a second model to compare with.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.analysis.synthetic import (
+    TASKS,
+    make_effects,
+    make_influence,
+    make_patterns,
+    plant_bands,
+)
+
+RUN_SMALL = Path(__file__).resolve().parent.parent / "data" / "run_small"
+
+
+def _manifest(model: str, n_layers: int, n_heads: int, tasks: dict[str, str], interventions: list[str]) -> dict:
+    return {
+        "schema_version": 1, "cortexmap_version": "0.1.0",
+        "versions": {"cortexmap": "0.1.0", "torch": "2.3.0", "transformers": "4.56.0", "python": "3.11.7"},
+        "platform": "Linux", "dtype": "float32", "device": "cpu", "seed": 0,
+        "model": {"spec": model, "hash": "0" * 64, "model_type": "llama", "n_layers": n_layers, "n_heads": n_heads,
+                  "n_kv_heads": n_heads, "d_head": 16, "n_params": 1_000_000, "dtype": "float32", "device": "cpu"},
+        "arguments": {"model": model, "tasks": ",".join(tasks), "interventions": ",".join(interventions),
+                      "method": "exact", "n_prompts": 40, "seed": 0},
+        "interventions": interventions,
+        "tasks": {t: {"level": lv, "n_prompts": 40, "dropped": {}, "version": "1", "has_corrupt": True} for t, lv in tasks.items()},
+        "units": {f"{t}__{i}__exact": "done" for t in tasks for i in interventions},
+        "timings": {"probes_s": 1.5, **{f"{t}__{i}__exact": 2.0 for t in tasks for i in interventions}, "total_s": 30.0},
+        "complete": True,
+    }
+
+
+def _prune_curve() -> pd.DataFrame:
+    rows = [{"method": "none", "replace": "zero", "healed": False, "fraction": 0.0, "heads_pruned": 0}]
+    for method in ("atlas", "random"):
+        for replace in ("zero", "mean"):
+            for healed in (False, True):
+                for fraction in (0.1, 0.2, 0.4):
+                    loss_up = fraction * (20 if method == "random" else 8) * (0.5 if healed else 1.0) * (0.8 if replace == "mean" else 1.0)
+                    rows.append({"method": method, "replace": replace, "healed": healed, "fraction": fraction,
+                                 "heads_pruned": int(fraction * 24), "loss_delta_pct": loss_up})
+    curve = pd.DataFrame(rows)
+    curve["attn_params_removed"] = curve["heads_pruned"] * 4096
+    curve["total_params_removed"] = curve["heads_pruned"] * 4096
+    curve["heldout_loss"] = 3.0 * (1 + curve["loss_delta_pct"].fillna(0) / 100)
+    curve["heldout_ppl"] = np.exp(curve["heldout_loss"])
+    curve["loss_delta_pct"] = curve["loss_delta_pct"].fillna(0.0)
+    return curve
+
+
+def write_synthetic_run(root: Path, *, model: str = "synthetic-a", n_layers: int = 6, n_heads: int = 4, seed: int = 0,
+                        interventions: tuple[str, ...] = ("zero",), influence: bool = False, prune: bool = False,
+                        n_tasks: int = 6) -> Path:
+    """Write a schema-valid, finished run directory with planted layer bands; return ``root``."""
+    tasks = dict(list(TASKS.items())[:: max(1, len(TASKS) // n_tasks)][:n_tasks])
+    planted = plant_bands(n_layers, n_heads, per_task=2, seed=seed, tasks=tasks)
+    effects, prompts = [], []
+    for i, intervention in enumerate(interventions):
+        eff, per_prompt = make_effects(n_layers, n_heads, planted, tasks=tasks, n_prompts=40, seed=seed + 10 + i,
+                                       model=model, intervention=intervention)
+        effects.append(eff)
+        prompts.append(per_prompt.assign(alpha=np.nan, method="exact"))
+    root.mkdir(parents=True, exist_ok=True)
+    pd.concat(effects, ignore_index=True).to_parquet(root / "effects.parquet", index=False)
+    pd.concat(prompts, ignore_index=True).to_parquet(root / "prompt_effects.parquet", index=False)
+    probes = {"previous_token": [(0, 1)], "induction": [(n_layers // 2, 2)], "sink": [(1, 0)]}
+    make_patterns(n_layers, n_heads, probes, seed=seed, model=model).to_parquet(root / "patterns.parquet", index=False)
+    if influence:
+        make_influence(n_layers, n_heads, regulator=(1, 2), n_prompts=8, seed=seed).to_parquet(root / "influence.parquet", index=False)
+    if prune:
+        (root / "prune").mkdir(exist_ok=True)
+        _prune_curve().to_parquet(root / "prune" / "curve.parquet", index=False)
+    manifest = _manifest(model, n_layers, n_heads, tasks, list(interventions))
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run without analysis: the committed SmolLM2 run, else a synthetic one."""
+    root = tmp_path_factory.mktemp("small") / "run"
+    if (RUN_SMALL / "manifest.json").exists():
+        shutil.copytree(RUN_SMALL, root)
+        for name in ("atlas.parquet", "atlas.json", "report.html"):
+            (root / name).unlink(missing_ok=True)
+        return root
+    return write_synthetic_run(root, n_layers=8, n_heads=4)
+
+
+@pytest.fixture(scope="session")
+def small_report(small_run: Path) -> Path:
+    """The report of ``small_run``, rendered once (it builds the atlas)."""
+    from cortexmap.report import render_report
+
+    assert not (small_run / "atlas.json").exists()
+    return render_report(small_run)
+
+
+@pytest.fixture(scope="session")
+def rich_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A synthetic run with regulators, a pruning curve and two interventions, plus a second model."""
+    base = tmp_path_factory.mktemp("rich")
+    run_a = write_synthetic_run(base / "a", interventions=("zero", "mean"), influence=True, prune=True)
+    run_b = write_synthetic_run(base / "b", model="synthetic-b", n_layers=8, n_heads=3, seed=1)
+    return run_a, run_b
+
+
+@pytest.fixture(scope="session")
+def rich_report(rich_runs: tuple[Path, Path]) -> Path:
+    """The report of the rich run compared with the second model."""
+    from cortexmap.report import render_report
+
+    run_a, run_b = rich_runs
+    return render_report(run_a, compare=[run_b])

@@ -1,0 +1,50 @@
+"""The report in headless Chromium: every figure drawn, no error, no network request, a screenshot."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cortexmap.report.browser import find_chromium, rendered_dom, screenshot
+
+pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+
+
+def _check_rendered(page: Path, png: Path | None = None) -> list[str]:
+    run = rendered_dom(page, width=1400, height=1400, png_path=png)
+    assert re.search(r'<body[^>]*data-rendered="1"', run.dom), "the page script did not finish drawing"
+    errors = re.search(r'<div id="errors">(.*?)</div>\s*<script', run.dom, re.DOTALL)
+    assert errors is not None and errors.group(1).strip() == "", errors.group(1) if errors else run.dom[-2000:]
+    assert run.console == [], run.console
+    assert run.requests == [], run.requests
+    names = re.findall(r'<div class="figure[^"]*" id="fig-([^"]+)"', run.dom)
+    assert names
+    blocks = re.split(r'<div class="figure[^"]*" id="fig-', run.dom)[1:]
+    for name, block in zip(names, blocks):
+        assert 'class="main-svg"' in block, f"figure {name} has no rendered plot"
+    return names
+
+
+def test_small_report_renders_offline_without_errors(small_report: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "report.png"
+    names = _check_rendered(small_report, shot)
+    assert "cortex_map" in names and "bands" in names
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_screenshot_without_height_captures_the_whole_page(tmp_path: Path) -> None:
+    import struct
+
+    page = tmp_path / "tall.html"
+    page.write_text('<html><body style="margin:0"><div style="height:2600px;background:#4f46e5"></div><script>'
+                    'document.body.setAttribute("data-height", document.documentElement.scrollHeight);</script></body></html>')
+    shot = screenshot(page, tmp_path / "full.png", width=800)
+    width, height = struct.unpack(">II", shot.read_bytes()[16:24])  # PNG IHDR
+    assert (width, height) == (800, 2600)
+
+
+def test_rich_report_renders_offline_without_errors(rich_report: Path) -> None:
+    names = _check_rendered(rich_report)
+    assert {"regulator_graph", "contrasts", "compare_0", "pruning"} <= set(names)

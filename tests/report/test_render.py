@@ -1,0 +1,125 @@
+"""render_report: a self-contained page with every section, built from a run without analysis."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cortexmap.errors import ResultsError
+from cortexmap.report import ensure_atlas, render_report
+
+
+class _Links(HTMLParser):
+    """Every src / href / srcset / poster attribute of the page's tags (script bodies are not tags)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.links += [v or "" for k, v in attrs if k in ("src", "href", "srcset", "poster", "data")]
+
+
+def _links(page: str) -> list[str]:
+    parser = _Links()
+    parser.feed(page)
+    return parser.links
+
+
+def _figures(page: str) -> dict:
+    blob = re.search(r'<script type="application/json" id="figure-data">(.*?)</script>', page, re.DOTALL)
+    assert blob is not None
+    return json.loads(blob.group(1))
+
+
+def test_report_builds_the_missing_atlas_and_is_self_contained(small_run: Path, small_report: Path) -> None:
+    assert small_report == small_run / "report.html"
+    assert (small_run / "atlas.json").exists() and (small_run / "atlas.parquet").exists()
+    page = small_report.read_text()
+    assert all(link.startswith("#") for link in _links(page)), [l for l in _links(page) if not l.startswith("#")]
+    assert page.count("<script>") == 2  # plotly.js once (not per figure) + the page script
+    figures = _figures(page)
+    assert {"cortex_map", "task_head_matrix", "bands"} <= set(figures)
+    assert any(name.startswith("effects_") for name in figures)
+    placeholders = re.findall(r'<div class="figure" id="fig-([^"]+)" data-figure="\1">', page)
+    assert set(placeholders) == set(figures)
+    for anchor in ("summary", "map", "findings", "effects", "bands", "roles", "regulators", "compare", "prune", "manifest"):
+        assert f'<section id="{anchor}">' in page
+        assert f'href="#{anchor}"' in page
+
+
+def test_findings_carry_intervals_and_baselines(small_report: Path) -> None:
+    page = small_report.read_text()
+    assert "95% CI" in page and "p = " in page
+    assert "Depth order" in page and "Functional groups" in page
+    assert 'id="role-table"' in page and "sortable" in page
+
+
+def test_unmeasured_parts_say_how_to_measure_them(small_run: Path, small_report: Path) -> None:
+    page = small_report.read_text()
+    assert f"cortexmap analyze {small_run} --regulators" in page
+    assert "--compare OTHER_RUN" in page
+    assert f"--run {small_run}" in page
+
+
+def test_rich_run_shows_regulators_comparison_and_pruning(rich_report: Path) -> None:
+    page = rich_report.read_text()
+    figures = _figures(page)
+    assert {"regulator_graph", "regulator_scores", "contrasts", "compare_0", "pruning",
+            "effects_zero_exact", "effects_mean_exact"} <= set(figures)
+    assert "synthetic-a vs synthetic-b" in page
+    assert "Regulator candidate L1H2" in page  # the planted regulator, stated with its interval
+    assert "--regulators" not in page
+
+
+def test_report_out_path_and_existing_atlas_is_reused(small_run: Path, small_report: Path, tmp_path: Path) -> None:
+    before = (small_run / "atlas.json").stat().st_mtime_ns
+    out = render_report(small_run, out=tmp_path / "sub" / "atlas.html")
+    assert out == tmp_path / "sub" / "atlas.html" and out.stat().st_size > 1_000_000
+    assert (small_run / "atlas.json").stat().st_mtime_ns == before
+
+
+def test_half_written_atlas_is_rebuilt(rich_runs: tuple[Path, Path]) -> None:
+    _, run_b = rich_runs
+    ensure_atlas(run_b)
+    (run_b / "atlas.parquet").unlink()
+    atlas, findings = ensure_atlas(run_b)
+    assert (run_b / "atlas.parquet").exists() and len(atlas) == 8 * 3 and findings["n_layers"] == 8
+
+
+def test_not_a_run_is_refused_with_the_command_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match=r"is not a cortexmap run \(no manifest.json\); create one with `cortexmap map --out"):
+        render_report(tmp_path)
+
+
+def test_unfinished_run_is_refused_with_resume(small_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "unfinished"
+    run.mkdir()
+    (run / "manifest.json").write_text((small_run / "manifest.json").read_text())
+    with pytest.raises(ResultsError, match="--resume"):
+        render_report(run)
+    with pytest.raises(ResultsError, match="not a cortexmap run"):
+        render_report(small_run, compare=[tmp_path / "nothing"])
+
+
+def test_cli_report_prints_one_line_on_bad_input(tmp_path: Path) -> None:
+    from cortexmap.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "not a cortexmap run" in result.output and "Traceback" not in result.output
+
+
+def test_report_never_imports_torch(rich_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from cortexmap.report import render_report; "
+            f"render_report({str(rich_runs[1])!r}, out={str(tmp_path / 'r.html')!r}); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
