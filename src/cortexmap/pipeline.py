@@ -117,16 +117,29 @@ def analyze_run(run_dir: str | Path, *, regulators: bool = False, redundancy: bo
 
 
 def compare_runs(run_dirs: list[str | Path], *, seed: int = 0) -> dict:
-    """Cross-model comparison of two or more runs (the first against each other)."""
+    """Cross-model comparison of two or more runs (the first against each other).
+
+    Returns (and writes to ``compare.json`` of the first run): ``comparisons``, one dict per
+    other run with :func:`~cortexmap.analysis.compare_models`'s statistics and ``matches`` as
+    records (head_a, head_b, similarity, rel_depth_a, rel_depth_b), and ``scale``: one record per
+    model with its specialization and share of important heads (and redundancy when
+    ``analyze --redundancy`` stored ``pairs.parquet``), each with a bootstrap interval.
+    """
     from cortexmap.analysis import compare_models
+    from cortexmap.analysis.compare import scale_comparison
 
     runs = [load_results(d) for d in run_dirs]
     base = runs[0]
-    out = {"base": str(base.root), "comparisons": []}
+    out: dict[str, Any] = {"base": str(base.root), "comparisons": []}
     for other in runs[1:]:
         result = compare_models(base.effects, other.effects, (base.n_layers, base.n_heads),
                                 (other.n_layers, other.n_heads), seed=seed)
+        result["matches"] = result["matches"].to_dict(orient="records")
         out["comparisons"].append({"a": base.manifest["model"]["spec"], "b": other.manifest["model"]["spec"],
                                    "run_b": str(other.root), **result})
-    write_json(json.loads(json.dumps(out, default=str)), base.root / "compare.json")
+    effects = pd.concat([r.effects for r in runs], ignore_index=True)
+    shapes = {str(r.effects["model"].iloc[0]): (r.n_layers, r.n_heads) for r in runs}
+    pairs = {str(r.effects["model"].iloc[0]): pd.read_parquet(r.root / PAIRS) for r in runs if (r.root / PAIRS).exists()}
+    out["scale"] = scale_comparison(effects, shapes, pairs=pairs or None, seed=seed).to_dict(orient="records")
+    write_json(json.loads(json.dumps(out, default=float)), base.root / "compare.json")
     return out

@@ -10,7 +10,7 @@ import torch
 
 import cortexmap
 from cortexmap.sweep.compute import attribution_matrix, clean_metrics, exact_matrix, prepare, resample_order
-from tests.tiny import random_ids, tiny_handle
+from tests.tiny import tiny_handle
 
 
 def make_batches(seed: int = 0):  # noqa: ANN201
@@ -65,6 +65,22 @@ def test_exact_sweep_equals_one_hooked_forward_per_head(arch, kind, alpha):  # n
     slow = reference_matrix(handle, batches, kind, alpha)
     assert np.allclose(fast, slow, atol=1e-5), np.abs(fast - slow).max()
     assert np.allclose(clean_metrics(prepared), reference_matrix(handle, batches, "amplify", 0.0)[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix", [1, 5])
+def test_patching_reruns_only_past_the_shared_prefix_and_stays_exact(arch, prefix):  # noqa: ANN001
+    """Corrupt prompts that share their first tokens with the clean ones take the suffix-only path."""
+    handle = tiny_handle(arch)
+    batches = make_batches(seed=3)
+    for b in batches:  # corrupt = clean up to `prefix`, random after it
+        b.corrupt_ids[:, :prefix] = b.input_ids[:, :prefix]
+        b.corrupt_ids[:, prefix] = (b.input_ids[:, prefix] % 96) + 1
+    prepared = prepare(handle, batches, need_corrupt=True)
+    assert all(tb.suffix is not None and tb.suffix.prefix == prefix for tb in prepared)
+    assert prepared[0].suffix.block_inputs[0].shape[1] == batches[0].input_ids.shape[1] - prefix
+    fast = exact_matrix(handle, prepared, "patch", rows_per_pass=8)
+    slow = reference_matrix(handle, batches, "patch")
+    assert np.allclose(fast, slow, atol=1e-5), np.abs(fast - slow).max()
 
 
 def test_resample_uses_a_derangement_within_each_length_bucket():

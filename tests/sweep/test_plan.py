@@ -103,3 +103,33 @@ def test_bad_interventions_and_methods_are_refused() -> None:
 def test_gpu_plan_estimates_from_flops_without_a_handle() -> None:
     plan = plan_run(ModelFacts.from_config(_config("llama")), 1, 8, 6, "zero", "exact", device="cuda")
     assert plan["fits"]
+
+
+def _cli(args: list[str]):  # noqa: ANN202
+    from typer.testing import CliRunner
+
+    from cortexmap.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_plan_command_on_a_model_directory(tmp_path) -> None:  # noqa: ANN001
+    from tests.sweep.tiny_run import make_model_dir, make_task_file
+
+    model = make_model_dir(tmp_path)
+    tasks = make_task_file(tmp_path)
+    result = _cli(["plan", "--model", str(model), "--task-file", str(tasks), "--method", "exact"])
+    assert result.exit_code == 0, result.output
+    assert "forward-pass equivalents" in result.output and "calibrated on cpu" in result.output
+    assert "fits: about" in result.output
+
+
+def test_plan_command_from_a_config_alone_refuses_what_cannot_fit(tmp_path) -> None:  # noqa: ANN001
+    config = _config("llama")
+    config.update({"num_hidden_layers": 80, "hidden_size": 8192, "intermediate_size": 28672,
+                   "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000})
+    config.save_pretrained(tmp_path)  # a config.json with no weights: 69B parameters, planned from shapes
+    result = _cli(["plan", "--model", str(tmp_path), "--tasks", "ioi", "--dtype", "bfloat16"])
+    assert result.exit_code == 1
+    assert "weights alone" in result.output and "Traceback" not in result.output
+    assert "80 layers x 64 heads" in result.output

@@ -8,8 +8,7 @@ shows the traceback). torch is imported inside commands so ``--help`` stays fast
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable
 
 import typer
 from rich.console import Console

@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cortexmap.cli.app import Model, app, console, err, run_guarded, table_of
 
 DEFAULT_METHOD = "attribution+verify:5"
 DEFAULT_PROMPTS = 32
+# Options shared by `map` and `plan`.
+Tasks = Annotated[str, typer.Option(help="task names, levels (lexical, ...), comma lists, or all")]
+TaskFile = Annotated[Optional[str], typer.Option(help="JSONL file of your own pairs")]
+Interventions = Annotated[str, typer.Option(help="zero,mean,resample,patch,amplify:ALPHA")]
+Method = Annotated[str, typer.Option(help="exact | attribution | attribution+verify:K")]
+Prompts = Annotated[int, typer.Option(help="pairs per built-in task")]
 
 
 class RichProgress:
@@ -57,11 +63,11 @@ def summary_table(effects: Any, top: int = 3) -> Any:
 @app.command("map")
 def map_(
     model: Model = "smollm2-135m",
-    tasks: Annotated[str, typer.Option(help="task names, levels (lexical, ...), comma lists, or all")] = "all",
-    task_file: Annotated[Optional[str], typer.Option(help="JSONL file of your own pairs")] = None,
-    interventions: Annotated[str, typer.Option(help="zero,mean,resample,patch,amplify:ALPHA")] = "zero",
-    method: Annotated[str, typer.Option(help="exact | attribution | attribution+verify:K")] = DEFAULT_METHOD,
-    prompts: Annotated[int, typer.Option(help="pairs per built-in task")] = DEFAULT_PROMPTS,
+    tasks: Tasks = "all",
+    task_file: TaskFile = None,
+    interventions: Interventions = "zero",
+    method: Method = DEFAULT_METHOD,
+    prompts: Prompts = DEFAULT_PROMPTS,
     out: Annotated[str, typer.Option(help="run directory")] = "runs/smollm2-135m",
     device: str = "cpu",
     dtype: str = "float32",
@@ -93,6 +99,7 @@ def map_(
     result = run_guarded(go)
     console.print(table_of(summary_table(result.effects), title=f"{model}: strongest heads per task"))
     for key, info in result.manifest.get("attribution", {}).items():
-        console.print(f"attribution vs exact, {key}: Spearman {info['spearman']}, over the top {info['verified_heads']} heads")
+        rho = "n/a" if info["spearman"] is None else f"{info['spearman']:+.2f}"
+        console.print(f"attribution vs exact, {key}: Spearman {rho} over the top {info['verified_heads']} heads")
     console.print(f"wrote {result.run_dir}/effects.parquet, patterns.parquet, manifest.json "
                   f"in {result.manifest['timings']['total_s']:.0f} s; next: cortexmap analyze {result.run_dir}")

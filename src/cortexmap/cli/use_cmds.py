@@ -6,7 +6,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from cortexmap.cli.app import _say, app, console, run_guarded
+from cortexmap.cli.app import _say, app, console, run_guarded, table_of
 
 
 @app.command()
@@ -43,11 +43,28 @@ def compare(
         return compare_runs(run_dirs, seed=seed)
 
     result = run_guarded(go)
+    import pandas as pd
+
     for comp in result["comparisons"]:
-        cons = comp.get("conservation", comp)
-        console.print(f"{comp['a']} vs {comp['b']}: " + ", ".join(
-            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in cons.items()
-            if not isinstance(v, (dict, list))), soft_wrap=True)
+        console.print(
+            f"{comp['a']} vs {comp['b']}: profile conservation {comp['conservation']:.2f} over {comp['n_pairs']} "
+            f"matched active heads and {comp['n_tasks']} tasks vs task-shuffled null mean {comp['null_mean']:.2f} "
+            f"(95th pct {comp['null_p95']:.2f}), p = {comp['p_value']:.3f}; relative depth of matched heads "
+            f"(similarity >= 0.5, {comp['n_depth_pairs']} pairs): Spearman {comp['depth_rho']:.2f} "
+            f"[95% CI {comp['depth_ci_low']:.2f}, {comp['depth_ci_high']:.2f}]", soft_wrap=True)
+        matches = pd.DataFrame(comp["matches"]).head(10)
+        console.print(table_of(matches, title=f"best-matched heads, {comp['a']} vs {comp['b']}", floatfmt="{:.2f}"))
+    def interval(r: dict, key: str) -> str:
+        stem = key.removesuffix("_mean")
+        return f"{r[key]:.2f} [{r[stem + '_ci_low']:.2f}, {r[stem + '_ci_high']:.2f}]"
+
+    scale = pd.DataFrame([{
+        "model": r["model"], "heads": f"{r['n_layers']} x {r['n_heads']}",
+        "specialization (denoised, active heads)": interval(r, "specialization_mean"),
+        "share of heads active": interval(r, "fraction_important"),
+        "redundant pairs": "not measured" if r["fraction_redundant"] != r["fraction_redundant"] else f"{r['fraction_redundant']:.2f}",
+    } for r in result["scale"]])
+    console.print(table_of(scale, title="scale comparison (95% bootstrap intervals over heads)"))
     console.print(f"wrote {run_dirs[0]}/compare.json")
 
 

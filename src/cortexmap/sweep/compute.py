@@ -9,7 +9,8 @@ Replacement activations per kind:
     mean      the head's mean output over every token of every prompt of the task;
     resample  the head's output on another prompt of the same token length (a seeded cyclic
               derangement inside each length bucket; prompts alone in their bucket get NaN);
-    patch     the head's output on the pair's corrupt prompt (noising: effect = damage done).
+    patch     the head's output on the pair's corrupt prompt (noising: effect = damage done);
+              only the positions after the prefix clean and corrupt prompts share are rerun.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import torch
 
 from cortexmap.errors import InterventionError
 from cortexmap.interventions.capture import head_outputs
-from cortexmap.sweep.engine import CleanCache, clean_cache, head_block_edit, run_from_layer
+from cortexmap.sweep.engine import (
+    CleanCache,
+    clean_cache,
+    head_block_edit,
+    run_from_layer,
+    shared_prefix_length,
+    suffix_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,7 @@ class TaskBatch:
     indices: list[int]
     cache: CleanCache | None = None
     corrupt_z: dict[int, torch.Tensor] | None = None
+    suffix: CleanCache | None = None  # for patching: the clean run past the prefix shared with the corrupt one
 
     def metric(self, logits: torch.Tensor) -> torch.Tensor:
         """Logit difference target - foil for ``[k * batch, vocab]`` logits, rows tiled per batch."""
@@ -63,6 +72,9 @@ def prepare(handle: Any, batches: list[Any], need_corrupt: bool) -> list[TaskBat
             if tb.corrupt_ids is None:
                 raise InterventionError("activation patching needs corrupt prompts, and this task has none")
             tb.corrupt_z = head_outputs(handle, tb.corrupt_ids)
+            prefix = shared_prefix_length(tb.input_ids, tb.corrupt_ids)
+            if prefix > 0:
+                tb.suffix = suffix_cache(handle, tb.input_ids, prefix)
         prepared.append(tb)
     return prepared
 
@@ -111,8 +123,11 @@ def replacement(kind: str, tb: TaskBatch, layer: int, means: dict[int, torch.Ten
 
 def _run_chunk(handle: Any, tb: TaskBatch, layer: int, heads: list[int], kind: str, alpha: float,
                repl: torch.Tensor | None) -> torch.Tensor:
+    cache = tb.suffix if kind == "patch" and tb.suffix is not None else tb.cache
+    if cache.prefix:
+        repl = repl[:, cache.prefix:]  # patching at the shared prefix changes nothing
     edit = head_block_edit(handle.n_heads, heads, len(tb.indices), kind, alpha, repl)
-    return tb.metric(run_from_layer(handle, tb.cache, layer, edit, len(heads))).view(len(heads), -1)
+    return tb.metric(run_from_layer(handle, cache, layer, edit, len(heads))).view(len(heads), -1)
 
 
 def _is_oom(exc: BaseException) -> bool:

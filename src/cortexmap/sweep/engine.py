@@ -12,14 +12,23 @@ Three savings over the plain loop (one hooked full forward per head):
 
 The block arguments are replayed as recorded, with every tensor of rank >= 2 whose first axis is
 the prompt batch tiled ``k`` times (rank-1 tensors such as ``cache_position`` are never tiled).
+
+A fourth saving applies to activation patching: when every pair of a batch agrees on its first
+``p`` tokens (IOI swaps the names at token 9 of 14), the patched run equals the base run at those
+positions in every layer (attention is causal), so only positions ``p..seq-1`` are recomputed,
+attending to the base run's keys and values of the prefix (:func:`suffix_cache`). The prefix's
+KV cache comes from transformers itself, so masks, position embeddings and sliding windows are
+the model's own; each pass gets a fresh copy whose rows are tiled like the batch.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from transformers import Cache
 
 from cortexmap.interventions.edit import LayerEdit, edit_hook
 
@@ -34,18 +43,34 @@ class CleanCache:
     block_args: list[tuple[tuple[Any, ...], dict[str, Any]]]
     z: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [batch, seq, n_heads, d_head]
     last_logits: torch.Tensor | None = None  # [batch, vocab]
+    prefix: int = 0  # positions < prefix are not in block_inputs: they live in prefix_cache
+    prefix_cache: Any = None  # transformers Cache of the positions < prefix, never mutated
 
     @property
     def batch(self) -> int:
         return self.block_inputs[0].shape[0]
 
+    def kv_for(self, k: int) -> Any:
+        """A fresh copy of the prefix cache with rows ordered like ``k`` tiled copies of the batch."""
+        if self.prefix_cache is None:
+            return None
+        kv = copy.deepcopy(self.prefix_cache)
+        if k > 1:
+            kv.batch_select_indices(torch.arange(self.batch, device=self.block_inputs[0].device).repeat(k))
+        return kv
 
-@torch.no_grad()
-def clean_cache(handle: Any, input_ids: torch.Tensor) -> CleanCache:
-    """Run the model once on ``input_ids`` and record block inputs, block arguments and head outputs."""
+
+def shared_prefix_length(base: torch.Tensor, source: torch.Tensor) -> int:
+    """Leading positions on which every row of ``base`` and ``source`` (``[batch, seq]``) agree, at most seq - 1."""
+    differ = (~(base == source).all(0)).nonzero()
+    p = int(differ[0]) if len(differ) else base.shape[1]
+    return min(p, base.shape[1] - 1)
+
+
+def _record(handle: Any, z: dict[int, torch.Tensor] | None, run: Callable[[], Any]) -> tuple[list[Any], list[Any], Any]:
+    """Call ``run()`` recording every block's input and arguments (and head outputs into ``z``)."""
     inputs: list[Any] = [None] * handle.n_layers
     args: list[Any] = [None] * handle.n_layers
-    z: dict[int, torch.Tensor] = {}
     hooks = []
 
     def block_hook(layer: int):  # noqa: ANN202
@@ -62,7 +87,7 @@ def clean_cache(handle: Any, input_ids: torch.Tensor) -> CleanCache:
         def hook(module: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
             x = a[0] if a else next(iter(kw.values()))
             b, s, w = x.shape
-            z[layer] = x.detach().view(b, s, handle.n_heads, w // handle.n_heads)
+            z[layer] = x.detach().view(b, s, handle.n_heads, w // handle.n_heads)  # type: ignore[index]
 
         return hook
 
@@ -70,12 +95,31 @@ def clean_cache(handle: Any, input_ids: torch.Tensor) -> CleanCache:
     try:
         for layer in range(handle.n_layers):
             hooks.append(blocks[layer].register_forward_pre_hook(block_hook(layer), with_kwargs=True))
-            hooks.append(handle.out_proj(layer).register_forward_pre_hook(z_hook(layer), with_kwargs=True))
-        out = handle.model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+            if z is not None:
+                hooks.append(handle.out_proj(layer).register_forward_pre_hook(z_hook(layer), with_kwargs=True))
+        out = run()
     finally:
         for h in hooks:
             h.remove()
+    return inputs, args, out
+
+
+@torch.no_grad()
+def clean_cache(handle: Any, input_ids: torch.Tensor) -> CleanCache:
+    """Run the model once on ``input_ids`` and record block inputs, block arguments and head outputs."""
+    z: dict[int, torch.Tensor] = {}
+    inputs, args, out = _record(handle, z, lambda: handle.model(input_ids=input_ids, use_cache=False, logits_to_keep=1))
     return CleanCache(inputs, args, z, out.logits[:, -1].detach())
+
+
+@torch.no_grad()
+def suffix_cache(handle: Any, input_ids: torch.Tensor, prefix: int) -> CleanCache:
+    """Run ``input_ids[:, :prefix]`` once with a KV cache, then record the blocks over the suffix only."""
+    kv = handle.model(input_ids=input_ids[:, :prefix], use_cache=True).past_key_values
+    snapshot = copy.deepcopy(kv)
+    inputs, args, out = _record(handle, None, lambda: handle.model(input_ids=input_ids[:, prefix:], cache=kv,
+                                                                   use_cache=True, logits_to_keep=1))
+    return CleanCache(inputs, args, {}, out.logits[:, -1].detach(), prefix=prefix, prefix_cache=snapshot)
 
 
 def _tile(value: Any, batch: int, k: int) -> Any:
@@ -92,21 +136,37 @@ def _tile(value: Any, batch: int, k: int) -> Any:
     return value
 
 
+def _with_cache(value: Any, cache: Any) -> Any:
+    """``value`` with every transformers Cache in it replaced by ``cache``."""
+    if isinstance(value, Cache):
+        return cache
+    if isinstance(value, dict):
+        return {key: _with_cache(v, cache) for key, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_with_cache(v, cache) for v in value)
+    return value
+
+
 @torch.no_grad()
 def run_from_layer(handle: Any, cache: CleanCache, layer: int, edit: LayerEdit, k: int) -> torch.Tensor:
     """Run blocks ``layer..L-1`` on ``k`` tiled copies of the cached batch with ``edit`` at ``layer``.
+
+    With a :func:`suffix_cache` only the suffix positions run (``edit`` must cover those only).
 
     Returns:
         Last-position logits ``[k * batch, vocab]``.
     """
     batch = cache.batch
     hidden = _tile(cache.block_inputs[layer], batch, k)
+    kv = cache.kv_for(k)
     blocks = handle.blocks()
     hook = handle.out_proj(layer).register_forward_pre_hook(edit_hook(edit, handle.n_heads), with_kwargs=True)
     try:
         for index in range(layer, handle.n_layers):
-            a, kw = cache.block_args[index]
-            out = blocks[index](hidden, *_tile(a, batch, k), **_tile(kw, batch, k))
+            a, kw = _tile(cache.block_args[index], batch, k)
+            if kv is not None:
+                a, kw = _with_cache(a, kv), _with_cache(kw, kv)
+            out = blocks[index](hidden, *a, **kw)
             hidden = out[0] if isinstance(out, tuple) else out
     finally:
         hook.remove()

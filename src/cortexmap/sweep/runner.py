@@ -74,6 +74,26 @@ def build_tasks(config: SweepConfig, tokenizer: Any, note: Callable[[str], None]
     return tasks, skipped
 
 
+def longest_prompt(tasks: list[Any], tokenizer: Any) -> int:
+    """Tokens in the longest clean or corrupt prompt of ``tasks``."""
+    from cortexmap.tasks.core import prompt_ids
+
+    return max(len(prompt_ids(tokenizer, text)) for task in tasks for pair in task.pairs
+               for text in (pair.prompt, pair.corrupt) if text)
+
+
+def _require_fit(backend: Any, config: SweepConfig, tasks: list[Any]) -> None:
+    """Refuse, before any work, a local run whose weights and caches cannot fit (no calibration)."""
+    handle = getattr(backend, "handle", None)
+    if handle is None:
+        return
+    from cortexmap.sweep.plan import plan_run, require_fit
+
+    seq = longest_prompt(tasks, handle.tokenizer)
+    require_fit(plan_run(handle, len(tasks), config.n_prompts, seq, config.interventions, config.method,
+                         handle.device, calibrated=False))
+
+
 def _units(config: SweepConfig, tasks: list[Any]) -> list[tuple[Any, Any, str]]:
     base, _ = config.method_parts
     units = []
@@ -121,6 +141,7 @@ def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dic
     """Compute and store every unfinished unit; return all units of the run."""
     tasks, skipped = build_tasks(config, backend.tokenizer, progress.note)
     units = _units(config, tasks)
+    _require_fit(backend, config, tasks)
     facts = backend.describe()
     manifest = base_manifest(config, facts, tasks, skipped)
     if previous:
