@@ -102,8 +102,6 @@ def analyze_run(run_dir: str | Path, *, regulators: bool = False, redundancy: bo
             note("measuring pairwise ablations of each task's strongest heads")
             write_parquet(measure_redundancy(results, handle), root / PAIRS)
     influence = pd.read_parquet(root / INFLUENCE) if (root / INFLUENCE).exists() else None
-    if influence is not None:
-        influence = influence[influence["condition"] != "screen"]
     pairs = pd.read_parquet(root / PAIRS) if (root / PAIRS).exists() else None
     # With attribution+verify, exact rows cover only the verified heads: profile every head by attribution.
     method = "attribution" if str(results.manifest["arguments"].get("method", "")).startswith("attribution") else None

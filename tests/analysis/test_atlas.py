@@ -62,3 +62,27 @@ def test_analysis_never_imports_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": "src"}, cwd=__file__.rsplit("/tests/", 1)[0])
     assert out.stdout.strip() == "False"
+
+
+def test_regulator_candidates_are_judged_against_the_screen_of_every_head(null_effects: pd.DataFrame) -> None:
+    """As `analyze --regulators` stores them: a screen of every head, then a few heads on the conditions.
+
+    Against the measured few alone the planted regulator would be its own baseline; against the
+    screen of all heads it must stand out.
+    """
+    from .synthetic import make_influence
+
+    screen = make_influence(N_LAYERS, N_HEADS, regulator=(1, 2), strength={"screen": 0.4}, n_prompts=4, seed=2)
+    measured = make_influence(N_LAYERS, N_HEADS, regulator=(1, 2), n_prompts=8, seed=3)
+    few = {(1, 2), (0, 0), (2, 3)}
+    keep = [(l, h) in few for l, h in zip(measured["source_layer"], measured["source_head"])]
+    influence = pd.concat([screen, measured[keep]], ignore_index=True)
+    _, findings = build_atlas(null_effects, None, N_LAYERS, N_HEADS, influence=influence, n_boot=100, n_perm=200)
+    regulators = findings["regulators"]
+    assert regulators["n_sources"] == (N_LAYERS - 1) * N_HEADS  # every head with later heads was screened
+    top = regulators["top"][0]
+    assert top["head_id"] == "L1H2" and top["candidate"]
+    assert not any(r["candidate"] for r in regulators["top"][1:])
+    contrasted = {c["head_id"] for c in regulators["contrasts"]}
+    assert contrasted <= {"L1H2", "L0H0", "L2H3"}  # contrasts come from the measured heads only
+    assert any(c["head_id"] == "L1H2" and c["q_value"] < 0.05 for c in regulators["contrasts"])

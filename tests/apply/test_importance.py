@@ -95,6 +95,17 @@ def test_atlas_importance_averages_absolute_effects_over_tasks():
         importance_from_atlas(pd.DataFrame({"layer": [0]}))
 
 
+def test_atlas_importance_of_a_verified_attribution_run_covers_every_head():
+    """attribution+verify: every head has an attribution row, the verified ones an exact row too."""
+    rows = [{"task": "a", "layer": l, "head": h, "intervention": "zero", "method": "attribution",
+             "effect_normalized": -(l * 2 + h + 1.0)} for l in range(2) for h in range(2)]
+    rows.append({"task": "a", "layer": 1, "head": 1, "intervention": "zero", "method": "exact",
+                 "effect_normalized": -0.5})
+    table = importance_from_atlas(pd.DataFrame(rows))
+    assert table["importance"].tolist() == [1.0, 2.0, 3.0, 0.5]  # L1H1 takes its exact value
+    assert select_heads(table, 4)[0] == HeadId(1, 1)
+
+
 def test_baselines_are_deterministic_orders():
     handle = tiny_handle("llama")
     assert random_importance(handle, seed=3).equals(random_importance(handle, seed=3))

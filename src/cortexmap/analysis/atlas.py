@@ -26,6 +26,8 @@ from cortexmap.analysis.bands import DEFAULT_LEVEL_ORDER, band_hypothesis, layer
 from cortexmap.analysis.groups import functional_groups
 from cortexmap.analysis.profiles import probe_matrix
 from cortexmap.analysis.regulators import condition_contrasts, regulator_scores
+
+SCREEN = "screen"  # influence condition of the every-head screen (see cortexmap.pipeline)
 from cortexmap.analysis.roles import assign_roles, evaluated_roles
 from cortexmap.analysis.selection import effect_arrays, importance_of, important_mask, select_effects
 from cortexmap.analysis.specialization import pairwise_interactions, redundancy_summary, specialization_index, specialization_summary
@@ -156,9 +158,15 @@ def build_atlas(
 
     regulators: dict | None = None
     if influence is not None and len(influence):
-        scores = regulator_scores(influence, n_boot=n_boot, seed=seed + 4)
+        # A "screen" of every head (few prompts) is the baseline population: the candidate test
+        # compares each head with all heads, not with the few measured on the condition prompts.
+        screened = influence["condition"] == SCREEN
+        scored = influence[screened] if screened.any() else influence
+        scores = regulator_scores(scored, condition=SCREEN if screened.any() else None, n_boot=n_boot, seed=seed + 4)
         atlas["regulator_score"] = scores.set_index("head_id")["score"].reindex(atlas.index)
-        contrasts = condition_contrasts(influence, n_boot=n_boot, n_perm=min(n_perm, 1000), seed=seed + 5)
+        measured = influence[~screened]
+        contrasts = condition_contrasts(measured if len(measured) else influence, n_boot=n_boot,
+                                        n_perm=min(n_perm, 1000), seed=seed + 5)
         # Keep the contrasts worth reading: the top heads' and any significant one.
         keep = contrasts["head_id"].isin(set(scores["head_id"].head(N_TOP_REGULATORS))) | (contrasts["q_value"] < 0.05)
         regulators = {"top": scores.head(N_TOP_REGULATORS), "n_sources": int(len(scores)), "contrasts": contrasts[keep]}

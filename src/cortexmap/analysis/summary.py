@@ -87,12 +87,15 @@ def _regulator_lines(regulators: dict | None) -> list[str]:
     lines = []
     for r in candidates[:3]:
         lines.append(f"Regulator candidate {r['head_id']}: score {_num(r['score'], 3)} {_ci(r['ci_low'], r['ci_high'])} "
-                     f"(breadth {_num(r['breadth'])}, strength {_num(r['strength'], 3)}) vs heads' median "
+                     f"(breadth {_num(r['breadth'])}, p {_num(r['p_breadth'], 2)}; strength {_num(r['strength'], 3)}) "
+                     f"vs all {regulators['n_sources']} screened heads' median "
                      f"{_num(r['baseline_median'], 3)}, 95th pct {_num(r['baseline_p95'], 3)}.")
     if not candidates and top:
-        r = top[0]
-        lines.append(f"No regulator candidate: top head {r['head_id']} score {_num(r['score'], 3)} "
-                     f"{_ci(r['ci_low'], r['ci_high'])} does not clear the heads' 95th pct {_num(r['baseline_p95'], 3)}.")
+        shown = "; ".join(f"{r['head_id']} {_num(r['score'], 3)} {_ci(r['ci_low'], r['ci_high'])}, breadth p "
+                          f"{_num(r['p_breadth'], 2)}" for r in top[:3])
+        lines.append(f"No regulator candidate (a candidate needs breadth p < 0.05 and its interval above the "
+                     f"measured heads' 95th pct {_num(top[0]['baseline_p95'], 3)}, median "
+                     f"{_num(top[0]['baseline_median'], 3)}); top scores: {shown}.")
     significant = [c for c in regulators["contrasts"] if c["q_value"] is not None and c["q_value"] < 0.05]
     for c in sorted(significant, key=lambda c: c["p_value"])[:5]:
         lines.append(f"Condition contrast {c['head_id']}: score {c['condition_a']} - {c['condition_b']} = "
@@ -131,8 +134,9 @@ def summarize_findings(findings: dict) -> list[str]:
     lines += _regulator_lines(findings["regulators"])
     red = findings["redundancy"]
     if red is not None:
+        low, high = (None if v is None else f"{100 * v:.0f}%" for v in red["fraction_redundant_ci"])
         lines.append(f"Joint ablations: {_num(100 * red['fraction_redundant'], 0)}% of {red['n_pairs']} pairs redundant "
-                     f"{_ci(*(100 * v if v is not None else None for v in red['fraction_redundant_ci']))} (%); mean relative "
+                     f"[95% CI {low}, {high}]; mean relative "
                      f"interaction {_num(red['mean_relative_interaction'])} {_ci(*red['mean_relative_interaction_ci'])} "
                      f"(0 = additive).")
     lines += [f"Not evaluated: {note}." for note in findings["not_evaluated"]]

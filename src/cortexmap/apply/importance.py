@@ -151,6 +151,9 @@ def importance_from_atlas(effects: pd.DataFrame, interventions: Sequence[str] = 
                           shape: tuple[int, int] | None = None) -> pd.DataFrame:
     """Head importance from a sweep's effects table: mean over tasks of ``|effect_normalized|``.
 
+    A head's exact effect is used where the run measured one; other heads of an
+    ``attribution+verify`` run keep their attribution estimate.
+
     Args:
         effects: ``effects.parquet`` rows (columns ``layer, head, intervention, task,
             effect_normalized``; ``method`` and ``model`` are used when present).
@@ -174,9 +177,10 @@ def importance_from_atlas(effects: pd.DataFrame, interventions: Sequence[str] = 
         rows = rows[rows["task"].isin(list(tasks))]
     if model is not None and "model" in rows.columns:
         rows = rows[rows["model"] == model]
-    if "method" in rows.columns and (rows["method"] == "exact").any():
-        rows = rows[rows["method"] == "exact"]
     rows = rows.dropna(subset=["effect_normalized"])
+    if "method" in rows.columns:  # exact where measured (attribution+verify: the top heads), else the screen
+        rows = (rows.assign(_exact=rows["method"] == "exact").sort_values("_exact", ascending=False, kind="stable")
+                .drop_duplicates(["layer", "head", "task", "intervention"]).drop(columns="_exact"))
     if rows.empty:
         raise ResultsError(f"no {'/'.join(interventions)} ablation effects in the table; run a sweep with them")
     per_task = rows.assign(size=rows["effect_normalized"].abs()).groupby(["layer", "head", "task"])["size"].mean()

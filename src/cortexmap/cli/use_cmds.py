@@ -74,6 +74,7 @@ def report(
     compare: Annotated[Optional[List[str]], typer.Option("--compare", help="another run to compare with, repeatable")] = None,
     out: Annotated[Optional[str], typer.Option(help="HTML file (default RUN_DIR/report.html)")] = None,
     screenshot: Annotated[Optional[str], typer.Option(help="also save a PNG screenshot (needs chromium)")] = None,
+    screenshot_height: Annotated[Optional[int], typer.Option(help="screenshot height in px (default: the whole page)")] = None,
 ) -> None:
     """Write one self-contained HTML atlas (opens offline in any browser); runs the analysis if needed."""
     from cortexmap.report import render_report
@@ -82,7 +83,7 @@ def report(
     def go():  # noqa: ANN202
         path = render_report(run_dir, compare=compare or None, out=out)
         if screenshot:
-            shoot(path, screenshot)
+            shoot(path, screenshot, height=screenshot_height)
         return path
 
     path = run_guarded(go)
