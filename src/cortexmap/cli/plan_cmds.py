@@ -42,7 +42,7 @@ def plan_table(plan: dict[str, Any]) -> Any:
                  f"{plan['n_prompts']} prompts of <= {plan['seq']} tokens; method {plan['method']}"),
         ("forward-pass equivalents", f"{plan['forward_equivalents']:,.0f} ({plan['flops'] / 1e12:,.1f} TFLOP)"),
         ("rows per pass", str(plan["rows_per_pass"])),
-        ("expected time", "unknown" if time_s is None else f"{time_s / 60:.1f} min ({plan['time_source']})"),
+        ("expected time", plan["time_source"] if time_s is None else f"{time_s / 60:.1f} min ({plan['time_source']})"),
         ("memory", f"weights {_gb(mem['weights'])} + caches {_gb(mem['caches'])} + pass {_gb(mem['pass'])} "
                    f"-> peak {_gb(mem['peak'])} of {_gb(mem['budget'])} on {plan['device']}"),
         ("verdict", plan["message"]),
@@ -73,7 +73,7 @@ def plan(
     from cortexmap.sweep.runner import build_tasks, longest_prompt
 
     def go() -> dict[str, Any]:
-        import torch
+        from cortexmap.models.loading import _dtype
 
         config = SweepConfig(model=model, tasks=tasks, task_file=task_file, interventions=interventions,
                              method=method, n_prompts=prompts, device=device, dtype=dtype)
@@ -83,7 +83,7 @@ def plan(
 
             n_tasks = 1 if task_file else len(tasks_for(tasks))
             return plan_run(shapes, n_tasks, prompts, seq or 32, interventions, method, device,
-                            dtype=getattr(torch, dtype))
+                            dtype=_dtype(dtype))
         handle = _load(model, device, dtype)
         built, _ = build_tasks(config, handle.tokenizer, _say)
         length = seq or longest_prompt(built, handle.tokenizer)
