@@ -71,6 +71,18 @@ def test_segmentation_recovers_three_bands(banded: tuple[pd.DataFrame, pd.DataFr
     assert abs(bands["layer_start"].iloc[1] - 4) <= 1 and abs(bands["layer_start"].iloc[2] - 8) <= 1
 
 
+def test_band_enrichment_has_an_interval(banded: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    effects, prompt_effects = banded
+    bands = layer_bands(effects, N_LAYERS, N_HEADS, prompt_effects=prompt_effects, n_boot=200, seed=0)
+    # the planted early and late bands are concentrated beyond doubt: their intervals clear 1
+    assert bands["enrichment_ci_low"].iloc[0] > 1 and bands["enrichment_ci_low"].iloc[-1] > 1
+    assert (bands["enrichment_ci_low"] <= bands["enrichment_ci_high"]).all()  # equal where a level is all in one band
+    # the interval is of the dominant level's enrichment, whose observed value it brackets here
+    for _, band in bands.iterrows():
+        assert band["enrichment"] == band[f"enrichment:{band['dominant_level']}"]
+        assert band["enrichment_ci_low"] <= band["enrichment"] <= band["enrichment_ci_high"]
+
+
 def test_structureless_segmentation_stays_coarse() -> None:
     planted = plant_bands(N_LAYERS, N_HEADS, structured=False, seed=1001)
     effects, _ = make_effects(N_LAYERS, N_HEADS, planted, seed=5001)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cortexmap.analysis.roles import assign_roles, evaluated_roles
+from cortexmap.analysis.roles import assign_roles, closest_candidates, evaluated_roles, role_evidence
 
 from .conftest import N_HEADS, N_LAYERS
 from .synthetic import make_effects
@@ -58,3 +58,24 @@ def test_roles_are_a_table(patterns: pd.DataFrame) -> None:
     roles = assign_roles(effects, None, role_tasks={"backup_name_mover": ("io*",)}, role_probes={})
     assert set(roles["role"]) == {"backup_name_mover"}
     assert set(roles["head_id"]) == {"L9H1", "L9H2"}
+
+
+def test_closest_candidate_names_the_nearest_miss(patterns: pd.DataFrame) -> None:
+    planted = {**PLANTED, (4, 4): {"capitals": -0.05}}  # harmful but far below the bar
+    effects, _ = make_effects(N_LAYERS, N_HEADS, planted, seed=3)
+    evidence = role_evidence(effects, patterns)
+    assert evidence["passed"].sum() == len(assign_roles(effects, patterns))
+    closest = closest_candidates(evidence).set_index("role")
+    # roles some head passes are not listed; roles no head passes are
+    assert not {"ioi_name_mover", "article_noun", "induction"} & set(closest.index)
+    assert {"fact_retrieval", "attention_sink"} <= set(closest.index)
+    sink = patterns[patterns["probe"] == "sink"].loc[lambda d: d["score"].idxmax()]
+    assert (closest.loc["attention_sink", "layer"], closest.loc["attention_sink", "head"]) == (sink["layer"], sink["head"])
+    # computed independently from the effects table: the most harmful normalized effect on the role's tasks
+    zero = effects[effects["intervention"] == "zero"]
+    facts = zero[zero["task"].isin(["capitals", "landmarks", "two_hop"])]
+    worst = facts.loc[facts["effect_normalized"].idxmin()]
+    row = closest.loc["fact_retrieval"]
+    assert (row["layer"], row["head"], row["evidence"]) == (worst["layer"], worst["head"], worst["task"])
+    assert row["effect_or_score"] == worst["effect_normalized"]
+    assert row["ci_low"] <= row["effect_or_score"] <= row["ci_high"]

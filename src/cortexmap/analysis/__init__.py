@@ -23,7 +23,14 @@ from cortexmap.analysis.regulators import (
     regulator_scores,
 )
 from cortexmap.analysis.resampling import bootstrap_effects
-from cortexmap.analysis.roles import ROLE_PROBES, ROLE_TASKS, assign_roles, evaluated_roles
+from cortexmap.analysis.roles import (
+    ROLE_PROBES,
+    ROLE_TASKS,
+    assign_roles,
+    closest_candidates,
+    evaluated_roles,
+    role_evidence,
+)
 from cortexmap.analysis.selection import active_heads, head_grid, select_effects
 from cortexmap.analysis.specialization import (
     pairwise_interactions,
@@ -44,6 +51,7 @@ __all__ = [
     "band_hypothesis",
     "bootstrap_effects",
     "build_atlas",
+    "closest_candidates",
     "compare_models",
     "condition_contrasts",
     "conservation_test",
@@ -64,6 +72,7 @@ __all__ = [
     "probe_matrix",
     "redundancy_summary",
     "regulator_scores",
+    "role_evidence",
     "scale_comparison",
     "select_effects",
     "self_repair",

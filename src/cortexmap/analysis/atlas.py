@@ -26,11 +26,11 @@ from cortexmap.analysis.bands import DEFAULT_LEVEL_ORDER, band_hypothesis, layer
 from cortexmap.analysis.groups import functional_groups
 from cortexmap.analysis.profiles import probe_matrix
 from cortexmap.analysis.regulators import condition_contrasts, regulator_scores
-
-SCREEN = "screen"  # influence condition of the every-head screen (see cortexmap.pipeline)
-from cortexmap.analysis.roles import assign_roles, evaluated_roles
+from cortexmap.analysis.roles import closest_candidates, evaluated_roles, passing_roles, role_evidence
 from cortexmap.analysis.selection import effect_arrays, importance_of, important_mask, select_effects
 from cortexmap.analysis.specialization import pairwise_interactions, redundancy_summary, specialization_index, specialization_summary
+
+SCREEN = "screen"  # influence condition of the every-head screen (see cortexmap.pipeline)
 
 ATLAS_COLUMNS = ("head_id", "layer", "head", "rel_depth", "group", "group_name", "dominant_level", "top_task",
                  "top_effect", "top_ci_low", "top_ci_high", "top_significant", "roles", "specialization",
@@ -129,8 +129,9 @@ def build_atlas(
     hypothesis = band_hypothesis(effects, n_layers, n_heads, prompt_effects=prompt_effects, n_perm=n_perm,
                                  n_boot=n_boot, seed=seed + 1, **kw)
     depths = level_depths(effects, n_layers, n_heads, prompt_effects=prompt_effects, n_boot=n_boot, seed=seed + 1, **kw)
-    bands = layer_bands(effects, n_layers, n_heads, **kw)
-    roles = assign_roles(effects, patterns, **kw)
+    bands = layer_bands(effects, n_layers, n_heads, prompt_effects=prompt_effects, n_boot=n_boot, seed=seed + 1, **kw)
+    evidence_rows = role_evidence(effects, patterns, **kw)
+    roles = passing_roles(evidence_rows)
     evidence = evaluated_roles(selected, patterns)
     spec = specialization_index(effects, n_layers, n_heads, **kw)
     spec_summary = specialization_summary(effects, n_layers, n_heads, n_boot=n_boot, n_perm=min(n_perm, 1000),
@@ -188,7 +189,7 @@ def build_atlas(
         "groups": {k: v for k, v in groups.items() if k != "assignments"},
         "bands": {"hypothesis": hypothesis, "level_depths": depths, "segmentation": bands,
                   "depth_baseline": 0.5},
-        "roles": {"table": roles, "evaluated": evidence,
+        "roles": {"table": roles, "evaluated": evidence, "closest": closest_candidates(evidence_rows),
                   "rule": "task: harmful effect with Bonferroni p < 0.05 and |effect| above the 95th percentile of "
                           "all heads; probe: score above max(0.5, 95th percentile, median + z*MAD)"},
         "specialization": spec_summary,

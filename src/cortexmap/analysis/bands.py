@@ -175,15 +175,21 @@ def layer_bands(
     max_bands: int = 6,
     intervention: str | None = None,
     method: str | None = None,
+    prompt_effects: pd.DataFrame | None = None,
     z_crit: float = IMPORTANT_Z,
     min_importance: float = 0.0,
+    n_boot: int = 500,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Contiguous layer bands by dynamic programming, the number of bands chosen by BIC.
 
     Each layer holds pseudo-counts per level: every important (head, task) cell counts once,
     spread over layers by the task's layer distribution. A band is a multinomial over levels;
     dynamic programming finds the most likely split into k bands and k minimizes
-    ``BIC = -2 log L + k (D - 1) log N`` (D levels, N cells).
+    ``BIC = -2 log L + k (D - 1) log N`` (D levels, N cells). The interval on each band's
+    enrichment is a bootstrap over prompts and important heads (as for :func:`level_depths`)
+    with the band boundaries held fixed: it says how well the band's composition is measured,
+    not how certain its boundaries are.
 
     Args:
         effects: effects table of one model.
@@ -192,18 +198,23 @@ def layer_bands(
         max_bands: largest number of bands tried (capped at ``n_layers``).
         intervention: see :func:`~cortexmap.analysis.selection.select_effects`.
         method: see :func:`~cortexmap.analysis.selection.select_effects`.
+        prompt_effects: optional per-prompt effects for the bootstrap.
         z_crit: significance rule for "important".
         min_importance: smallest importance that counts.
+        n_boot: bootstrap replicates for the enrichment intervals.
+        seed: random seed.
 
     Returns:
         One row per band: band, layer_start, layer_end (inclusive), depth_start, depth_end,
         dominant_level (largest enrichment), enrichment (that level's share of its mass in the
-        band divided by the band's share of layers; 1 = no concentration), n_important (pseudo-
+        band divided by the band's share of layers; 1 = no concentration), enrichment_ci_low,
+        enrichment_ci_high (95% bootstrap interval of that enrichment), n_important (pseudo-
         counts in the band), n_bands, bic and ``enrichment:<level>`` per level. Levels without
         important heads are left out; with fewer than two levels there is one band.
     """
     dist = _level_distributions(effects, n_layers, n_heads, intervention=intervention, method=method,
-                                prompt_effects=None, z_crit=z_crit, min_importance=min_importance, n_boot=1, seed=0)
+                                prompt_effects=prompt_effects, z_crit=z_crit, min_importance=min_importance,
+                                n_boot=n_boot, seed=seed)
     keep = np.isfinite(dist.observed).all(axis=1)
     levels = [lev for lev, k in zip(dist.levels, keep) if k]
     counts = dist.pseudo_counts[keep].T  # [layers, levels]
@@ -217,16 +228,22 @@ def layer_bands(
     k_best = int(np.argmin(bics))
     starts = fits[k_best][1] + [n_layers]
     points = dist.observed[keep].T  # [layers, levels] level distributions
+    boot = dist.boot[:, keep]  # [n_boot, levels, layers]
     rows = []
     for b in range(len(starts) - 1):
         lo, hi = starts[b], starts[b + 1]
         share_layers = (hi - lo) / n_layers
         enrich = {lev: float(points[lo:hi, i].sum() / share_layers) for i, lev in enumerate(levels)}
         dominant = max(enrich, key=enrich.get) if enrich else None
+        if dominant:
+            ci = percentile_interval(boot[:, levels.index(dominant), lo:hi].sum(axis=-1) / share_layers)
+        else:
+            ci = (float("nan"), float("nan"))
         band_counts = counts[lo:hi].sum(axis=0)
         row = {"band": b, "layer_start": lo, "layer_end": hi - 1, "depth_start": float(dist.rel_depth[lo]),
                "depth_end": float(dist.rel_depth[hi - 1]), "dominant_level": dominant,
                "enrichment": enrich[dominant] if dominant else float("nan"),
+               "enrichment_ci_low": float(ci[0]), "enrichment_ci_high": float(ci[1]),
                "n_important": float(band_counts.sum()), "n_bands": len(starts) - 1, "bic": float(bics[k_best])}
         row.update({f"enrichment:{lev}": v for lev, v in enrich.items()})
         rows.append(row)

@@ -217,7 +217,7 @@ def scale_comparison(
     Returns:
         DataFrame: model, n_layers, n_heads, n_heads_total, specialization_mean over active heads
         (+ ci_low/ci_high),
-        fraction_important (share of active heads, + ci over heads), fraction_redundant and mean_relative_interaction
+        fraction_important (share of active heads, + ci over heads), fraction_redundant (+ ci_low/ci_high) and mean_relative_interaction
         (NaN without pairs).
 
     Raises:
@@ -242,6 +242,7 @@ def scale_comparison(
                "specialization_ci_low": np.nan, "specialization_ci_high": np.nan,
                "fraction_important": float(important.mean()), "fraction_important_ci_low": float(imp_low),
                "fraction_important_ci_high": float(imp_high), "fraction_redundant": np.nan,
+               "fraction_redundant_ci_low": np.nan, "fraction_redundant_ci_high": np.nan,
                "mean_relative_interaction": np.nan}
         if spec.size:
             low, high = percentile_interval(spec[rng.integers(0, spec.size, (n_boot, spec.size))].mean(axis=1))
@@ -249,6 +250,7 @@ def scale_comparison(
         if pairs is not None and model in pairs:
             summary = redundancy_summary(pairs[model], n_boot=n_boot, seed=seed)
             row["fraction_redundant"] = summary["fraction_redundant"]
+            row["fraction_redundant_ci_low"], row["fraction_redundant_ci_high"] = summary["fraction_redundant_ci"]
             row["mean_relative_interaction"] = summary["mean_relative_interaction"]
         rows.append(row)
     return pd.DataFrame(rows)

@@ -21,7 +21,9 @@ Rules (``q`` = ``percentile``, default 95):
   ``z = Phi^-1(1 - alpha / n_heads)``.
 
 ``percentile`` in the output is the head's percentile rank (share of heads with a value <= its
-own, in %).
+own, in %). :func:`role_evidence` keeps every head's evidence with a ``passed`` flag;
+:func:`assign_roles` keeps the passing rows, and :func:`closest_candidates` names, for a role no
+head passes, the head that came closest, so that a "no" is printed with its numbers.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ def evaluated_roles(
     return out
 
 
-def _task_roles(selected: pd.DataFrame, evidence: Mapping[str, list[str]], percentile: float, alpha: float,
-                familywise: bool) -> list[dict]:
+def _task_evidence(selected: pd.DataFrame, evidence: Mapping[str, list[str]], percentile: float, alpha: float,
+                   familywise: bool) -> list[dict]:
+    """One row per (role, task, head measured on it), with ``passed``."""
     rows = []
     clean_abs = selected["clean"].abs().replace(0.0, np.nan)
     for role, tasks in evidence.items():
@@ -111,17 +114,18 @@ def _task_roles(selected: pd.DataFrame, evidence: Mapping[str, list[str]], perce
                 clear = sub["ci_high"].to_numpy(dtype=float) < 0
             passed = (effect < 0) & clear & (magnitude > baseline)
             scale = clean_abs.loc[sub.index].to_numpy(dtype=float)
-            for i in np.flatnonzero(passed):
-                row = sub.iloc[i]
-                rows.append({"layer": int(row["layer"]), "head": int(row["head"]), "role": role, "kind": "task",
+            for i, (layer, head, low, high) in enumerate(zip(sub["layer"], sub["head"], sub["ci_low"], sub["ci_high"])):
+                rows.append({"layer": int(layer), "head": int(head), "role": role, "kind": "task",
                              "evidence": task, "effect_or_score": float(effect[i]),
-                             "ci_low": float(row["ci_low"] / scale[i]), "ci_high": float(row["ci_high"] / scale[i]),
-                             "baseline": baseline, "percentile": float(ranks[i]), "p_value": float(p_value[i])})
+                             "ci_low": float(low / scale[i]), "ci_high": float(high / scale[i]),
+                             "baseline": baseline, "percentile": float(ranks[i]), "p_value": float(p_value[i]),
+                             "passed": bool(passed[i])})
     return rows
 
 
-def _probe_roles(patterns: pd.DataFrame, evidence: Mapping[str, list[str]], percentile: float,
-                 min_probe_score: float, alpha: float) -> list[dict]:
+def _probe_evidence(patterns: pd.DataFrame, evidence: Mapping[str, list[str]], percentile: float,
+                    min_probe_score: float, alpha: float) -> list[dict]:
+    """One row per (role, probe, head scored by it), with ``passed``."""
     rows = []
     for role, probes in evidence.items():
         for probe in probes:
@@ -133,13 +137,72 @@ def _probe_roles(patterns: pd.DataFrame, evidence: Mapping[str, list[str]], perc
             threshold = max(min_probe_score, float(np.nanpercentile(score, percentile)), typical + z_fw * spread)
             ranks = _percentile_rank(score)
             passed = (score > threshold) & (sub["ci_low"].to_numpy(dtype=float) > typical)
-            for i in np.flatnonzero(passed):
-                row = sub.iloc[i]
-                rows.append({"layer": int(row["layer"]), "head": int(row["head"]), "role": role, "kind": "probe",
-                             "evidence": probe, "effect_or_score": float(score[i]), "ci_low": float(row["ci_low"]),
-                             "ci_high": float(row["ci_high"]), "baseline": threshold, "percentile": float(ranks[i]),
-                             "p_value": float("nan")})
+            for i, (layer, head, low, high) in enumerate(zip(sub["layer"], sub["head"], sub["ci_low"], sub["ci_high"])):
+                rows.append({"layer": int(layer), "head": int(head), "role": role, "kind": "probe",
+                             "evidence": probe, "effect_or_score": float(score[i]), "ci_low": float(low),
+                             "ci_high": float(high), "baseline": threshold, "percentile": float(ranks[i]),
+                             "p_value": float("nan"), "passed": bool(passed[i])})
     return rows
+
+
+def role_evidence(
+    effects: pd.DataFrame,
+    patterns: pd.DataFrame | None,
+    *,
+    intervention: str | None = None,
+    method: str | None = None,
+    percentile: float = 95.0,
+    alpha: float = 0.05,
+    familywise: bool = True,
+    min_probe_score: float = 0.5,
+    role_tasks: Mapping[str, tuple[str, ...]] | None = None,
+    role_probes: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Every head's evidence for every evaluated role, passing or not.
+
+    Arguments as :func:`assign_roles`.
+
+    Raises:
+        ResultsError: malformed tables, or ``patterns`` holding several models.
+
+    Returns:
+        Long DataFrame with ``ROLE_COLUMNS`` plus ``passed`` (the module's rules): one row per
+        (head, role, task or probe) measured.
+    """
+    selected = select_effects(effects, intervention=intervention, method=method)
+    evidence = evaluated_roles(selected, patterns, role_tasks=role_tasks, role_probes=role_probes)
+    tasks = ROLE_TASKS if role_tasks is None else role_tasks
+    rows = _task_evidence(selected, {r: evidence[r] for r in tasks}, percentile, alpha, familywise)
+    if patterns is not None and len(patterns):
+        require_columns(patterns, PATTERN_COLUMNS, "patterns")
+        if "model" in patterns.columns and patterns["model"].nunique() > 1:
+            raise ResultsError(f"patterns holds {patterns['model'].nunique()} models: pass one model's rows")
+        probes = ROLE_PROBES if role_probes is None else role_probes
+        rows += _probe_evidence(patterns, {r: evidence[r] for r in probes}, percentile, min_probe_score, alpha)
+    out = pd.DataFrame(rows, columns=[c for c in ROLE_COLUMNS if c != "head_id"] + ["passed"])
+    out.insert(0, "head_id", [str(HeadId(int(a), int(b))) for a, b in zip(out["layer"], out["head"])])
+    return out
+
+
+def closest_candidates(evidence: pd.DataFrame) -> pd.DataFrame:
+    """For each role no head passes, the head that comes closest, with its evidence.
+
+    "Closest" is the most harmful effect for a task role (most negative ``effect_or_score``) and
+    the highest score for a probe role: what a reader needs to see how far from the bar the best
+    head was, instead of a bare "no head".
+
+    Args:
+        evidence: :func:`role_evidence` output.
+
+    Returns:
+        One row per role without a passing head (``ROLE_COLUMNS``); empty when every evaluated
+        role has one.
+    """
+    nobody = ~evidence.groupby("role")["passed"].transform("any").astype(bool)
+    rest = evidence[nobody & evidence["effect_or_score"].notna()]
+    key = np.where(rest["kind"] == "task", rest["effect_or_score"], -rest["effect_or_score"])
+    best = rest.assign(_key=key).sort_values("_key", kind="stable").groupby("role", sort=True).head(1)
+    return best.loc[:, list(ROLE_COLUMNS)].sort_values("role").reset_index(drop=True)
 
 
 def assign_roles(
@@ -177,16 +240,13 @@ def assign_roles(
         ``effect_normalized`` units; probe roles: probe scores); a head may have several rows or
         none.
     """
-    selected = select_effects(effects, intervention=intervention, method=method)
-    evidence = evaluated_roles(selected, patterns, role_tasks=role_tasks, role_probes=role_probes)
-    tasks = ROLE_TASKS if role_tasks is None else role_tasks
-    rows = _task_roles(selected, {r: evidence[r] for r in tasks}, percentile, alpha, familywise)
-    if patterns is not None and len(patterns):
-        require_columns(patterns, PATTERN_COLUMNS, "patterns")
-        if "model" in patterns.columns and patterns["model"].nunique() > 1:
-            raise ResultsError(f"patterns holds {patterns['model'].nunique()} models: pass one model's rows")
-        probes = ROLE_PROBES if role_probes is None else role_probes
-        rows += _probe_roles(patterns, {r: evidence[r] for r in probes}, percentile, min_probe_score, alpha)
-    out = pd.DataFrame(rows, columns=[c for c in ROLE_COLUMNS if c != "head_id"])
-    out.insert(0, "head_id", [str(HeadId(int(a), int(b))) for a, b in zip(out["layer"], out["head"])])
+    evidence = role_evidence(effects, patterns, intervention=intervention, method=method, percentile=percentile,
+                             alpha=alpha, familywise=familywise, min_probe_score=min_probe_score,
+                             role_tasks=role_tasks, role_probes=role_probes)
+    return passing_roles(evidence)
+
+
+def passing_roles(evidence: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`role_evidence` that pass, as :func:`assign_roles` returns them."""
+    out = evidence.loc[evidence["passed"], list(ROLE_COLUMNS)]
     return out.sort_values(["role", "evidence", "percentile"], ascending=[True, True, False], kind="stable").reset_index(drop=True)

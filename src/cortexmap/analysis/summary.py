@@ -1,7 +1,8 @@
 """Short printable lines from an atlas findings dict; the CLI prints them as they are.
 
 Every line that states a finding carries its effect size, its 95% interval and its baseline (or
-p-value); descriptive lines (band boundaries) say that they are descriptive. Missing analyses are
+p-value), a "no" included: a role no head passes names the head that came closest, with its
+numbers, and "no contrast / no task differs" lines show the largest one. Missing analyses are
 reported as "not evaluated", never silently dropped.
 """
 
@@ -40,10 +41,12 @@ def _band_lines(bands: dict) -> list[str]:
                          f"over {row['n_important']} important head-task cells (uniform baseline {_num(bands['depth_baseline'])}).")
         else:
             lines.append(f"  {row['level']}: no important heads, depth not evaluated.")
-    segments = [f"L{b['layer_start']}-L{b['layer_end']} {b['dominant_level']} (x{_num(b['enrichment'], 1)})"
+    segments = [f"L{b['layer_start']}-L{b['layer_end']} {b['dominant_level']} x{_num(b['enrichment'], 1)} "
+                f"[95% CI {_num(b.get('enrichment_ci_low'), 1)}, {_num(b.get('enrichment_ci_high'), 1)}]"
                 for b in bands["segmentation"]]
     if segments:
-        lines.append(f"Layer bands (BIC, descriptive, no interval; enrichment 1 = none): {'; '.join(segments)}.")
+        lines.append(f"Layer bands (BIC segmentation; enrichment of the dominant level, 1 = none, interval with the "
+                     f"boundaries held fixed): {'; '.join(segments)}.")
     return lines
 
 
@@ -51,7 +54,7 @@ def _group_lines(groups: dict) -> list[str]:
     stab = groups["stability"]
     names = ", ".join(f"{g['group_name']} ({g['size']})" for g in groups["groups"])
     if not groups["silhouette"]:
-        return [f"Functional groups: too few active heads to cluster; {names}."]
+        return [f"Functional groups: not evaluated (too few active heads to cluster); {names}."]
     return [f"Functional groups: k = {groups['k']} active groups + {groups['n_inert']} inert heads; silhouette "
             f"{_num(groups['silhouette_best'])} vs permuted-feature null {_num(groups['null_silhouette_mean'])} "
             f"(95th pct {_num(groups['null_silhouette_p95'])}, p = {_num(groups['silhouette_p_value'], 3)}); "
@@ -60,6 +63,7 @@ def _group_lines(groups: dict) -> list[str]:
 
 def _role_lines(roles: dict) -> list[str]:
     lines = []
+    closest = {row["role"]: row for row in roles.get("closest", [])}
     by_role: dict[str, list[dict]] = {}
     for row in roles["table"]:
         by_role.setdefault(row["role"], []).append(row)
@@ -68,15 +72,30 @@ def _role_lines(roles: dict) -> list[str]:
             continue
         rows = by_role.get(role, [])
         if not rows:
-            lines.append(f"Role {role}: no head passes ({', '.join(found)}).")
+            near = closest.get(role)
+            if near is None:
+                lines.append(f"Role {role}: no head passes ({', '.join(found)}); not evaluated (no finite evidence).")
+            else:
+                # Probe scores are attention fractions: a bar above 1 means the behaviour is so
+                # common among heads that the outlier rule cannot single one out.
+                common = near["kind"] == "probe" and near["baseline"] is not None and near["baseline"] > 1
+                lines.append(f"Role {role}: no head passes ({', '.join(found)}); closest {near['head_id']} "
+                             f"({near['evidence']}) {_evidence(near)}"
+                             + ("; the bar exceeds the score's maximum of 1: too many heads do this to single one out"
+                                if common else "") + ".")
             continue
         best = max(rows, key=lambda r: (r["percentile"], abs(r["effect_or_score"])))
-        what = "effect" if best["kind"] == "task" else "score"
-        baseline = "random-head 95th pct |effect|" if best["kind"] == "task" else "threshold"
         lines.append(f"Role {role}: {len({r['head_id'] for r in rows})} head(s); strongest {best['head_id']} "
-                     f"({best['evidence']}) {what} {_num(best['effect_or_score'])} {_ci(best['ci_low'], best['ci_high'])} "
-                     f"vs {baseline} {_num(best['baseline'])}.")
+                     f"({best['evidence']}) {_evidence(best)}.")
     return lines
+
+
+def _evidence(row: dict) -> str:
+    """A role row's effect or score, interval and baseline."""
+    what = "effect" if row["kind"] == "task" else "score"
+    baseline = "random-head 95th pct |effect|" if row["kind"] == "task" else "threshold"
+    return (f"{what} {_num(row['effect_or_score'])} {_ci(row['ci_low'], row['ci_high'])} "
+            f"vs {baseline} {_num(row['baseline'])}")
 
 
 def _regulator_lines(regulators: dict | None) -> list[str]:
@@ -101,8 +120,12 @@ def _regulator_lines(regulators: dict | None) -> list[str]:
         lines.append(f"Condition contrast {c['head_id']}: score {c['condition_a']} - {c['condition_b']} = "
                      f"{_num(c['diff'], 3)} {_ci(c['ci_low'], c['ci_high'])}, permutation p = {_num(c['p_value'], 4)} "
                      f"(q = {_num(c['q_value'], 3)}).")
-    if regulators["contrasts"] and not significant:
-        lines.append("No regulator score differs between conditions at q < 0.05.")
+    tested = [c for c in regulators["contrasts"] if c["p_value"] is not None]
+    if tested and not significant:
+        c = min(tested, key=lambda c: c["p_value"])
+        lines.append(f"No regulator score differs between conditions at q < 0.05 ({len(tested)} contrasts); smallest p: "
+                     f"{c['head_id']} {c['condition_a']} - {c['condition_b']} = {_num(c['diff'], 3)} "
+                     f"{_ci(c['ci_low'], c['ci_high'])}, p = {_num(c['p_value'], 4)} (q = {_num(c['q_value'], 3)}).")
     return lines
 
 
@@ -128,9 +151,12 @@ def summarize_findings(findings: dict) -> list[str]:
         lines.append(f"Task {t['task']} leans {t['lean']}: depth {_num(t['mean_depth'])} {_ci(t['ci_low'], t['ci_high'])} "
                      f"vs battery median {_num(t['battery_median'])} (diff {_num(t['diff'])} "
                      f"{_ci(t['diff_ci_low'], t['diff_ci_high'])}, q = {_num(t['q_value'], 3)}).")
-    compared = [t for t in findings["adaptivity"] if t["lean"] != "not evaluated"]
+    compared = [t for t in findings["adaptivity"] if t["lean"] != "not evaluated" and t["diff"] is not None]
     if compared and not leaning:
-        lines.append(f"No task's depth differs from the battery median at q < 0.05 ({len(compared)} tasks compared).")
+        t = max(compared, key=lambda t: abs(t["diff"]))
+        lines.append(f"No task's depth differs from the battery median at q < 0.05 ({len(compared)} tasks compared); "
+                     f"largest: {t['task']} diff {_num(t['diff'])} {_ci(t['diff_ci_low'], t['diff_ci_high'])}, "
+                     f"q = {_num(t['q_value'], 3)}.")
     lines += _regulator_lines(findings["regulators"])
     red = findings["redundancy"]
     if red is not None:

@@ -62,7 +62,7 @@ def compare(
         "model": r["model"], "heads": f"{r['n_layers']} x {r['n_heads']}",
         "specialization (denoised, active heads)": interval(r, "specialization_mean"),
         "share of heads active": interval(r, "fraction_important"),
-        "redundant pairs": "not measured" if r["fraction_redundant"] != r["fraction_redundant"] else f"{r['fraction_redundant']:.2f}",
+        "redundant pairs": "not measured" if r["fraction_redundant"] != r["fraction_redundant"] else interval(r, "fraction_redundant"),
     } for r in result["scale"]])
     console.print(table_of(scale, title="scale comparison (95% bootstrap intervals over heads)"))
     console.print(f"wrote {run_dirs[0]}/compare.json")

@@ -49,10 +49,12 @@ def _segments(fig: go.Figure, segmentation: list[dict], n_layers: int, row: int)
         lo, hi = seg["depth_start"] - pad, seg["depth_end"] + pad
         color = level_color(seg["dominant_level"])
         label = f"L{seg['layer_start']}–L{seg['layer_end']} {seg['dominant_level']} ×{seg['enrichment']:.1f}"
+        low, high = seg.get("enrichment_ci_low"), seg.get("enrichment_ci_high")
+        interval = f" [95% CI {low:.1f}, {high:.1f}]" if _finite(low) and _finite(high) else ""
         fig.add_trace(go.Bar(x=[hi - lo], base=[lo], y=["bands"], orientation="h", showlegend=False, width=0.9,
                              marker={"color": _rgba(color, 0.35), "line": {"color": "#ffffff", "width": 2}},
                              text=[label if hi - lo > 0.16 else ""], textposition="inside", insidetextanchor="middle",
-                             textfont={"size": 10, "color": "#374151"}, hovertemplate=f"{label} (enrichment; 1 = none)<extra></extra>"),
+                             textfont={"size": 10, "color": "#374151"}, hovertemplate=f"{label}{interval} (enrichment; 1 = none)<extra></extra>"),
                       row=row, col=1)
 
 

@@ -119,7 +119,7 @@ def bands_section(data: ReportData, routed: dict[str, list[str]]) -> str:
     body = card(verdict_html + findings_list(details), "Depth-order hypothesis")
     body += card(figure("bands", "Top: each level's mean relative depth of importance with its 95% bootstrap interval "
                         "(dotted: uniform baseline 0.5). Middle: layer bands from the BIC segmentation with their dominant "
-                        "level and its enrichment (descriptive, no interval). Bottom: share of each level's importance "
+                        "level and its enrichment (hover: 95% bootstrap interval, boundaries held fixed). Bottom: share of each level's importance "
                         "per layer (mean over its tasks)."),
                  "Importance over depth")
     return section("bands", "Layer bands", "Do lexical tasks live early and reasoning late?", body)
