@@ -1,5 +1,6 @@
 """Apply a head map: prune heads physically, bake edits into weights, monitor heads while generating."""
 
+from cortexmap.apply.battery import battery_scorer
 from cortexmap.apply.corpus import Chunks, corpus_info, corpus_text, token_chunks
 from cortexmap.apply.curve import gradient_scorer, heldout_loss, pruning_curve
 from cortexmap.apply.edit import compare_generations, edit_model
@@ -13,7 +14,7 @@ from cortexmap.apply.run import run_edit, run_monitor, run_prune
 from cortexmap.apply.storage import load_pruned, save_model, save_pruned
 
 __all__ = [
-    "Chunks", "Monitor", "PruneResult", "attention_params", "compare_generations", "corpus_info", "corpus_text",
+    "Chunks", "Monitor", "PruneResult", "attention_params", "battery_scorer", "compare_generations", "corpus_info", "corpus_text",
     "edit_model", "gradient_scorer", "head_importance", "heal", "heldout_loss", "importance_from_atlas",
     "layer_importance", "load_pruned", "monitor", "prune_heads", "pruning_curve", "pruning_result",
     "random_importance", "run_edit", "run_monitor", "run_prune", "save_model", "save_pruned", "select_heads",

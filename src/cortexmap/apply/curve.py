@@ -40,7 +40,7 @@ Importance = Union[pd.DataFrame, Scorer]
 COLUMNS = [
     "method", "replace", "healed", "fraction", "heads_pruned", "kv_heads_removed", "attn_params_removed",
     "attn_params_removed_frac", "total_params_removed", "total_params_removed_frac", "heldout_loss", "heldout_ppl",
-    "loss_delta_pct", "ppl_delta_pct", "task_score", "seconds",
+    "loss_delta_pct", "ppl_delta_pct", "task_score", "task_delta_pct", "seconds",
 ]
 
 
@@ -147,7 +147,9 @@ def pruning_curve(
             unhealed row is always kept.
         text: held-out token ids (default: ``n_chunks`` x ``seq_len`` of the corpus held-out split).
         train_text: token ids for means, healing and scorers (default: the corpus train split).
-        task_score: optional ``task_score(handle) -> float`` (e.g. a task-battery accuracy).
+        task_score: optional ``task_score(handle) -> float``, higher is better (e.g.
+            :func:`~cortexmap.apply.battery.battery_scorer`); ``task_delta_pct`` is its change
+            relative to the unpruned model's.
         n_chunks: held-out chunks when ``text`` is not given.
         seq_len: chunk length when ``text`` / ``train_text`` are not given.
         heal_kwargs: extra arguments of :func:`~cortexmap.apply.heal.heal` (``lr``, ``batch_size``...).
@@ -156,7 +158,8 @@ def pruning_curve(
     Returns:
         One row per (method, replace, healed, fraction) plus a ``method="none"`` baseline row; columns
         ``method, replace, healed, fraction, heads_pruned, kv_heads_removed, attn_params_removed(_frac),
-        total_params_removed(_frac), heldout_loss, heldout_ppl, loss_delta_pct, ppl_delta_pct, task_score, seconds``.
+        total_params_removed(_frac), heldout_loss, heldout_ppl, loss_delta_pct, ppl_delta_pct, task_score,
+        task_delta_pct, seconds`` (the task columns NaN without ``task_score``).
     """
     bad = [r for r in replace if r not in REPLACE_MODES]
     if bad or not importances:
@@ -167,8 +170,9 @@ def pruning_curve(
     start = time.perf_counter()
     base_loss = heldout_loss(handle, eval_ids)
     base_task = task_score(handle) if task_score else float("nan")
-    rows = [_row("none", "none", False, 0.0, None, handle, base_loss, base_loss, base_task, start)]
-    say(f"baseline: held-out loss {base_loss:.4f}")
+    base = (base_loss, base_task)
+    rows = [_row("none", "none", False, 0.0, None, handle, base_loss, base_task, base, start)]
+    say(f"baseline: {_change(rows[0])}")
     means = mean_head_outputs(handle, train_ids[:16]) if "mean" in replace else None
     n_total = handle.n_layers * handle.n_heads
     for method, importance in importances.items():
@@ -179,21 +183,35 @@ def pruning_curve(
                 pruned = prune_heads(handle, heads, replace=mode, reference=mode_means)
                 loss = heldout_loss(pruned, eval_ids)
                 score = task_score(pruned) if task_score else float("nan")
-                rows.append(_row(method, mode, False, fraction, pruned, handle, loss, base_loss, score, start))
-                say(f"{method}/{mode} {fraction:.0%}: loss {loss:.4f} ({rows[-1]['loss_delta_pct']:+.2f}%)")
+                rows.append(_row(method, mode, False, fraction, pruned, handle, loss, score, base, start))
+                say(f"{method}/{mode} {fraction:.0%}: {_change(rows[-1])}")
                 if heal_steps and heals(method, mode, heal_methods):
                     start = time.perf_counter()
                     heal(pruned, handle, train_ids, steps=heal_steps, **dict(heal_kwargs or {}))
                     loss = heldout_loss(pruned, eval_ids)
                     score = task_score(pruned) if task_score else float("nan")
-                    rows.append(_row(method, mode, True, fraction, pruned, handle, loss, base_loss, score, start))
-                    say(f"{method}/{mode} {fraction:.0%} healed: loss {loss:.4f} ({rows[-1]['loss_delta_pct']:+.2f}%)")
+                    rows.append(_row(method, mode, True, fraction, pruned, handle, loss, score, base, start))
+                    say(f"{method}/{mode} {fraction:.0%} healed: {_change(rows[-1])}")
                 del pruned
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _change(row: dict[str, Any]) -> str:
+    """One progress line's numbers: held-out loss and, when scored, the task battery."""
+    text = f"loss {row['heldout_loss']:.4f} ({row['loss_delta_pct']:+.2f}%)"
+    if math.isfinite(row["task_score"]):
+        text += f", battery logit diff {row['task_score']:.3f} ({row['task_delta_pct']:+.2f}%)"
+    return text
+
+
+def _pct_change(value: float, base: float) -> float:
+    """Change of ``value`` relative to ``base`` in percent of ``|base|`` (NaN when base is 0 or NaN)."""
+    return 100.0 * (value - base) / abs(base) if base and math.isfinite(base) else float("nan")
+
+
 def _row(method: str, replace: str, healed: bool, fraction: float, pruned: ModelHandle | None, handle: ModelHandle,
-         loss: float, base_loss: float, score: float, start: float) -> dict[str, Any]:
+         loss: float, score: float, base: tuple[float, float], start: float) -> dict[str, Any]:
+    base_loss, base_score = base
     result = pruning_result(pruned) if pruned is not None else None
     attn_before = result.attn_params_before if result else 1
     total_before = result.total_params_before if result else handle.n_params
@@ -208,5 +226,6 @@ def _row(method: str, replace: str, healed: bool, fraction: float, pruned: Model
         "heldout_loss": loss, "heldout_ppl": math.exp(loss),
         "loss_delta_pct": 100.0 * (loss - base_loss) / base_loss,
         "ppl_delta_pct": 100.0 * (math.exp(loss - base_loss) - 1.0),
-        "task_score": score, "seconds": time.perf_counter() - start,
+        "task_score": score, "task_delta_pct": _pct_change(score, base_score),
+        "seconds": time.perf_counter() - start,
     }

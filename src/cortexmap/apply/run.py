@@ -21,6 +21,7 @@ import pandas as pd
 from cortexmap.errors import ResultsError
 from cortexmap.interventions import mean_head_outputs
 from cortexmap.models import load_model
+from cortexmap.apply.battery import BATTERY_SEED, battery_scorer
 from cortexmap.apply.corpus import corpus_info, token_chunks
 from cortexmap.apply.curve import gradient_scorer, heals, pruning_curve, select_cumulative
 from cortexmap.apply.edit import compare_generations, edit_model, head_factors
@@ -115,6 +116,7 @@ def run_prune(
     importance_chunks: int = 16,
     save_models: bool = True,
     task_score: Callable[[Any], float] | None = None,
+    battery_prompts: int = 16,
     seed: int = 0,
     device: str = "cpu",
 ) -> pd.DataFrame:
@@ -136,7 +138,9 @@ def run_prune(
         seq_len: tokens per chunk.
         importance_chunks: training chunks for gradient importance.
         save_models: save the pruned models of the best (method, replace) per fraction.
-        task_score: optional ``task_score(handle) -> float`` column.
+        task_score: optional ``task_score(handle) -> float`` column; None scores the built-in
+            task battery (:func:`~cortexmap.apply.battery.battery_scorer`).
+        battery_prompts: pairs per task of that battery (0: no task column).
         seed: seed of the random baseline.
         device: torch device.
 
@@ -149,6 +153,11 @@ def run_prune(
     out.mkdir(parents=True, exist_ok=True)
     handle = load_model(model_spec, device=device)
     train = token_chunks(handle.tokenizer, "train", seq_len)
+    if task_score is None and battery_prompts > 0:
+        say(f"task battery: building {battery_prompts} pairs per task (seed {BATTERY_SEED}) ...")
+        task_score = battery_scorer(handle, "all", n_prompts=battery_prompts)
+        if task_score is None:
+            say("task battery: no task fits this tokenizer; the curve has no task column")
     scorers: dict[str, Any] = {}
     if "gradient" in methods:  # matched to each replacement mode; batches of 4 rows for CPU speed
         scorers["gradient"] = gradient_scorer(handle, train.ids[:importance_chunks], batch_size=4, iterative=iterative)
@@ -187,7 +196,9 @@ def run_prune(
     arguments = {"model_spec": model_spec, "run_dir": str(run_dir) if run_dir else None, "fractions": list(fractions),
                  "replace": list(replace), "heal": heal, "iterative": iterative, "methods": list(scorers),
                  "heal_methods": heal_methods, "n_chunks": n_chunks, "seq_len": seq_len,
-                 "importance_chunks": importance_chunks, "seed": seed}
+                 "importance_chunks": importance_chunks, "seed": seed,
+                 "battery": {"prompts_per_task": battery_prompts, "seed": BATTERY_SEED,
+                             "scored": task_score is not None}}
     _manifest(out, handle, arguments, {"corpus": corpus_info(), "best": {"method": best[0], "replace": best[1]},
                                        "saved_models": saved, "plot": plotted,
                                        "timings": {"total_s": time.perf_counter() - started}})

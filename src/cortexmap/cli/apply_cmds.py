@@ -41,6 +41,7 @@ def prune(
     heal: Annotated[int, typer.Option(help="distillation steps after pruning (0: none)")] = 0,
     iterative: Annotated[bool, typer.Option(help="re-score gradient importance after each step")] = False,
     methods: Annotated[str, typer.Option(help="importance baselines: gradient,random,layer")] = "gradient,random,layer",
+    battery: Annotated[int, typer.Option(help="pairs per task of the battery scored on each pruned model (0: none)")] = 16,
     out: Annotated[str, typer.Option(help="output directory")] = "prune-out",
     device: str = "cpu",
 ) -> None:
@@ -53,11 +54,11 @@ def prune(
             raise CortexmapError(f"bad --replace {replace!r}: use zero, mean or zero,mean")
         return run_prune(model, run, _floats(fractions, "--fractions"), modes, heal=heal, iterative=iterative,
                          out_dir=out, progress=_say, methods=[m.strip() for m in methods.split(",") if m.strip()],
-                         device=device)
+                         battery_prompts=battery, device=device)
 
     curve = run_guarded(go)
     cols = ["method", "replace", "healed", "fraction", "heads_pruned", "attn_params_removed_frac",
-            "total_params_removed_frac", "heldout_ppl", "loss_delta_pct"]
+            "total_params_removed_frac", "heldout_ppl", "loss_delta_pct", "task_delta_pct"]
     console.print(table_of(curve[[c for c in cols if c in curve.columns]], title=f"pruning curve: {model}"))
     console.print(f"wrote {out}/curve.parquet, curve.png, models/; load a pruned model with "
                   "cortexmap.apply.load_pruned(DIR) or transformers (see README)")
