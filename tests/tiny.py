@@ -57,3 +57,13 @@ def tiny_handle(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):  
 
 def random_ids(batch: int = 3, seq: int = 7, seed: int = 1) -> torch.Tensor:
     return torch.randint(1, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def char_tokenizer():  # noqa: ANN201
+    """A fast tokenizer of single letters, so a saved tiny model directory loads like any model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {chr(97 + i): i for i in range(26)} | {"[UNK]": 26}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok)

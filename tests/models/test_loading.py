@@ -12,7 +12,7 @@ import cortexmap
 from cortexmap.errors import ModelLoadError, UnsupportedArchitectureError
 from cortexmap.models import GEOMETRY, geometry_for
 from cortexmap.models.bundled import gguf_path
-from tests.tiny import ARCHS, tiny_model
+from tests.tiny import ARCHS, char_tokenizer, tiny_model
 
 
 def test_every_geometry_row_describes_its_tiny_model(arch):  # noqa: ANN001
@@ -44,22 +44,12 @@ def test_unsupported_architecture_names_the_supported_ones_and_how_to_register()
 def test_local_directory_round_trip(tmp_path):  # noqa: ANN001
     model = tiny_model("gpt2")
     model.save_pretrained(tmp_path)
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=_char_tokenizer())
-    tok.save_pretrained(tmp_path)
+    char_tokenizer().save_pretrained(tmp_path)
     handle = cortexmap.load_model(str(tmp_path))
     assert handle.model_type == "gpt2" and handle.n_layers == 3 and len(handle.model_hash) == 64
     ids = torch.randint(0, 97, (1, 6))
     with torch.no_grad():
         assert torch.allclose(handle.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
-
-
-def _char_tokenizer():  # noqa: ANN202
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {chr(97 + i): i for i in range(26)} | {"[UNK]": 26}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return tok
 
 
 def test_non_causal_lm_directory_is_refused(tmp_path):  # noqa: ANN001

@@ -127,3 +127,32 @@ def test_patching_without_corrupt_prompts_is_a_clear_error():
         b.corrupt_ids = None
     with pytest.raises(cortexmap.CortexmapError, match="corrupt prompts"):
         prepare(handle, batches, need_corrupt=True)
+
+
+@pytest.mark.parametrize("kind", ["zero", "patch"])
+def test_a_model_dispatched_by_accelerate_sweeps_like_the_plain_model(tmp_path, monkeypatch, kind):  # noqa: ANN001
+    """``device="auto"`` shards with accelerate; its hooks must not change a number.
+
+    A CPU has one device, so the shards here are CPU and disk offload: the same AlignDevicesHook
+    machinery moves weights and activations between shards on several GPUs.
+    """
+    from cortexmap.models import load_model
+    from tests.tiny import char_tokenizer, tiny_model
+
+    monkeypatch.setenv("CORTEXMAP_CACHE", str(tmp_path / "cache"))
+    tiny_model("llama_gqa").save_pretrained(tmp_path / "m")
+    char_tokenizer().save_pretrained(tmp_path / "m")
+    plain = load_model(str(tmp_path / "m"))
+    placed = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+              "model.layers.1": "disk", "model.layers.2": "cpu", "model.norm": "cpu", "lm_head": "disk"}
+    sharded = load_model(str(tmp_path / "m"), device_map=placed)
+    assert sharded.device_map == placed and sharded.describe()["device_map"] == placed
+    assert sharded.blocks()[1].self_attn.o_proj.weight.device.type == "meta"  # really offloaded
+    batches = make_batches(seed=4)
+    for b in batches:  # a shared prefix takes the suffix path with its KV cache copies
+        b.corrupt_ids[:, :2] = b.input_ids[:, :2]
+    expected = exact_matrix(plain, prepare(plain, batches, need_corrupt=kind == "patch"), kind, rows_per_pass=8)
+    got = exact_matrix(sharded, prepare(sharded, batches, need_corrupt=kind == "patch"), kind, rows_per_pass=8)
+    assert np.allclose(got, expected, atol=1e-5), np.abs(got - expected).max()
+    assert np.allclose(got, reference_matrix(plain, batches, kind), atol=1e-5)
+

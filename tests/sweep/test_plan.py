@@ -74,10 +74,26 @@ def test_a_model_too_large_for_the_device_cannot_fit() -> None:
     facts = ModelFacts("llama-2-70b", 80, 64, 8192, 28672, 32000, 68_976_648_192, 2)
     plan = plan_run(facts, 1, 32, 16, "zero", "exact", device="cpu", memory_bytes=80 * GB, host_bytes=1000 * GB)
     assert not plan["fits"]
-    assert "weights alone" in plan["message"] and "device_map" in plan["message"]
+    assert "weights alone" in plan["message"] and "--device auto" in plan["message"]
     with pytest.raises(CortexmapError, match="llama-2-70b needs 138.0 GB") as info:
         require_fit(plan)
     assert "\n" not in str(info.value)
+
+
+def test_a_sharded_model_is_planned_against_all_its_gpus(monkeypatch) -> None:  # noqa: ANN001
+    import cortexmap.sweep.plan as plan_module
+
+    budgets = {"cuda:0": 80 * GB, "cuda:1": 40 * GB}
+    monkeypatch.setattr(plan_module, "_device_budget", lambda device: budgets[str(device)])
+    handle = tiny_handle("llama")
+    handle.model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1,
+                                  "model.layers.2": 1, "lm_head": 1}
+    assert [str(d) for d in plan_module.shard_devices(handle, None)] == ["cuda:0", "cuda:1"]
+    plan = plan_run(handle, 1, 8, 6, "zero", "exact", device="cuda:0", calibrated=False)
+    assert plan["memory"]["budget"] == 120 * GB and plan["device"] == "cuda:0, cuda:1"
+    assert "2 GPUs" in plan["message"]
+    del handle.model.hf_device_map  # one GPU: its own memory only
+    assert plan_run(handle, 1, 8, 6, "zero", "exact", device="cuda:0", calibrated=False)["memory"]["budget"] == 80 * GB
 
 
 def test_rows_shrink_to_fit_and_caches_can_be_the_limit() -> None:

@@ -69,7 +69,7 @@ def map_(
     method: Method = DEFAULT_METHOD,
     prompts: Prompts = DEFAULT_PROMPTS,
     out: Annotated[str, typer.Option(help="run directory")] = "runs/smollm2-135m",
-    device: str = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (shard the model over every visible GPU)")] = "cpu",
     dtype: str = "float32",
     batch_size: Annotated[str, typer.Option(help="auto or rows (prompts x heads) per forward pass")] = "auto",
     seed: int = 0,
@@ -79,6 +79,7 @@ def map_(
     backend: Annotated[str, typer.Option(help="local or ray")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --backend ray)")] = None,
     workers: Annotated[int, typer.Option(help="Ray workers (one model replica each)")] = 2,
+    gpus_per_worker: Annotated[int, typer.Option(help="GPUs per Ray worker; with --device auto the replica is sharded over them")] = 1,
 ) -> None:
     """Map every head x task x intervention of a model into RUN_DIR (effects, patterns, manifest)."""
     from cortexmap.sweep import SweepConfig, run_sweep
@@ -90,7 +91,8 @@ def map_(
     def go():  # noqa: ANN202
         config = SweepConfig(model=model, tasks=tasks, task_file=task_file, interventions=interventions, method=method,
                              n_prompts=prompts, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
-                             probes=probes, backend=backend, address=address, n_workers=workers)
+                             probes=probes, backend=backend, address=address, n_workers=workers,
+                             gpus_per_worker=gpus_per_worker)
         try:
             return run_sweep(config, out, resume=resume, progress=progress)
         finally:

@@ -67,7 +67,14 @@ class ModelHandle:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where input ids go: the input embeddings' device (the first shard of a ``device_map`` model)."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def device_map(self) -> dict[str, str] | None:
+        """Module -> device of a model sharded by accelerate (``device="auto"``), else None."""
+        placed = getattr(self.model, "hf_device_map", None)
+        return {k: str(v) for k, v in placed.items()} if placed and len(set(map(str, placed.values()))) > 1 else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -120,7 +127,7 @@ class ModelHandle:
             "spec": self.spec, "hash": self.model_hash, "model_type": self.model_type,
             "n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
             "d_head": self.d_head, "n_params": self.n_params, "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
+            "device": str(self.device), **({"device_map": self.device_map} if self.device_map else {}),
         }
 
 
@@ -183,7 +190,8 @@ def _convert_gguf(path: Path, progress: Callable[[str], None]) -> Path:
     return target
 
 
-def _load_pretrained(source: str, dtype: torch.dtype, device: str, attn: str | None) -> tuple[Any, Any]:
+def _load_pretrained(source: str, dtype: torch.dtype, device: str, attn: str | None,
+                     device_map: str | dict[str, Any] | None = None) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     offline = not Path(source).is_dir() and not _hub_reachable()
@@ -198,6 +206,10 @@ def _load_pretrained(source: str, dtype: torch.dtype, device: str, attn: str | N
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": offline}
     if attn:
         kwargs["attn_implementation"] = attn
+    if device_map is not None:  # accelerate places (and moves activations between) the shards
+        kwargs["device_map"] = device_map
+        if isinstance(device_map, dict) and "disk" in map(str, device_map.values()):
+            kwargs["offload_folder"] = str(cache_dir() / "offload" / Path(source).name)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ValueError as exc:
@@ -207,7 +219,7 @@ def _load_pretrained(source: str, dtype: torch.dtype, device: str, attn: str | N
             ) from None
         raise
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
-    return model.to(device), tokenizer
+    return (model if device_map is not None else model.to(device)), tokenizer
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -233,15 +245,20 @@ def load_model(
     dtype: str | torch.dtype | None = "float32",
     attn_implementation: str | None = None,
     progress: Callable[[str], None] | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> ModelHandle:
     """Load a causal LM and its head geometry.
 
     Args:
         spec: bundled name, path to a ``.gguf`` file, local HF directory, or hub id.
-        device: torch device (``cpu``, ``cuda``, ``cuda:1``...).
+        device: torch device (``cpu``, ``cuda``, ``cuda:1``...), or ``auto``: shard the layers
+            over every visible GPU with accelerate (``device_map="auto"``), for a model larger
+            than one GPU; the sweep runs the shards in turn, with one GPU's throughput.
         dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
         attn_implementation: passed to transformers (``eager`` for attention weights).
         progress: called with one-line messages during first-use fetching and conversion.
+        device_map: an explicit accelerate placement (module -> device, ``"disk"`` offloads to
+            the cache); overrides ``device``.
 
     Returns:
         A :class:`ModelHandle`.
@@ -265,7 +282,9 @@ def load_model(
         source, digest = path, _dir_hash(path)
     else:
         source, digest = Path(spec), ""
-    model, tokenizer = _load_pretrained(str(source), torch_dtype, device, attn_implementation)
+    if device_map is None and device == "auto":
+        device_map = "auto"
+    model, tokenizer = _load_pretrained(str(source), torch_dtype, device, attn_implementation, device_map)
     model.eval()
     return ModelHandle(model, tokenizer, spec, geometry_for(model.config), digest)
 

@@ -26,7 +26,10 @@ class SweepConfig:
         n_prompts: pairs generated per built-in task.
         batch_size: ``auto`` or rows (prompts x heads) per forward pass.
         probes: also score the mechanistic attention probes (``patterns.parquet``).
+        device: torch device, or ``auto`` to shard the model over every visible GPU.
         backend: ``local`` or ``ray``; ``address`` is the Ray cluster address.
+        gpus_per_worker: GPUs each Ray worker (one model replica) holds on a GPU device; above
+            1 the replica is sharded over them (``device`` ``auto``).
     """
 
     model: str = DEFAULT_MODEL
@@ -44,6 +47,7 @@ class SweepConfig:
     backend: str = "local"
     address: str | None = None
     n_workers: int = 2
+    gpus_per_worker: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -54,6 +58,8 @@ class SweepConfig:
             raise CortexmapError(f"--prompts must be at least 1, got {self.n_prompts}")
         if self.backend not in ("local", "ray"):
             raise CortexmapError(f"unknown backend {self.backend!r}: use local or ray")
+        if self.gpus_per_worker < 1:
+            raise CortexmapError(f"--gpus-per-worker must be at least 1, got {self.gpus_per_worker}")
 
     @property
     def specs(self) -> list[InterventionSpec]:
@@ -87,6 +93,6 @@ class SweepConfig:
     def identity(self) -> dict[str, Any]:
         """The arguments that change results (a resumed run must match them)."""
         data = self.to_dict()
-        for key in ("batch_size", "backend", "address", "n_workers", "device"):
+        for key in ("batch_size", "backend", "address", "n_workers", "gpus_per_worker", "device"):
             data.pop(key)
         return data

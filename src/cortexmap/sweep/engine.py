@@ -56,7 +56,8 @@ class CleanCache:
             return None
         kv = copy.deepcopy(self.prefix_cache)
         if k > 1:
-            kv.batch_select_indices(torch.arange(self.batch, device=self.block_inputs[0].device).repeat(k))
+            # CPU indices: the layers of a sharded model keep their caches on different GPUs
+            kv.batch_select_indices(torch.arange(self.batch).repeat(k))
         return kv
 
 

@@ -158,6 +158,17 @@ def _device_budget(device: torch.device) -> int:
     return host_available_bytes()
 
 
+def shard_devices(model: Any, device: str | torch.device | None) -> list[torch.device]:
+    """The GPUs a run is spread over: a sharded handle's, or every visible GPU for ``device="auto"``."""
+    placed = getattr(model, "device_map", None) if hasattr(model, "n_heads") else None
+    if placed:
+        gpus = {torch.device(f"cuda:{v}" if v.isdigit() else v) for v in placed.values()}
+        return sorted((d for d in gpus if d.type == "cuda"), key=str)
+    if str(device) == "auto" and torch.cuda.is_available():
+        return [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    return []
+
+
 @torch.no_grad()
 def calibrate(handle: Any, batch: int, seq: int, rows_per_pass: int, attribution: bool = False,
               seed: int = 0) -> dict[str, float]:
@@ -244,6 +255,9 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
         facts = _facts(model)
     else:
         facts = ModelFacts.from_config(model, dtype or torch.float32)
+    shards = shard_devices(model, device)
+    if str(device) == "auto":
+        device = shards[0] if shards else "cpu"
     device = torch.device(device if device is not None else (model.device if is_handle else "cpu"))
     labels = ",".join(interventions) if isinstance(interventions, (list, tuple)) else interventions
     config = SweepConfig(interventions=labels, method=method)  # validates both
@@ -265,7 +279,10 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
     b = facts.dtype_bytes
     weights = facts.n_params * b
     cache = n_prompts * seq * L * facts.d_model * b * (3 if patch else 2) + n_prompts * facts.vocab * b
-    budget = memory_bytes if memory_bytes is not None else _device_budget(device)
+    if memory_bytes is not None:
+        budget = memory_bytes
+    else:  # a sharded model holds its weights and activations on all its GPUs together
+        budget = sum(_device_budget(d) for d in shards) if len(shards) > 1 else _device_budget(device)
     resident = weights if is_handle and model.device == device and device.type == "cpu" and memory_bytes is None else 0
     per_row = bytes_per_row(facts, seq) + 2 * seq * facts.d_model * b + facts.vocab * (b + 4)
     if rows_per_pass is None:
@@ -279,12 +296,12 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
     peak = (fixed + max(exact_rows * per_row, attribution_pass)) * OVERHEAD
     minimum = (fixed + max(batch * per_row if exact_rows else 0, attribution_pass)) * OVERHEAD
     message, fits = "", True
-    where = "host RAM" if device.type == "cpu" else str(device)
+    where = "host RAM" if device.type == "cpu" else (f"{len(shards)} GPUs" if len(shards) > 1 else str(device))
     if weights * OVERHEAD > budget + resident:
         fits = False
         smaller = "bfloat16, " if b > 2 else ""
-        advice = (f"use {smaller}a larger GPU, or shard it over several (device_map)" if device.type == "cuda"
-                  else f"use {smaller}a machine with more RAM, or GPUs (device_map)")
+        advice = (f"use {smaller}a larger GPU, or shard it over several (--device auto)" if device.type == "cuda"
+                  else f"use {smaller}a machine with more RAM, or GPUs (--device auto shards over them)")
         message = (f"{facts.name} needs {_gb(weights)} for its weights alone in {b * 8}-bit floats but {where} has "
                    f"{_gb(budget + resident)}; {advice}")
     elif minimum > budget + resident:
@@ -302,7 +319,7 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
     if fits and device.type == "cuda" and not is_handle and weights > host:
         fits = False
         message = (f"loading {facts.name} puts its {_gb(weights)} of weights in host RAM first but only "
-                   f"{_gb(host)} is available; load with device_map or on a machine with more RAM")
+                   f"{_gb(host)} is available; use a machine with more RAM")
 
     # Time.
     time_s, source, calibration = None, "unknown: calibrate on the loaded model", None
@@ -318,7 +335,7 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
         time_s = flops / (peak_flops(device) * utilization)
         source = f"estimate: FLOPs at {utilization:.0%} of the bf16 peak"
     return {
-        "model": facts.name, "device": str(device), "n_layers": L, "n_heads": H, "n_params": facts.n_params,
+        "model": facts.name, "device": ", ".join(map(str, shards)) if len(shards) > 1 else str(device), "n_layers": L, "n_heads": H, "n_params": facts.n_params,
         "dtype_bytes": b, "n_tasks": n_tasks, "n_prompts": n_prompts, "seq": seq,
         "interventions": [spec.label for spec in config.specs], "method": method, "units": units,
         "head_interventions": units * L * H, "batches_per_task": n_batches, "rows_per_pass": rows_per_pass,

@@ -1,10 +1,10 @@
 """Ray backend: work units (task, intervention, layer block) on workers that load the model once each.
 
 ``--backend ray --address ADDR`` joins a running cluster; without an address a local Ray
-instance with ``n_workers`` CPUs starts. Each worker holds one model replica (give it a GPU
-with ``num_gpus``; a model larger than one GPU is sharded inside the worker with
-``device_map="auto"``). Workers run the same per-layer computations as the local backend, so
-the numbers are the same.
+instance with ``n_workers`` CPUs starts. Each worker holds one model replica: with a CUDA
+device it reserves ``gpus_per_worker`` GPUs, and with ``device="auto"`` it shards the replica
+over them (``device_map="auto"``; Ray shows each worker only its own GPUs). Workers run the same
+per-layer computations as the local backend, so the numbers are the same.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class RayBackend:
                 ray.init(address=config.address, log_to_driver=False)
             else:
                 ray.init(num_cpus=config.n_workers, include_dashboard=False, log_to_driver=False)
-        gpus = 1 if config.device.startswith("cuda") else 0
+        on_gpu = config.device.startswith("cuda") or (config.device == "auto" and bool(ray.cluster_resources().get("GPU")))
+        gpus = config.gpus_per_worker if on_gpu else 0
         worker = ray.remote(num_cpus=1, num_gpus=gpus)(_Worker)
         if note:
             note(f"starting {config.n_workers} Ray workers (one model replica each) ...")
