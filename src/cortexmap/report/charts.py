@@ -277,7 +277,9 @@ def prune_figure(curve: pd.DataFrame | None) -> go.Figure | None:
     fig = go.Figure()
     for (method, replace, healed), line in rows.groupby(["method", "replace", "healed"], sort=True):
         line = line.sort_values("fraction")
-        extra = np.stack([line["heads_pruned"], line["total_params_removed"] / 1e6, line["heldout_ppl"]], axis=1)
+        battery = line["task_delta_pct"] if "task_delta_pct" in line else pd.Series(np.nan, index=line.index)
+        extra = np.stack([line["heads_pruned"], line["total_params_removed"] / 1e6, line["heldout_ppl"], battery], axis=1)
+        scored = bool(np.isfinite(battery.to_numpy(dtype=float)).any())
         fig.add_trace(go.Scatter(
             x=line["fraction"], y=line["loss_delta_pct"], mode="lines+markers",
             name=f"{method} · {replace}" + (" · healed" if healed else ""),
@@ -285,7 +287,9 @@ def prune_figure(curve: pd.DataFrame | None) -> go.Figure | None:
             marker={"size": 7}, customdata=extra,
             hovertemplate=(f"<b>{method}</b> · {replace}{' · healed' if healed else ''}<br>%{{x:.0%}} of heads "
                            "(%{customdata[0]}), %{customdata[1]:.1f}M params removed<br>held-out loss %{y:+.1f}% "
-                           "(ppl %{customdata[2]:.2f})<extra></extra>")))
+                           "(ppl %{customdata[2]:.2f})"
+                           + ("<br>task battery logit diff %{customdata[3]:+.1f}%" if scored else "")
+                           + "<extra></extra>")))
     fig.add_hline(y=0, line={"color": MUTED, "width": 1})
     fig.update_layout(**base_layout(height=400, xaxis={"title": {"text": "fraction of heads pruned"}, "tickformat": ".0%",
                                                        "gridcolor": GRID},
