@@ -71,7 +71,12 @@ def _atlas_effects(run_dir: str | Path) -> pd.DataFrame:
 
 
 def plot_curve(curve: pd.DataFrame, path: str | Path) -> bool:
-    """Draw loss change against attention and total parameters removed; False if matplotlib is missing."""
+    """Draw the curve's loss (and task-battery) change against parameters removed; False without matplotlib.
+
+    One colour per method, solid for zero and dashed for mean replacement, circles before and
+    triangles after healing. Panels: held-out loss against attention and against total
+    parameters removed, and the battery against attention parameters when it was scored.
+    """
     try:
         import matplotlib
 
@@ -80,21 +85,36 @@ def plot_curve(curve: pd.DataFrame, path: str | Path) -> bool:
     except ImportError:
         log.warning("matplotlib is not installed; skipping %s", path)
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    import math
+
     rows = curve[curve["method"] != "none"]
+    scored = "task_delta_pct" in rows and rows["task_delta_pct"].notna().any()
+    panels = [("attn_params_removed_frac", "loss_delta_pct", "held-out loss change (%)"),
+              ("total_params_removed_frac", "loss_delta_pct", "held-out loss change (%)")]
+    if scored:
+        panels.insert(1, ("attn_params_removed_frac", "task_delta_pct", "task battery logit-diff change (%)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0))
+    palette = plt.get_cmap("tab10")
+    colors = {m: palette(i % 10) for i, m in enumerate(sorted(rows["method"].unique()))}
     for (method, replace, healed), group in rows.groupby(["method", "replace", "healed"]):
         group = group.sort_values("fraction")
         label = f"{method}/{replace}" + (" healed" if healed else "")
-        style = "--" if healed else "-"
-        for ax, column in zip(axes, ["attn_params_removed_frac", "total_params_removed_frac"]):
-            ax.plot([0] + list(100 * group[column]), [0] + list(group["loss_delta_pct"]), style, marker="o", label=label)
-    for ax, title in zip(axes, ["attention parameters removed (%)", "total parameters removed (%)"]):
-        ax.set_xlabel(title)
-        ax.axhline(2.0, color="grey", lw=0.8, ls=":")
+        for ax, (x, y, _) in zip(axes, panels):
+            ax.plot([0] + list(100 * group[x]), [0] + list(group[y]), "--" if replace == "mean" else "-",
+                    marker="^" if healed else "o", color=colors[method], alpha=0.55 if healed else 1.0, label=label)
+    for ax, (x, y, title) in zip(axes, panels):
+        ax.set_xlabel("attention parameters removed (%)" if x.startswith("attn") else "total parameters removed (%)")
+        ax.set_ylabel(title)
+        ax.axhline(2.0 if y == "loss_delta_pct" else -2.0, color="grey", lw=0.8, ls=":")
+        top = rows[y].abs().max()
+        if y == "loss_delta_pct" and math.isfinite(top) and top > 50:
+            ax.set_yscale("symlog", linthresh=10)  # a few collapsed curves would flatten the rest
+            ax.set_ylim(bottom=min(-1.0, 1.1 * float(rows[y].min())))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("held-out loss change (%)")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    columns = min(8, len(labels))
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 * math.ceil(len(labels) / columns) + 0.02, 1, 1))
     _write(Path(path), lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
     return True
