@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 import cortexmap
-from cortexmap.apply import gradient_scorer, layer_importance, pruning_curve, random_importance, token_chunks
+from cortexmap.apply import battery_scorer, gradient_scorer, layer_importance, pruning_curve, random_importance, token_chunks
 from cortexmap.apply.run import plot_curve
 
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--methods", default="gradient,random,layer", help="subset of gradient,random,layer")
     parser.add_argument("--replace", default="zero,mean")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--battery", type=int, default=16, help="pairs per task of the task battery (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -63,12 +64,13 @@ def main() -> None:
     fractions = [float(f) for f in args.fractions.split(",")]
     curve = pruning_curve(handle, importances, fractions, args.replace.split(","), heal_steps=args.heal,
                           heal_methods=args.heal_methods.split(","), train_text=train, n_chunks=args.n_chunks,
+                          task_score=battery_scorer(handle, n_prompts=args.battery) if args.battery else None,
                           progress=say)
     curve.to_parquet(out / "curve.parquet", index=False)
     curve.to_csv(out / "curve.csv", index=False)
     plot_curve(curve, out / "curve.png")
     columns = ["method", "replace", "healed", "fraction", "heads_pruned", "kv_heads_removed",
-               "attn_params_removed_frac", "total_params_removed_frac", "heldout_loss", "loss_delta_pct", "ppl_delta_pct"]
+               "attn_params_removed_frac", "total_params_removed_frac", "heldout_loss", "loss_delta_pct", "ppl_delta_pct", "task_delta_pct"]
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(curve[columns].round(4).to_string(index=False))
     say("done")
