@@ -74,7 +74,8 @@ def _role_lines(roles: dict) -> list[str]:
         if not rows:
             near = closest.get(role)
             if near is None:
-                lines.append(f"Role {role}: no head passes ({', '.join(found)}); not evaluated (no finite evidence).")
+                lines.append(f"Role {role}: no head passes ({', '.join(found)}); closest head not evaluated "
+                             "(no finite evidence, or findings of an older cortexmap: re-run cortexmap analyze).")
             else:
                 # Probe scores are attention fractions: a bar above 1 means the behaviour is so
                 # common among heads that the outlier rule cannot single one out.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -85,8 +86,6 @@ def plot_curve(curve: pd.DataFrame, path: str | Path) -> bool:
     except ImportError:
         log.warning("matplotlib is not installed; skipping %s", path)
         return False
-    import math
-
     rows = curve[curve["method"] != "none"]
     scored = "task_delta_pct" in rows and rows["task_delta_pct"].notna().any()
     panels = [("attn_params_removed_frac", "loss_delta_pct", "held-out loss change (%)"),
