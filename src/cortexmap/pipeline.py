@@ -94,8 +94,8 @@ def analyze_run(run_dir: str | Path, *, regulators: bool = False, redundancy: bo
         from cortexmap.models import load_model
 
         args = results.manifest["arguments"]
-        handle = load_model(args["model"], device=args.get("device", "cpu"), dtype=args.get("dtype", "float32"),
-                            progress=note)
+        spec = results.manifest["model"].get("spec", args["model"])  # the model mapped, also when passed as a handle
+        handle = load_model(spec, device=args.get("device") or "cpu", dtype=args.get("dtype", "float32"), progress=note)
         if regulators and not (root / INFLUENCE).exists():
             write_parquet(measure_regulators(results, handle, seed=seed, note=note), root / INFLUENCE)
         if redundancy and not (root / PAIRS).exists():
@@ -103,11 +103,7 @@ def analyze_run(run_dir: str | Path, *, regulators: bool = False, redundancy: bo
             write_parquet(measure_redundancy(results, handle), root / PAIRS)
     influence = pd.read_parquet(root / INFLUENCE) if (root / INFLUENCE).exists() else None
     pairs = pd.read_parquet(root / PAIRS) if (root / PAIRS).exists() else None
-    # With attribution+verify, exact rows cover only the verified heads: profile every head by attribution.
-    method = "attribution" if str(results.manifest["arguments"].get("method", "")).startswith("attribution") else None
-    atlas, findings = build_atlas(results.effects, results.patterns if len(results.patterns) else None,
-                                  results.n_layers, results.n_heads, influence=influence, pairs=pairs,
-                                  prompt_effects=results.prompt_effects(), method=method, n_perm=n_perm, seed=seed)
+    atlas, findings = build_atlas(results, influence=influence, pairs=pairs, n_perm=n_perm, seed=seed)
     findings["model"] = results.manifest["model"]
     write_parquet(atlas, root / ATLAS)
     write_json(findings, root / FINDINGS)

@@ -56,12 +56,14 @@ def reference_matrix(handle, batches, kind, alpha=0.0):  # noqa: ANN001, ANN201
     return ref
 
 
+@pytest.mark.parametrize("rows", [8, 1000])
 @pytest.mark.parametrize("kind,alpha", [("zero", 0.0), ("amplify", 0.7), ("patch", 0.0), ("mean", 0.0)])
-def test_exact_sweep_equals_one_hooked_forward_per_head(arch, kind, alpha):  # noqa: ANN001
+def test_exact_sweep_equals_one_hooked_forward_per_head(arch, kind, alpha, rows):  # noqa: ANN001
+    """8 rows: passes of two heads, often of two layers; 1000 rows: every head of the model in one pass."""
     handle = tiny_handle(arch)
     batches = make_batches()
     prepared = prepare(handle, batches, need_corrupt=kind == "patch")
-    fast = exact_matrix(handle, prepared, kind, alpha, rows_per_pass=8)
+    fast = exact_matrix(handle, prepared, kind, alpha, rows_per_pass=rows)
     slow = reference_matrix(handle, batches, kind, alpha)
     assert np.allclose(fast, slow, atol=1e-5), np.abs(fast - slow).max()
     assert np.allclose(clean_metrics(prepared), reference_matrix(handle, batches, "amplify", 0.0)[:, 0], atol=1e-5)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -139,3 +140,35 @@ def test_ray_backend_equals_local(tiny, tmp_path):  # noqa: ANN001
     a = local.effects.sort_values(key).reset_index(drop=True)
     b = remote.effects.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, rtol=0)
+
+
+def test_screen_verifies_in_screen_order_audits_the_rest_and_matches_exact(tiny, tmp_path):  # noqa: ANN001
+    """Screen rows cover every head on a subsample; exact rows equal an all-exact run's for the heads they cover."""
+    model, tasks, _ = tiny
+    run = run_sweep(config(model, tasks, interventions="zero", method="screen", screen_prompts=2, max_verify=4, audit=3),
+                    tmp_path / "screen")
+    full = run_sweep(config(model, tasks, interventions="zero"), tmp_path / "exact")
+    screen = run.effects[run.effects["method"] == "screen"]
+    exact = run.effects[run.effects["method"] == "exact"]
+    assert len(screen) == 12 and (screen["n_prompts"] == 2).all()
+    assert len(exact) == 4 + 3 and (exact["n_prompts"] == 12).all()
+    merged = exact.merge(full.effects, on=["layer", "head"], suffixes=("", "_full"))
+    assert np.allclose(merged["effect"], merged["effect_full"], atol=1e-6)
+    first = screen.reindex(screen["effect"].abs().sort_values(ascending=False).index).head(4)
+    verified = set(zip(first["layer"], first["head"]))
+    assert verified <= set(zip(exact["layer"], exact["head"]))  # the screen's top 4 were verified
+    record = next(iter(run.manifest["verification"].values()))
+    assert record["verified"] == 4 and record["audit_audited"] == 3 and record["stopped"] == "budget"
+    assert run.manifest["method"] == "screen" and run.manifest["audit"]["audited"] == 3
+    assert run.manifest["audit"]["ci_low"] <= run.manifest["audit"]["rate"] <= run.manifest["audit"]["ci_high"]
+
+
+def test_a_passed_handle_is_the_model_recorded(tiny, tmp_path):  # noqa: ANN001
+    from cortexmap.models import load_model
+
+    model, tasks, _ = tiny
+    handle = load_model(str(model))
+    handle.spec = "my-own-handle"
+    result = run_sweep(config("not-this-model", tasks, interventions="zero"), tmp_path / "run", handle=handle)
+    assert result.manifest["model"]["spec"] == "my-own-handle"
+    assert set(result.effects["model"]) == {"my-own-handle"}

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cortexmap.analysis.adaptivity import task_depths
+from cortexmap.errors import ResultsError
 from cortexmap.analysis.bands import DEFAULT_LEVEL_ORDER, band_hypothesis, layer_bands, level_depths
 from cortexmap.analysis.groups import functional_groups
 from cortexmap.analysis.profiles import probe_matrix
@@ -82,11 +83,12 @@ def _head_columns(effects: pd.DataFrame, n_layers: int, n_heads: int, interventi
 
 
 def build_atlas(
-    effects: pd.DataFrame,
-    patterns: pd.DataFrame | None,
-    n_layers: int,
-    n_heads: int,
+    effects: Any,
+    patterns: pd.DataFrame | None = None,
+    n_layers: int | None = None,
+    n_heads: int | None = None,
     *,
+    audit: dict | None = None,
     influence: pd.DataFrame | None = None,
     pairs: pd.DataFrame | None = None,
     prompt_effects: pd.DataFrame | None = None,
@@ -99,10 +101,13 @@ def build_atlas(
     """Run every analysis on one model's results.
 
     Args:
-        effects: effects table of one model (docs/schema.md).
+        effects: effects table of one model (docs/schema.md), or a loaded run
+            (:func:`~cortexmap.sweep.store.load_results`), which supplies the patterns, the shape,
+            the per-prompt effects and the audit from its files: ``cortexmap analyze`` calls it so.
         patterns: probe table of the same model, or None.
         n_layers: layers of the model (manifest).
         n_heads: heads per layer (manifest).
+        audit: the ``screen`` method's pooled audit (manifest ``audit``), copied into the findings.
         influence: optional influence measurements (see :mod:`cortexmap.analysis.regulators`).
         pairs: optional joint-ablation table (see :mod:`cortexmap.analysis.specialization`).
         prompt_effects: optional per-prompt effects for the bootstraps.
@@ -115,12 +120,28 @@ def build_atlas(
     Returns:
         ``(atlas, findings)``: the per-head table and the JSON-serializable findings dict.
     """
+    if not isinstance(effects, pd.DataFrame) and hasattr(effects, "manifest"):
+        run = effects
+        effects, n_layers, n_heads = run.effects, run.n_layers, run.n_heads
+        patterns = patterns if patterns is not None else (run.patterns if len(run.patterns) else None)
+        prompt_effects = prompt_effects if prompt_effects is not None else run.prompt_effects()
+        audit = audit if audit is not None else run.manifest.get("audit")
+    if n_layers is None or n_heads is None:
+        raise ResultsError("build_atlas needs n_layers and n_heads with an effects table: pass the manifest's shape, or pass the loaded run")
     selected = select_effects(effects, intervention=intervention, method=method)
     selection = selected.attrs["selection"]
     kw = {"intervention": selection["intervention"], "method": selection["method"]}
     notes: list[str] = []
     method_notes = [f"intervention {selection['intervention']!r}, method {selection['method']!r}; importance = "
                     "max(0, -effect_normalized); important = harmful with z <= -3"]
+    if "screened_out" in selected and selected["screened_out"].any():
+        measured = selected.loc[~selected["screened_out"]].groupby("task").size()
+        method_notes.append(f"exact rows cover {measured.min()}-{measured.max()} heads per task (verified in screen "
+                            "order, plus the audit sample); every other head was screened out below the bar and "
+                            "counts as having no effect")
+    if audit and audit.get("rate") is not None:
+        method_notes.append(f"audit: {audit['important']} of {audit['audited']} unverified heads sampled at random were "
+                            f"important (miss rate {audit['rate']:.3f}, 95% CI {audit['ci_low']:.3f}-{audit['ci_high']:.3f})")
     if prompt_effects is None:
         method_notes.append("no per-prompt effects: intervals use the normal approximation of each reported 95% interval")
 
@@ -198,5 +219,6 @@ def build_atlas(
         "redundancy": redundancy,
         "not_evaluated": notes,
         "notes": method_notes,
+        "audit": audit,
     }
     return atlas, to_jsonable(findings)

@@ -5,8 +5,13 @@ below are fixed once:
 
 * **One model per call.** A frame holding several models is refused; slice it first.
 * **One intervention and method.** ``intervention=None`` prefers ``"zero"``, then ``"mean"``,
-  ``"resample"``, ``"patch"``, ``"amplify"``; ``method=None`` prefers ``"exact"`` over
-  ``"attribution"`` for that intervention. Several ``alpha`` values (amplify) need an explicit
+  ``"resample"``, ``"patch"``, ``"amplify"``; ``method=None`` prefers ``"exact"``, then
+  ``"screen"``, then ``"attribution"`` for that intervention.
+* **Screened out is below the bar.** In a ``screen`` run (:mod:`cortexmap.sweep.verify`) the
+  exact rows cover the verified and audited heads only. Selecting ``"exact"`` there adds a row for
+  every other screened head with effect 0, no interval and ``screened_out = True``: it counts in
+  every population (percentiles, depth, groups) as a head without effect and is never important
+  or active, and no estimate stands in for a measurement. Several ``alpha`` values (amplify) need an explicit
   ``alpha``.
 * **Harmful direction is negative.** Interventions are expected to lower the logit difference
   (``effect = intervened - clean < 0``). ``importance = max(0, -effect) / |clean|``, i.e.
@@ -38,7 +43,7 @@ from cortexmap.heads import HeadId
 Z95 = 1.959963984540054
 IMPORTANT_Z = 3.0
 INTERVENTION_PREFERENCE = ("zero", "mean", "resample", "patch", "amplify")
-METHOD_PREFERENCE = ("exact", "attribution")
+METHOD_PREFERENCE = ("exact", "screen", "attribution")
 EFFECT_COLUMNS = (
     "model", "task", "level", "intervention", "alpha", "method", "layer", "head", "head_id",
     "n_prompts", "clean", "intervened", "effect", "effect_normalized", "ci_low", "ci_high",
@@ -126,7 +131,10 @@ def select_effects(
         method = next((m for m in METHOD_PREFERENCE if m in methods), sorted(map(str, methods))[0])
     elif method not in methods:
         raise ResultsError(f"method {method!r} has no {intervention!r} rows (present: {sorted(map(str, methods))}): pick one of those")
+    screened = rows[rows["method"] == "screen"]
     rows = rows[rows["method"] == method]
+    if method == "exact" and len(screened):
+        rows = _with_screened_out(rows, screened)
     alphas = rows["alpha"].dropna().unique()
     if alpha is not None:
         rows = rows[np.isclose(rows["alpha"].astype(float), alpha)]
@@ -143,6 +151,25 @@ def select_effects(
     out.attrs["selection"] = {"model": models[0], "intervention": str(intervention), "method": str(method),
                               "alpha": None if alpha is None else float(alpha)}
     return out
+
+
+def _with_screened_out(exact: pd.DataFrame, screened: pd.DataFrame) -> pd.DataFrame:
+    """``exact`` plus a no-effect row for every screened (task, alpha, head) it lacks."""
+    keys = ["task", "layer", "head"]
+    known = pd.MultiIndex.from_frame(exact[keys])
+    missing = screened[~pd.MultiIndex.from_frame(screened[keys]).isin(known)].copy()
+    exact = exact.assign(screened_out=False)
+    if missing.empty:
+        return exact
+    clean = exact.groupby("task")["clean"].first()
+    missing["clean"] = missing["task"].map(clean).fillna(missing["clean"])
+    missing["intervened"] = missing["clean"]
+    missing[["effect", "effect_normalized"]] = 0.0
+    missing[["ci_low", "ci_high"]] = np.nan
+    missing["method"] = "exact"
+    missing["n_prompts"] = 0
+    missing["screened_out"] = True
+    return pd.concat([exact, missing], ignore_index=True)
 
 
 @dataclass(frozen=True)

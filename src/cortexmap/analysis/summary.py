@@ -130,6 +130,16 @@ def _regulator_lines(regulators: dict | None) -> list[str]:
     return lines
 
 
+def _audit_lines(audit: dict | None) -> list[str]:
+    if not audit or audit.get("rate") is None:
+        return []
+    return [f"Screen audit: {audit['important']} of {audit['audited']} unverified heads drawn at random were important "
+            f"(|effect| >= 5% of clean): miss rate {_num(audit['rate'], 3)} {_ci(audit['ci_low'], audit['ci_high'])} "
+            f"(Clopper-Pearson), i.e. about {_num(audit['missed_estimate'], 1)} "
+            f"{_ci(audit['missed_ci_low'], audit['missed_ci_high'])} important head-task cells missed among "
+            f"{audit['unverified']} unverified."]
+
+
 def summarize_findings(findings: dict) -> list[str]:
     """Short lines, each finding with its effect size, 95% interval and baseline or p-value.
 
@@ -140,7 +150,8 @@ def summarize_findings(findings: dict) -> list[str]:
         Lines in a fixed order: depth-order test, level depths, bands, groups, roles,
         specialization, task adaptivity, regulators, redundancy, what was not evaluated, notes.
     """
-    lines = _band_lines(findings["bands"]) + _group_lines(findings["groups"]) + _role_lines(findings["roles"])
+    lines = _audit_lines(findings.get("audit")) + _band_lines(findings["bands"]) + _group_lines(findings["groups"])
+    lines += _role_lines(findings["roles"])
     spec = findings["specialization"]
     if spec["mean"] is not None:
         lines.append(f"Specialization (1 - normalized entropy of |effects|, {spec['n_heads']} {spec['heads']} heads): "

@@ -9,13 +9,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cortexmap.cli.app import Model, app, console, err, run_guarded, table_of
 
-DEFAULT_METHOD = "attribution+verify:5"
+DEFAULT_METHOD = "auto"
 DEFAULT_PROMPTS = 32
 # Options shared by `map` and `plan`.
 Tasks = Annotated[str, typer.Option(help="task names, levels (lexical, ...), comma lists, or all")]
 TaskFile = Annotated[Optional[str], typer.Option(help="JSONL file of your own pairs")]
 Interventions = Annotated[str, typer.Option(help="zero,mean,resample,patch,amplify:ALPHA")]
-Method = Annotated[str, typer.Option(help="exact | attribution | attribution+verify:K")]
+Method = Annotated[str, typer.Option(help="auto (exact on a GPU, else screen) | exact | screen | attribution | attribution+verify:K")]
 Prompts = Annotated[int, typer.Option(help="pairs per built-in task")]
 
 
@@ -69,7 +69,7 @@ def map_(
     method: Method = DEFAULT_METHOD,
     prompts: Prompts = DEFAULT_PROMPTS,
     out: Annotated[str, typer.Option(help="run directory")] = "runs/smollm2-135m",
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (shard the model over every visible GPU)")] = "cpu",
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N, or auto (shard the model over every visible GPU); default: cuda when a GPU is visible, else cpu")] = None,
     dtype: str = "float32",
     batch_size: Annotated[str, typer.Option(help="auto or rows (prompts x heads) per forward pass")] = "auto",
     seed: int = 0,
@@ -80,6 +80,9 @@ def map_(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --backend ray)")] = None,
     workers: Annotated[int, typer.Option(help="Ray workers (one model replica each)")] = 2,
     gpus_per_worker: Annotated[int, typer.Option(help="GPUs per Ray worker; with --device auto the replica is sharded over them")] = 1,
+    screen_prompts: Annotated[int, typer.Option(help="screen method: prompts every head is measured on first")] = 6,
+    max_verify: Annotated[int, typer.Option(help="screen method: most heads verified on every prompt, per task")] = 96,
+    audit: Annotated[int, typer.Option(help="screen method: unverified heads measured at random per task, for the miss rate")] = 16,
 ) -> None:
     """Map every head x task x intervention of a model into RUN_DIR (effects, patterns, manifest)."""
     from cortexmap.sweep import SweepConfig, run_sweep
@@ -92,7 +95,8 @@ def map_(
         config = SweepConfig(model=model, tasks=tasks, task_file=task_file, interventions=interventions, method=method,
                              n_prompts=prompts, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
                              probes=probes, backend=backend, address=address, n_workers=workers,
-                             gpus_per_worker=gpus_per_worker)
+                             gpus_per_worker=gpus_per_worker, screen_prompts=screen_prompts, max_verify=max_verify,
+                             audit=audit)
         try:
             return run_sweep(config, out, resume=resume, progress=progress)
         finally:
@@ -103,5 +107,11 @@ def map_(
     for key, info in result.manifest.get("attribution", {}).items():
         rho = "n/a" if info["spearman"] is None else f"{info['spearman']:+.2f}"
         console.print(f"attribution vs exact, {key}: Spearman {rho} over the top {info['verified_heads']} heads")
+    found = result.manifest.get("audit")
+    if found and found.get("rate") is not None:
+        verified = [u["verified"] for u in result.manifest["verification"].values()]
+        console.print(f"screen: {min(verified)}-{max(verified)} heads per task verified on every prompt; audit of "
+                      f"{found['audited']} unverified heads: {found['important']} important, miss rate "
+                      f"{found['rate']:.3f} [95% CI {found['ci_low']:.3f}, {found['ci_high']:.3f}]")
     console.print(f"wrote {result.run_dir}/effects.parquet, patterns.parquet, manifest.json "
                   f"in {result.manifest['timings']['total_s']:.0f} s; next: cortexmap analyze {result.run_dir}")

@@ -58,7 +58,7 @@ def plan(
     interventions: Interventions = "zero",
     method: Method = DEFAULT_METHOD,
     prompts: Prompts = DEFAULT_PROMPTS,
-    device: str = "cpu",
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or auto; default: cuda when a GPU is visible, else cpu")] = None,
     dtype: str = "float32",
     seq: Annotated[Optional[int], typer.Option(help="prompt length in tokens (default: measured on the tasks)")] = None,
     calibrate: Annotated[bool, typer.Option(help="time one pass on the loaded model for the expected time")] = True,
@@ -77,17 +77,18 @@ def plan(
 
         config = SweepConfig(model=model, tasks=tasks, task_file=task_file, interventions=interventions,
                              method=method, n_prompts=prompts, device=device, dtype=dtype)
+        where = config.resolved_device
         shapes = _config_only(model)
         if shapes is not None:
             from cortexmap.tasks import tasks_for
 
             n_tasks = 1 if task_file else len(tasks_for(tasks))
-            return plan_run(shapes, n_tasks, prompts, seq or 32, interventions, method, device,
+            return plan_run(shapes, n_tasks, prompts, seq or 32, interventions, method, where,
                             dtype=_dtype(dtype))
-        handle = _load(model, device, dtype)
+        handle = _load(model, where, dtype)
         built, _ = build_tasks(config, handle.tokenizer, _say)
         length = seq or longest_prompt(built, handle.tokenizer)
-        return plan_run(handle, len(built), prompts, length, interventions, method, device, calibrated=calibrate)
+        return plan_run(handle, len(built), prompts, length, interventions, method, where, calibrated=calibrate)
 
     result = run_guarded(go)
     console.print(table_of(plan_table(result), title="cortexmap plan"))

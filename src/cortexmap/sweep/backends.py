@@ -31,10 +31,10 @@ class LocalBackend:
         if handle is None:
             from cortexmap.models import load_model
 
-            handle = load_model(config.model, device=config.device, dtype=config.dtype, progress=note)
+            handle = load_model(config.model, device=config.resolved_device, dtype=config.dtype, progress=note)
         self.config = config
         self.handle = handle
-        self._cached: tuple[str, bool, list[Any], int] | None = None
+        self._cached: tuple[Any, bool, list[Any], int] | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -50,12 +50,13 @@ class LocalBackend:
 
     def _batches(self, task: Any, need_corrupt: bool) -> tuple[list[Any], int]:
         cached = self._cached
-        if cached is None or cached[0] != task.name or (need_corrupt and not cached[1]):
+        key = (task.name, tuple(p.prompt for p in task.pairs))
+        if cached is None or cached[0] != key or (need_corrupt and not cached[1]):
             from cortexmap.tasks import encode_task
 
             batches = prepare(self.handle, encode_task(task, self.handle.tokenizer, max_batch=64), need_corrupt)
             seq = max(b.input_ids.shape[1] for b in batches)
-            self._cached = (task.name, need_corrupt, batches, self.config.rows_per_pass(auto_rows(self.handle, seq)))
+            self._cached = (key, need_corrupt, batches, self.config.rows_per_pass(auto_rows(self.handle, seq)))
         return self._cached[2], self._cached[3]
 
     def matrix(self, task: Any, spec: Any, method: str, heads: list[tuple[int, int]] | None = None,

@@ -28,14 +28,14 @@ from cortexmap.sweep.engine import (
     CleanCache,
     clean_cache,
     head_block_edit,
-    run_from_layer,
+    run_joined,
     shared_prefix_length,
     suffix_cache,
 )
 
 log = logging.getLogger(__name__)
 
-Tick = Callable[[int], None]
+Tick = Callable[[float], None]
 
 
 @dataclass
@@ -121,58 +121,79 @@ def replacement(kind: str, tb: TaskBatch, layer: int, means: dict[int, torch.Ten
     return None
 
 
-def _run_chunk(handle: Any, tb: TaskBatch, layer: int, heads: list[int], kind: str, alpha: float,
-               repl: torch.Tensor | None) -> torch.Tensor:
+def _run_chunk(handle: Any, tb: TaskBatch, chunk: list[tuple[int, int]], kind: str, alpha: float,
+               repls: dict[int, torch.Tensor | None]) -> torch.Tensor:
+    """Metric ``[len(chunk), batch]`` of one pass over the ``(layer, head)`` items of ``chunk`` (sorted by layer)."""
     cache = tb.suffix if kind == "patch" and tb.suffix is not None else tb.cache
-    if cache.prefix:
-        repl = repl[:, cache.prefix:]  # patching at the shared prefix changes nothing
-    edit = head_block_edit(handle.n_heads, heads, len(tb.indices), kind, alpha, repl)
-    return tb.metric(run_from_layer(handle, cache, layer, edit, len(heads))).view(len(heads), -1)
+    groups = []
+    for layer in sorted({layer for layer, _ in chunk}):
+        heads = [head for l, head in chunk if l == layer]
+        repl = repls[layer]
+        if cache.prefix:
+            repl = repl[:, cache.prefix:]  # patching at the shared prefix changes nothing
+        groups.append((layer, head_block_edit(handle.n_heads, heads, len(tb.indices), kind, alpha, repl), len(heads)))
+    return tb.metric(run_joined(handle, cache, groups)).view(len(chunk), -1)
 
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def _chunk_size(todo: list[tuple[int, int]], rows_per_pass: int, batch: int, one_layer: bool) -> int:
+    k = max(1, min(len(todo), rows_per_pass // batch))
+    if one_layer:  # a prefix KV cache has a fixed number of rows: every row joins at the first layer
+        k = min(k, sum(1 for layer, _ in todo if layer == todo[0][0]))
+    return k
+
+
 def exact_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: float = 0.0, *,
                  rows_per_pass: int = 256, heads: list[tuple[int, int]] | None = None, seed: int = 0,
-                 tick: Tick | None = None) -> np.ndarray:
+                 tick: Tick | None = None, mix_layers: bool = True) -> np.ndarray:
     """Metric under each single-head intervention, exactly: ``[n_prompts, n_layers * n_heads]``.
+
+    Each pass holds up to ``rows_per_pass`` rows (prompts x heads), heads of several layers
+    together (:func:`~cortexmap.sweep.engine.run_joined`); patching past a shared prefix keeps one
+    layer per pass.
 
     Args:
         heads: restrict to these ``(layer, head)`` pairs (other columns stay NaN).
         rows_per_pass: prompt rows x heads per forward pass; halved on out-of-memory.
-        tick: called with the number of head interventions finished.
+        tick: called with the number of head interventions finished (fractions as batches finish).
+        mix_layers: False keeps one layer per pass (the earlier engine; ``bench/engine_fill.py``
+            compares the two).
     """
     n_h = handle.n_heads
     out = np.full((n_prompts(batches), handle.n_layers * n_h), np.nan)
-    wanted: dict[int, list[int]] = {}
-    for layer, head in heads if heads is not None else [(l, h) for l in range(handle.n_layers) for h in range(n_h)]:
-        wanted.setdefault(layer, []).append(head)
+    every = [(l, h) for l in range(handle.n_layers) for h in range(n_h)]
+    items = sorted(set(every if heads is None else [(int(l), int(h)) for l, h in heads]))
     means = task_means(batches) if kind == "mean" else None
-    for layer in sorted(wanted):
-        for tb in batches:
-            repl = replacement(kind, tb, layer, means, seed + layer)
-            if kind == "resample" and repl is None:
+    total = n_prompts(batches)
+    for tb in batches:
+        batch = len(tb.indices)
+        repls = {layer: replacement(kind, tb, layer, means, seed + layer) for layer in {l for l, _ in items}}
+        if kind == "resample" and any(r is None for r in repls.values()):
+            if tick:
+                tick(len(items) * batch / total)
+            continue
+        one_layer = not mix_layers or (kind == "patch" and tb.suffix is not None)
+        todo = items
+        while todo:
+            k = _chunk_size(todo, rows_per_pass, batch, one_layer)
+            try:
+                values = _run_chunk(handle, tb, todo[:k], kind, alpha, repls)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                if not _is_oom(exc) or rows_per_pass <= batch and k == 1:
+                    raise
+                rows_per_pass = max(1, rows_per_pass // 2)
+                log.warning("out of memory: halving the batch to %d rows and retrying", rows_per_pass)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 continue
-            todo = list(wanted[layer])
-            while todo:
-                k = max(1, min(len(todo), rows_per_pass // len(tb.indices)))
-                try:
-                    values = _run_chunk(handle, tb, layer, todo[:k], kind, alpha, repl)
-                except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-                    if not _is_oom(exc) or rows_per_pass <= len(tb.indices) and k == 1:
-                        raise
-                    rows_per_pass = max(1, rows_per_pass // 2)
-                    log.warning("out of memory: halving the batch to %d rows and retrying", rows_per_pass)
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    continue
-                for i, head in enumerate(todo[:k]):
-                    out[tb.indices, layer * n_h + head] = values[i].cpu().numpy()
-                todo = todo[k:]
-        if tick:
-            tick(len(wanted[layer]))
+            for i, (layer, head) in enumerate(todo[:k]):
+                out[tb.indices, layer * n_h + head] = values[i].cpu().numpy()
+            todo = todo[k:]
+            if tick:
+                tick(k * batch / total)
     return out
 
 

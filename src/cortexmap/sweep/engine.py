@@ -8,7 +8,9 @@ Three savings over the plain loop (one hooked full forward per head):
 * **last-position logits**: only the metric's position goes through the final norm and the
   unembedding;
 * **heads on the batch axis**: ``k`` head interventions run in one pass over ``k * batch`` rows,
-  row ``i * batch + b`` editing head ``heads[i]`` on prompt ``b`` (a per-row :class:`LayerEdit`).
+  row ``i * batch + b`` editing head ``heads[i]`` on prompt ``b`` (a per-row :class:`LayerEdit`);
+  heads of several layers share a pass, their rows joining when the pass reaches their layer
+  (:func:`run_joined`), so short prompts and small batches still fill the pass.
 
 The block arguments are replayed as recorded, with every tensor of rank >= 2 whose first axis is
 the prompt batch tiled ``k`` times (rank-1 tensors such as ``cache_position`` are never tiled).
@@ -157,20 +159,62 @@ def run_from_layer(handle: Any, cache: CleanCache, layer: int, edit: LayerEdit, 
     Returns:
         Last-position logits ``[k * batch, vocab]``.
     """
+    return run_joined(handle, cache, [(layer, edit, k)])
+
+
+def pad_rows(edit: LayerEdit, rows: int) -> LayerEdit:
+    """``edit`` preceded by ``rows`` rows it leaves unchanged."""
+    if rows == 0:
+        return edit
+    if edit.scale is not None:
+        keep = torch.ones(rows, edit.scale.shape[1], dtype=edit.scale.dtype)
+        return LayerEdit(scale=torch.cat([keep, edit.scale]))
+    mask = torch.cat([torch.zeros(rows, edit.replace_mask.shape[1], dtype=torch.bool, device=edit.replace_mask.device),
+                      edit.replace_mask])
+    replace = edit.replace
+    if replace.shape[0] > 1:
+        replace = torch.cat([replace.new_zeros(rows, *replace.shape[1:]), replace])
+    return LayerEdit(replace=replace, replace_mask=mask)
+
+
+@torch.no_grad()
+def run_joined(handle: Any, cache: CleanCache, groups: list[tuple[int, LayerEdit, int]]) -> torch.Tensor:
+    """One pass in which each group of rows joins at its own layer.
+
+    ``groups`` holds ``(layer, edit, k)`` sorted by layer: ``k`` tiled copies of the cached batch
+    start from the clean input of block ``layer`` with ``edit`` applied there (to them only); rows
+    that joined earlier run through that layer unedited. Row order follows ``groups``. A pass over
+    a :func:`suffix_cache` takes one group (its prefix cache has a fixed number of rows).
+
+    Returns:
+        Last-position logits ``[sum(k) * batch, vocab]``.
+    """
     batch = cache.batch
-    hidden = _tile(cache.block_inputs[layer], batch, k)
-    kv = cache.kv_for(k)
+    if cache.prefix_cache is not None and len(groups) > 1:
+        raise ValueError("a pass over a prefix cache takes the heads of one layer")
+    joins = {layer: (edit, k) for layer, edit, k in groups}
+    kv = cache.kv_for(groups[0][2]) if cache.prefix_cache is not None else None
     blocks = handle.blocks()
-    hook = handle.out_proj(layer).register_forward_pre_hook(edit_hook(edit, handle.n_heads), with_kwargs=True)
-    try:
-        for index in range(layer, handle.n_layers):
-            a, kw = _tile(cache.block_args[index], batch, k)
+    hidden: torch.Tensor | None = None
+    k_now = 0
+    for index in range(groups[0][0], handle.n_layers):
+        hook = None
+        if index in joins:
+            edit, k = joins[index]
+            new = _tile(cache.block_inputs[index], batch, k)
+            hidden = new if hidden is None else torch.cat([hidden, new])
+            hook = handle.out_proj(index).register_forward_pre_hook(
+                edit_hook(pad_rows(edit, k_now * batch), handle.n_heads), with_kwargs=True)
+            k_now += k
+        try:
+            a, kw = _tile(cache.block_args[index], batch, k_now)
             if kv is not None:
                 a, kw = _with_cache(a, kv), _with_cache(kw, kv)
             out = blocks[index](hidden, *a, **kw)
             hidden = out[0] if isinstance(out, tuple) else out
-    finally:
-        hook.remove()
+        finally:
+            if hook is not None:
+                hook.remove()
     return handle.logits_from_hidden(hidden[:, -1])
 
 

@@ -122,13 +122,19 @@ def forward_equivalents(n_layers: int, n_heads: int, n_prompts: int, rows_per_pa
     plus ``verify`` exactly re-run heads of average depth. The count does not depend on how
     many rows share a pass (``n_prompts`` and ``rows_per_pass`` only change the speed per pass).
     """
-    del n_prompts, rows_per_pass
+    del rows_per_pass
     per_head = (n_layers + 1) / (2 * n_layers)
     if method == "exact":
         return n_heads * n_layers * per_head + 1
+    if method == "screen":  # every head on the screen's prompts, then the verified and audited heads
+        from cortexmap.sweep.verify import VerifyPolicy
+
+        policy = VerifyPolicy()
+        heads = n_heads * n_layers
+        return (heads * policy.screen_share(n_prompts) + policy.expected_heads(heads)) * per_head + 1
     if method == "attribution":
         return 3 + verify * per_head + 1
-    raise CortexmapError(f"unknown method {method!r}: use exact or attribution")
+    raise CortexmapError(f"unknown method {method!r}: use exact, screen or attribution")
 
 
 def peak_flops(device: str | torch.device) -> float | None:
@@ -260,8 +266,9 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
         device = shards[0] if shards else "cpu"
     device = torch.device(device if device is not None else (model.device if is_handle else "cpu"))
     labels = ",".join(interventions) if isinstance(interventions, (list, tuple)) else interventions
-    config = SweepConfig(interventions=labels, method=method)  # validates both
-    base, verify = config.method_parts
+    config = SweepConfig(interventions=labels, method=method, n_prompts=n_prompts)  # validates both
+    _, verify = config.method_parts
+    base = config.resolved_method(device.type == "cuda")
     kinds = [spec.kind for spec in config.specs]
     patch = "patch" in kinds
     L, H = facts.n_layers, facts.n_heads
@@ -291,7 +298,7 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
         else:
             rows_per_pass = 256
     attribution_pass = batch * L * bytes_per_row(facts, seq) if base == "attribution" else 0
-    exact_rows = max(batch, rows_per_pass) if base == "exact" or verify else 0
+    exact_rows = max(batch, rows_per_pass) if base in ("exact", "screen") or verify else 0
     fixed = weights + cache
     peak = (fixed + max(exact_rows * per_row, attribution_pass)) * OVERHEAD
     minimum = (fixed + max(batch * per_row if exact_rows else 0, attribution_pass)) * OVERHEAD
@@ -328,7 +335,11 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
         row_blocks = H * batch * L * (L + 1) / 2  # every head of one batch of one exact unit
         exact_s = row_blocks * calibration["block_row_s"]
         verify_s = verify * batch * (L + 1) / 2 * calibration["block_row_s"]
-        unit_s = exact_s if base == "exact" else calibration["attribution_s"] + verify_s
+        if base == "screen":
+            policy = config.policy
+            unit_s = exact_s * policy.screen_share(n_prompts) + policy.expected_heads(L * H) * batch * (L + 1) / 2 * calibration["block_row_s"]
+        else:
+            unit_s = exact_s if base == "exact" else calibration["attribution_s"] + verify_s
         time_s = n_tasks * n_batches * (prep_fpe * calibration["clean_s"] + len(kinds) * unit_s)
         source = f"calibrated on {device}"
     elif peak_flops(device) is not None:
@@ -337,7 +348,7 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
     return {
         "model": facts.name, "device": ", ".join(map(str, shards)) if len(shards) > 1 else str(device), "n_layers": L, "n_heads": H, "n_params": facts.n_params,
         "dtype_bytes": b, "n_tasks": n_tasks, "n_prompts": n_prompts, "seq": seq,
-        "interventions": [spec.label for spec in config.specs], "method": method, "units": units,
+        "interventions": [spec.label for spec in config.specs], "method": base, "units": units,
         "head_interventions": units * L * H, "batches_per_task": n_batches, "rows_per_pass": rows_per_pass,
         "forward_equivalents": fpe, "flops": flops, "time_s": time_s, "time_source": source,
         "calibration": calibration,

@@ -51,7 +51,8 @@ class RayBackend:
                 ray.init(address=config.address, log_to_driver=False)
             else:
                 ray.init(num_cpus=config.n_workers, include_dashboard=False, log_to_driver=False)
-        on_gpu = config.device.startswith("cuda") or (config.device == "auto" and bool(ray.cluster_resources().get("GPU")))
+        device = config.resolved_device
+        on_gpu = device.startswith("cuda") or (device == "auto" and bool(ray.cluster_resources().get("GPU")))
         gpus = config.gpus_per_worker if on_gpu else 0
         worker = ray.remote(num_cpus=1, num_gpus=gpus)(_Worker)
         if note:

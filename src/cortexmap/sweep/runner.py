@@ -17,6 +17,7 @@ from cortexmap.sweep.config import SweepConfig
 from cortexmap.sweep.manifest import base_manifest
 from cortexmap.sweep.store import PATTERNS, RunStore, unit_key, write_parquet
 from cortexmap.sweep.summary import effect_rows
+from cortexmap.sweep.verify import pooled_audit
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,7 @@ def _require_fit(backend: Any, config: SweepConfig, tasks: list[Any]) -> None:
                          handle.device, calibrated=False))
 
 
-def _units(config: SweepConfig, tasks: list[Any]) -> list[tuple[Any, Any, str]]:
-    base, _ = config.method_parts
+def _units(config: SweepConfig, tasks: list[Any], base: str) -> list[tuple[Any, Any, str]]:
     units = []
     patchable = [t for t in tasks if t.has_corrupt]
     for spec in config.specs:
@@ -108,14 +108,63 @@ def _units(config: SweepConfig, tasks: list[Any]) -> list[tuple[Any, Any, str]]:
     return units
 
 
-def _unit_result(backend: Any, task: Any, spec: Any, config: SweepConfig,
+def subsample_task(task: Any, n: int, seed: int) -> tuple[Any, np.ndarray]:
+    """A copy of ``task`` with ``n`` of its pairs drawn without replacement (seeded), and their indices."""
+    from dataclasses import replace
+
+    picked = np.sort(np.random.default_rng(seed).choice(len(task.pairs), size=min(n, len(task.pairs)), replace=False))
+    return replace(task, pairs=[task.pairs[i] for i in picked]), picked
+
+
+def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: dict[str, Any],
                  tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    base, verify_k = config.method_parts
+    """Screen every head on a subsample, verify adaptively, audit the rest (:mod:`cortexmap.sweep.verify`)."""
+    from cortexmap.sweep.verify import adaptive_verify, screen_order, unit_record
+
+    policy = config.policy
+    facts = backend.describe()
+    n_layers, n_heads = facts["n_layers"], facts["n_heads"]
+    n_cols = n_layers * n_heads
+    seed = config.seed
+    sub, picked = subsample_task(task, policy.screen_prompts, seed)
+    sub_matrix, sub_clean = backend.matrix(sub, spec, "exact", tick=lambda n: tick(n * len(picked) / len(task.pairs)))
+    exact = np.full((len(task.pairs), n_cols), np.nan)
+    clean = np.full(len(task.pairs), np.nan)
+
+    def measure(cols: list[int]) -> dict[int, float]:
+        nonlocal clean
+        heads = [divmod(int(c), n_heads) for c in cols]
+        matrix, clean = backend.matrix(task, spec, "exact", heads=heads, tick=tick)
+        exact[:, cols] = matrix[:, cols]
+        scale = abs(float(np.nanmean(clean))) or float("nan")
+        return {c: float(np.nanmean(matrix[:, c] - clean)) / scale for c in cols}
+
+    screen = np.full((len(task.pairs), n_cols), np.nan)
+    screen[picked] = sub_matrix
+    screen_clean = np.full(len(task.pairs), np.nan)
+    screen_clean[picked] = sub_clean
+    order = screen_order(np.nanmean(sub_matrix - sub_clean[:, None], axis=0))
+    result = adaptive_verify(order, measure, policy, seed=seed)
+    sc_eff, sc_prompts = effect_rows(screen, screen_clean, {**meta, "method": "screen"}, n_layers, n_heads, seed)
+    ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": "exact"}, n_layers, n_heads, seed)
+    record = unit_record(result, n_cols, policy)
+    merged = sc_eff.merge(ex_eff[["layer", "head", "effect"]], on=["layer", "head"], suffixes=("", "_exact"))
+    rho = spearmanr(merged["effect"], merged["effect_exact"]).statistic if len(merged) > 2 else float("nan")
+    record["spearman_screen_exact"] = None if np.isnan(rho) else float(rho)
+    return (pd.concat([sc_eff, ex_eff], ignore_index=True), pd.concat([sc_prompts, ex_prompts], ignore_index=True),
+            record)
+
+
+def _unit_result(backend: Any, task: Any, spec: Any, base: str, config: SweepConfig,
+                 tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    _, verify_k = config.method_parts
     seed = config.seed
     facts = backend.describe()
     geometry = (facts["n_layers"], facts["n_heads"])
-    meta = {"model": config.model, "task": task.name, "level": task.level, "intervention": spec.kind,
+    meta = {"model": facts["spec"], "task": task.name, "level": task.level, "intervention": spec.kind,
             "alpha": spec.alpha}
+    if base == "screen":
+        return _screen_unit(backend, task, spec, config, meta, tick)
     matrix, clean = backend.matrix(task, spec, base, tick=tick)
     eff, prompts = effect_rows(matrix, clean, {**meta, "method": base}, *geometry, seed)
     if base == "exact" or not verify_k:
@@ -131,29 +180,41 @@ def _unit_result(backend: Any, task: Any, spec: Any, config: SweepConfig,
     return pd.concat([eff, ex_eff], ignore_index=True), pd.concat([prompts, ex_prompts], ignore_index=True), info
 
 
-def _unit_weight(config: SweepConfig, n_heads_total: int) -> float:
-    base, verify_k = config.method_parts
-    return float(n_heads_total) if base == "exact" else n_heads_total * 0.05 + verify_k
+def _unit_weight(base: str, config: SweepConfig, n_heads_total: int) -> float:
+    """Expected cost of one unit, in exact head measurements on every prompt."""
+    _, verify_k = config.method_parts
+    if base == "exact":
+        return float(n_heads_total)
+    if base == "screen":
+        policy = config.policy
+        return n_heads_total * policy.screen_share(config.n_prompts) + policy.expected_heads(n_heads_total)
+    return n_heads_total * 0.05 + verify_k
 
 
 def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dict[str, Any] | None,
                progress: Progress) -> list[tuple[Any, Any, str]]:
     """Compute and store every unfinished unit; return all units of the run."""
     tasks, skipped = build_tasks(config, backend.tokenizer, progress.note)
-    units = _units(config, tasks)
-    _require_fit(backend, config, tasks)
     facts = backend.describe()
+    on_gpu = str(facts.get("device", "cpu")).startswith("cuda") or bool(facts.get("device_map"))
+    base = config.resolved_method(on_gpu)
+    units = _units(config, tasks, base)
+    _require_fit(backend, config, tasks)
     manifest = base_manifest(config, facts, tasks, skipped)
+    manifest["method"] = base
+    if base == "screen":
+        manifest["verify_policy"] = config.policy.to_dict()
     if previous:
         manifest.update(previous)
     manifest["arguments_identity"] = config.identity()
     manifest.setdefault("units", {})
     manifest.setdefault("attribution", {})
+    manifest.setdefault("verification", {})
     store.write_manifest(manifest)
     n_total = facts["n_layers"] * facts["n_heads"]
     todo = [u for u in units if not store.has_unit(unit_key(u[0].name, u[1].label, u[2]))]
     do_probes = config.probes and not (store.root / PATTERNS).exists()
-    progress.start(len(todo) * _unit_weight(config, n_total) + (n_total * 0.1 if do_probes else 0), "mapping heads")
+    progress.start(len(todo) * _unit_weight(base, config, n_total) + (n_total * 0.1 if do_probes else 0), "mapping heads")
     timings = manifest.setdefault("timings", {})
     if do_probes:
         t0 = time.time()
@@ -164,12 +225,14 @@ def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dic
         key = unit_key(task.name, spec.label, base)
         t0 = time.time()
         progress.advance(0, f"{task.name} · {spec.label}")
-        effects, prompts, info = _unit_result(backend, task, spec, config, lambda n: progress.advance(n))
+        effects, prompts, info = _unit_result(backend, task, spec, base, config, lambda n: progress.advance(n))
         store.write_unit(key, effects, prompts)
         manifest["units"][key] = "done"
         timings[key] = round(time.time() - t0, 2)
         if info:
-            manifest["attribution"][key] = info
+            manifest["verification" if base == "screen" else "attribution"][key] = info
+        if base == "screen":
+            manifest["audit"] = pooled_audit(manifest["verification"])
         store.write_manifest(manifest)
     return units
 

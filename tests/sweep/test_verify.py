@@ -1,0 +1,99 @@
+"""The screen method's stopping rule and audit on planted effects (no model: the truth is known)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cortexmap.sweep.config import SweepConfig
+from cortexmap.sweep.verify import VerifyPolicy, adaptive_verify, miss_rate, pooled_audit, screen_order, should_stop, unit_record
+
+N = 270
+
+
+def planted(seed: int, n_strong: int = 12, n_moderate: int = 8, noise: float = 0.02):  # noqa: ANN201
+    """True effects (a few strong and moderate heads among near-zero ones) and a noisy screen of them."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(0, 0.005, N)
+    strong = rng.choice(N, n_strong + n_moderate, replace=False)
+    truth[strong[:n_strong]] = -rng.uniform(0.15, 1.0, n_strong)
+    truth[strong[n_strong:]] = rng.choice([-1, 1], n_moderate) * rng.uniform(0.05, 0.1, n_moderate)
+    screen = truth + rng.normal(0, noise, N)
+    return truth, screen, strong[:n_strong]
+
+
+def counting(truth: np.ndarray) -> tuple[list[list[int]], object]:
+    calls: list[list[int]] = []
+
+    def measure(cols: list[int]) -> dict[int, float]:
+        calls.append(list(cols))
+        return {c: float(truth[c]) for c in cols}
+
+    return calls, measure
+
+
+def test_stopping_rule_reads_the_last_chunk_against_the_bar_and_the_top_ten():
+    assert not should_stop([0.5] * 10 + [0.01] * 3, chunk=4, bar=0.05)  # the window still holds a 0.5
+    assert should_stop([0.5] * 10 + [0.01] * 4, chunk=4, bar=0.05)
+    # Weak task: the 10th largest (0.02) is below the bar, so a head at 0.03 keeps verification going.
+    weak = [0.04] * 5 + [0.02] * 5
+    assert not should_stop(weak + [0.001, 0.001, 0.03, 0.001], chunk=4, bar=0.05)
+    assert should_stop(weak + [0.001] * 4, chunk=4, bar=0.05)
+    assert not should_stop([0.01, 0.01], chunk=4, bar=0.05)  # fewer than a chunk verified
+
+
+def test_planted_strong_heads_are_all_verified_and_the_rule_stops_early():
+    for seed in range(20):
+        truth, screen, strong = planted(seed)
+        calls, measure = counting(truth)
+        result = adaptive_verify(screen_order(screen), measure, VerifyPolicy(), seed=seed)
+        assert set(strong) <= set(result.verified), seed
+        assert result.stopped == "rule" and len(result.verified) < VerifyPolicy().max_heads
+        top10 = np.argsort(-np.abs(truth))[:10]
+        assert set(top10) <= set(result.verified)
+        assert len(result.audited) == VerifyPolicy().audit and not set(result.audited) & set(result.verified)
+        assert sum(map(len, calls)) == len(result.verified) + len(result.audited)  # each head measured once
+
+
+def test_budget_caps_verification_and_small_units_are_measured_whole():
+    truth, screen, _ = planted(0, noise=1.0)  # a useless screen: the rule cannot stop early
+    policy = VerifyPolicy(max_heads=48)
+    result = adaptive_verify(screen_order(screen), counting(truth)[1], policy)
+    assert len(result.verified) == 48 and result.stopped in ("budget", "rule")
+    small = adaptive_verify(np.arange(20), counting(truth[:20])[1], policy)
+    assert small.stopped == "all" and len(small.verified) == 20 and small.audited == []
+
+
+def test_audit_interval_covers_the_true_miss_rate():
+    """A poor screen misses moderate heads; the Clopper-Pearson interval covers the truth in >= 90% of runs."""
+    covered, trials, rates = 0, 150, []
+    for seed in range(trials):
+        truth, screen, _ = planted(seed, n_strong=6, n_moderate=40, noise=0.08)
+        policy = VerifyPolicy(min_heads=16, max_heads=32, audit=40)
+        result = adaptive_verify(screen_order(screen), counting(truth)[1], policy, seed=seed)
+        unverified = sorted(set(range(N)) - set(result.verified))
+        true_rate = np.mean(np.abs(truth[unverified]) >= policy.bar)
+        record = unit_record(result, N, policy)
+        covered += record["audit_ci_low"] <= true_rate <= record["audit_ci_high"]
+        rates.append(true_rate)
+    assert np.mean(rates) > 0.02  # the planted screen really misses heads, so the test can fail
+    assert covered / trials >= 0.9, covered / trials
+
+
+def test_miss_rate_is_clopper_pearson_and_pools_over_units():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    got = miss_rate(3, 40)
+    ci = scipy_stats.beta.ppf([0.025, 0.975], [3, 4], [38, 37])  # the exact interval from the beta quantiles
+    assert got["rate"] == pytest.approx(3 / 40) and got["ci_low"] == pytest.approx(ci[0]) and got["ci_high"] == pytest.approx(ci[1])
+    assert miss_rate(0, 0)["rate"] is None and miss_rate(0, 16)["ci_low"] == 0.0
+    units = {"a": {"audit_audited": 16, "audit_important": 1, "unverified": 200},
+             "b": {"audit_audited": 16, "audit_important": 0, "unverified": 230}}
+    pooled = pooled_audit(units)
+    assert pooled["audited"] == 32 and pooled["important"] == 1 and pooled["missed_estimate"] == pytest.approx(430 / 32)
+
+
+def test_auto_is_exact_on_a_gpu_and_the_screen_elsewhere():
+    config = SweepConfig(method="auto", n_prompts=32)
+    assert config.resolved_method(on_gpu=True) == "exact" and config.resolved_method(on_gpu=False) == "screen"
+    assert SweepConfig(method="screen", n_prompts=8).resolved_method(False) == "exact"  # too few prompts to save anything
+    assert SweepConfig().method == "auto"
