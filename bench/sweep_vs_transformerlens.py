@@ -83,7 +83,9 @@ def ioi_workload(handle: Any, n_prompts: int, seed: int = 0) -> Workload:
     if len(batch) < n_prompts:
         raise SystemExit(f"the largest equal-length IOI batch has {len(batch)} pairs; ask for fewer --prompts")
     take = slice(0, n_prompts)
-    return Workload(batch.input_ids[take], batch.corrupt_ids[take], batch.target_ids[take], batch.foil_ids[take])
+    device = handle.device
+    return Workload(batch.input_ids[take].to(device), batch.corrupt_ids[take].to(device),
+                    batch.target_ids[take].to(device), batch.foil_ids[take].to(device))
 
 
 def run_cortexmap(handle: Any, w: Workload, rows: int, shared_prefix: bool = True) -> np.ndarray:
@@ -104,7 +106,7 @@ def run_plain_loop(handle: Any, w: Workload, layers: list[int]) -> np.ndarray:
     out = np.full((len(w.target), handle.n_layers * n_h), np.nan)
     for layer in layers:
         for head in range(n_h):
-            mask = torch.zeros(1, n_h, dtype=torch.bool)
+            mask = torch.zeros(1, n_h, dtype=torch.bool, device=handle.device)
             mask[0, head] = True
             hooks = register_edits(handle, {layer: LayerEdit(replace=clean_z[layer], replace_mask=mask)})
             try:
@@ -112,12 +114,14 @@ def run_plain_loop(handle: Any, w: Workload, layers: list[int]) -> np.ndarray:
             finally:
                 for h in hooks:
                     h.remove()
-            out[:, layer * n_h + head] = w.metric(logits).numpy()
+            out[:, layer * n_h + head] = w.metric(logits).cpu().numpy()
     return out
 
 
 def converted_dir(handle: Any) -> Path:
-    """The safetensors directory cortexmap converted the bundled GGUF into."""
+    """The safetensors directory of the model: its own when loaded from one, else the bundled GGUF's conversion."""
+    if (Path(handle.spec) / "config.json").exists():
+        return Path(handle.spec)
     directory = cache_dir() / "converted" / handle.model_hash[:16]
     if not (directory / "config.json").exists():
         raise SystemExit(f"no converted model at {directory}; run cortexmap once to create it")
@@ -128,7 +132,7 @@ def boot_bridge(handle: Any, dtype: torch.dtype) -> Any:
     """A transformer-lens 4.x ``TransformerBridge`` over its own copy of the same weights."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(str(converted_dir(handle)), device="cpu", dtype=dtype,
+    bridge = TransformerBridge.boot_transformers(str(converted_dir(handle)), device=str(handle.device), dtype=dtype,
                                                  tokenizer=handle.tokenizer)
     bridge.eval()
     return bridge
@@ -176,7 +180,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box; 0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--rows", type=int, default=256, help="cortexmap rows (prompts x heads) per pass")
     parser.add_argument("--attn", default="eager", choices=["eager", "sdpa"])
     parser.add_argument("--contenders", default="cortexmap,transformer-lens,plain-loop,full-sequence")
@@ -185,9 +191,10 @@ def main() -> None:
                              "layers and scale their times to all heads (their cost per head is one full pass)")
     parser.add_argument("--json", default=None, help="also write the timings and differences here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    handle = cortexmap.load_model(args.model, attn_implementation=args.attn)
+    handle = cortexmap.load_model(args.model, attn_implementation=args.attn, device=args.device, dtype=args.dtype)
     w = ioi_workload(handle, args.prompts)
     if args.sample_layers:
         sampled = sorted({round(float(x)) for x in np.linspace(0, handle.n_layers - 1, args.sample_layers)})
