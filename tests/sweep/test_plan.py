@@ -39,7 +39,8 @@ def test_facts_from_config_match_the_built_model() -> None:
 
 def test_auto_rows_on_cpu_and_with_a_budget() -> None:
     handle = tiny_handle("gpt2")
-    assert auto_rows(handle, 8) == 256
+    assert auto_rows(handle, 8) == 256  # about 2048 prompt tokens per pass on a CPU
+    assert auto_rows(handle, 4) == 512 and auto_rows(handle, 64) == 32 and auto_rows(handle, 1000) == 16
     assert auto_rows(handle, 8, budget_bytes=10 * bytes_per_row(handle, 8)) == 10
 
 

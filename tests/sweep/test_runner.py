@@ -140,6 +140,27 @@ def test_ray_backend_equals_local(tiny, tmp_path):  # noqa: ANN001
     a = local.effects.sort_values(key).reset_index(drop=True)
     b = remote.effects.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, rtol=0)
+    stats = remote.manifest["ray"]
+    assert stats["workers"] == 2 and 0 < stats["busy_fraction"] <= 1.05
+    # Screen units run whole on the workers, several in flight: the same numbers as in this process.
+    screen = dict(interventions="zero,mean", method="screen", screen_prompts=2, max_verify=4, audit=2)
+    local = run_sweep(config(model, tasks, **screen), tmp_path / "local-screen")
+    remote = run_sweep(config(model, tasks, backend="ray", n_workers=2, **screen), tmp_path / "ray-screen")
+    key = ["intervention", "method", "layer", "head"]
+    pd.testing.assert_frame_equal(local.effects.sort_values(key).reset_index(drop=True),
+                                  remote.effects.sort_values(key).reset_index(drop=True), check_exact=False, atol=1e-6, rtol=0)
+    assert remote.manifest["audit"] == local.manifest["audit"]
+
+
+def test_exact_units_are_cut_into_blocks_of_equal_cost():
+    from cortexmap.sweep.ray_backend import balanced_blocks
+
+    heads = [(l, h) for l in range(30) for h in range(9)]
+    blocks = balanced_blocks(heads, 30, 4)
+    assert sorted(h for b in blocks for h in b) == heads and len(blocks) == 4
+    costs = [sum(30 - l for l, _ in b) for b in blocks]
+    assert max(costs) - min(costs) <= 2 * 30  # within two heads' cost of each other
+    assert balanced_blocks(heads[:3], 30, 8) == [[h] for h in heads[:3]]
 
 
 def test_screen_verifies_in_screen_order_audits_the_rest_and_matches_exact(tiny, tmp_path):  # noqa: ANN001

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from cortexmap.sweep.config import SweepConfig
-from cortexmap.sweep.verify import VerifyPolicy, adaptive_verify, miss_rate, pooled_audit, screen_order, should_stop, unit_record
+from cortexmap.sweep.verify import (
+    VerifyPolicy,
+    adaptive_verify,
+    miss_rate,
+    pooled_audit,
+    screen_order,
+    should_stop,
+    unit_record,
+)
 
 N = 270
 
@@ -25,33 +33,37 @@ def planted(seed: int, n_strong: int = 12, n_moderate: int = 8, noise: float = 0
 def counting(truth: np.ndarray) -> tuple[list[list[int]], object]:
     calls: list[list[int]] = []
 
-    def measure(cols: list[int]) -> dict[int, float]:
+    def measure(cols: list[int]) -> dict[int, tuple[float, float]]:
         calls.append(list(cols))
-        return {c: float(truth[c]) for c in cols}
+        return {c: (float(truth[c]), float(truth[c]) / 0.005) for c in cols}  # z from a known standard error
 
     return calls, measure
 
 
-def test_stopping_rule_reads_the_last_chunk_against_the_bar_and_the_top_ten():
-    assert not should_stop([0.5] * 10 + [0.01] * 3, chunk=4, bar=0.05)  # the window still holds a 0.5
-    assert should_stop([0.5] * 10 + [0.01] * 4, chunk=4, bar=0.05)
-    # Weak task: the 10th largest (0.02) is below the bar, so a head at 0.03 keeps verification going.
-    weak = [0.04] * 5 + [0.02] * 5
-    assert not should_stop(weak + [0.001, 0.001, 0.03, 0.001], chunk=4, bar=0.05)
-    assert should_stop(weak + [0.001] * 4, chunk=4, bar=0.05)
-    assert not should_stop([0.01, 0.01], chunk=4, bar=0.05)  # fewer than a chunk verified
+def test_stopping_rule_reads_the_last_chunk_against_importance_and_the_top_ten():
+    policy = VerifyPolicy(chunk=4)
+    strong = [(0.5, 10.0)] * 10
+    assert not should_stop(strong + [(0.01, 1.0)] * 3 + [(0.08, 5.0)], policy)  # an important head in the window
+    assert should_stop(strong + [(0.01, 1.0)] * 4, policy)
+    assert should_stop(strong + [(0.01, 1.0)] * 3 + [(0.08, 1.0)], policy)  # large but not distinguishable from 0
+    # Weak task: the 10th largest (0.02) is below the bar, so a head at 0.03 still enters the top 10.
+    weak = [(0.04, 1.0)] * 5 + [(0.02, 1.0)] * 5
+    assert not should_stop(weak + [(0.001, 0.1)] * 3 + [(0.03, 1.0)], policy)
+    assert should_stop(weak + [(0.001, 0.1)] * 4, policy)
+    assert not should_stop([(0.01, 1.0)] * 4, policy)  # fewer heads than the top 10
 
 
 def test_planted_strong_heads_are_all_verified_and_the_rule_stops_early():
     for seed in range(20):
         truth, screen, strong = planted(seed)
         calls, measure = counting(truth)
-        result = adaptive_verify(screen_order(screen), measure, VerifyPolicy(), seed=seed)
+        result = adaptive_verify(screen_order(screen), measure, VerifyPolicy(max_heads=96), seed=seed)
         assert set(strong) <= set(result.verified), seed
-        assert result.stopped == "rule" and len(result.verified) < VerifyPolicy().max_heads
+        assert result.stopped == "rule" and len(result.verified) < 96
         top10 = np.argsort(-np.abs(truth))[:10]
         assert set(top10) <= set(result.verified)
         assert len(result.audited) == VerifyPolicy().audit and not set(result.audited) & set(result.verified)
+        assert result.effects[result.verified[0]] == (truth[result.verified[0]], truth[result.verified[0]] / 0.005)
         assert sum(map(len, calls)) == len(result.verified) + len(result.audited)  # each head measured once
 
 
@@ -72,7 +84,7 @@ def test_audit_interval_covers_the_true_miss_rate():
         policy = VerifyPolicy(min_heads=16, max_heads=32, audit=40)
         result = adaptive_verify(screen_order(screen), counting(truth)[1], policy, seed=seed)
         unverified = sorted(set(range(N)) - set(result.verified))
-        true_rate = np.mean(np.abs(truth[unverified]) >= policy.bar)
+        true_rate = np.mean(np.abs(truth[unverified]) >= policy.bar)  # z = effect / 0.005 >= 10 there
         record = unit_record(result, N, policy)
         covered += record["audit_ci_low"] <= true_rate <= record["audit_ci_high"]
         rates.append(true_rate)

@@ -151,8 +151,9 @@ def importance_from_atlas(effects: pd.DataFrame, interventions: Sequence[str] = 
                           shape: tuple[int, int] | None = None) -> pd.DataFrame:
     """Head importance from a sweep's effects table: mean over tasks of ``|effect_normalized|``.
 
-    A head's exact effect is used where the run measured one; other heads of an
-    ``attribution+verify`` run keep their attribution estimate.
+    A head's exact effect is used where the run measured one; the other heads keep their screen
+    value (a ``screen`` run: exact on the screen's subsample of prompts; ``attribution+verify``:
+    the attribution estimate). Pruning must rank every head, the unimportant ones included.
 
     Args:
         effects: ``effects.parquet`` rows (columns ``layer, head, intervention, task,
@@ -178,7 +179,7 @@ def importance_from_atlas(effects: pd.DataFrame, interventions: Sequence[str] = 
     if model is not None and "model" in rows.columns:
         rows = rows[rows["model"] == model]
     rows = rows.dropna(subset=["effect_normalized"])
-    if "method" in rows.columns:  # exact where measured (attribution+verify: the top heads), else the screen
+    if "method" in rows.columns:  # exact where measured (the verified heads), else the screen
         rows = (rows.assign(_exact=rows["method"] == "exact").sort_values("_exact", ascending=False, kind="stable")
                 .drop_duplicates(["layer", "head", "task", "intervention"]).drop(columns="_exact"))
     if rows.empty:

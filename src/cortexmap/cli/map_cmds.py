@@ -80,8 +80,8 @@ def map_(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --backend ray)")] = None,
     workers: Annotated[int, typer.Option(help="Ray workers (one model replica each)")] = 2,
     gpus_per_worker: Annotated[int, typer.Option(help="GPUs per Ray worker; with --device auto the replica is sharded over them")] = 1,
-    screen_prompts: Annotated[int, typer.Option(help="screen method: prompts every head is measured on first")] = 6,
-    max_verify: Annotated[int, typer.Option(help="screen method: most heads verified on every prompt, per task")] = 96,
+    screen_prompts: Annotated[int, typer.Option(help="screen method: prompts every head is measured on first")] = 4,
+    max_verify: Annotated[int, typer.Option(help="screen method: most heads verified on every prompt, per task")] = 64,
     audit: Annotated[int, typer.Option(help="screen method: unverified heads measured at random per task, for the miss rate")] = 16,
 ) -> None:
     """Map every head x task x intervention of a model into RUN_DIR (effects, patterns, manifest)."""

@@ -45,8 +45,8 @@ class SweepConfig:
     n_prompts: int = 32
     seed: int = 0
     batch_size: str = "auto"
-    screen_prompts: int = 6
-    max_verify: int = 96
+    screen_prompts: int = 4
+    max_verify: int = 64
     audit: int = 16
     device: str | None = None
     dtype: str = "float32"

@@ -98,18 +98,22 @@ def bytes_per_row(handle: Any, seq: int) -> int:
     return seq * width * f.dtype_bytes
 
 
+CPU_TOKENS = 2048
+
+
 def auto_rows(handle: Any, seq: int, budget_bytes: int | None = None) -> int:
     """Rows (prompts x heads) per forward pass for ``--batch-size auto``.
 
-    On a GPU a quarter of the free memory goes to activations; on a CPU 256 rows, where larger
-    batches stop paying off.
+    On a GPU a quarter of the free memory goes to activations; on a CPU about ``CPU_TOKENS``
+    prompt tokens per pass (16 to 512 rows), where larger passes stop paying off
+    (``bench/engine_fill.py``).
     """
     if budget_bytes is None:
         if handle.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(handle.device)
             budget_bytes = free // 4
         else:
-            return 256
+            return max(16, min(512, CPU_TOKENS // max(1, seq)))
     return max(1, min(8192, budget_bytes // max(1, bytes_per_row(handle, seq))))
 
 
@@ -296,7 +300,7 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
         if device.type == "cuda":
             rows_per_pass = max(batch, min(8192, int((budget - weights - cache) / 4) // max(1, per_row)))
         else:
-            rows_per_pass = 256
+            rows_per_pass = max(16, min(512, CPU_TOKENS // max(1, seq)))
     attribution_pass = batch * L * bytes_per_row(facts, seq) if base == "attribution" else 0
     exact_rows = max(batch, rows_per_pass) if base in ("exact", "screen") or verify else 0
     fixed = weights + cache

@@ -1,15 +1,25 @@
-"""Ray backend: work units (task, intervention, layer block) on workers that load the model once each.
+"""Ray backend: global work units on workers that load the model once each.
 
 ``--backend ray --address ADDR`` joins a running cluster; without an address a local Ray
 instance with ``n_workers`` CPUs starts. Each worker holds one model replica: with a CUDA
 device it reserves ``gpus_per_worker`` GPUs, and with ``device="auto"`` it shards the replica
-over them (``device_map="auto"``; Ray shows each worker only its own GPUs). Workers run the same
-per-layer computations as the local backend, so the numbers are the same.
+over them (``device_map="auto"``; Ray shows each worker only its own GPUs).
+
+Work is scheduled over the whole run, not unit by unit (:meth:`RayBackend.units`): every
+unfinished (task, intervention) of an exact run is cut into head blocks of equal cost (a head at
+layer ``l`` reruns ``L - l`` blocks), and all blocks of all units go into one queue that keeps
+every worker busy; a unit is assembled and stored as soon as its last block returns. Attribution
+and screen units run whole, one per worker, all of them in flight. Workers run the same
+computations as the local backend (:func:`~cortexmap.sweep.runner.unit_result`), so the numbers
+are the same. ``stats`` (stored in the manifest as ``ray``) records the busy fraction: worker
+compute seconds / (workers x wall seconds).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+import time
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -32,6 +42,35 @@ class _Worker:
 
     def matrix(self, task: Any, spec: Any, method: str, heads: list[tuple[int, int]] | None) -> Any:
         return self.backend.matrix(task, spec, method, heads=heads)
+
+    def block(self, key: int, task: Any, spec: Any, heads: list[tuple[int, int]]) -> Any:
+        """``(key, matrix, clean, compute seconds)`` of one head block, exactly."""
+        t0 = time.perf_counter()
+        matrix, clean = self.backend.matrix(task, spec, "exact", heads=heads)
+        return key, matrix, clean, time.perf_counter() - t0
+
+    def unit(self, key: int, task: Any, spec: Any, base: str, config: SweepConfig) -> Any:
+        """``(key, effects, prompt effects, info, compute seconds)`` of a whole unit."""
+        from cortexmap.sweep.runner import unit_result
+
+        t0 = time.perf_counter()
+        effects, prompts, info = unit_result(self.backend, task, spec, base, config, lambda n: None)
+        return key, effects, prompts, info, time.perf_counter() - t0
+
+
+def balanced_blocks(heads: list[tuple[int, int]], n_layers: int, n_blocks: int) -> list[list[tuple[int, int]]]:
+    """Cut ``heads`` (sorted by layer) into at most ``n_blocks`` runs of about equal cost ``sum(L - layer)``."""
+    heads = sorted(heads)
+    total = sum(n_layers - layer for layer, _ in heads)
+    target = total / max(1, n_blocks)
+    blocks: list[list[tuple[int, int]]] = [[]]
+    cost = 0.0
+    for layer, head in heads:
+        if cost >= target * len(blocks) and len(blocks) < n_blocks:
+            blocks.append([])
+        blocks[-1].append((layer, head))
+        cost += n_layers - layer
+    return [b for b in blocks if b]
 
 
 class RayBackend:
@@ -60,6 +99,7 @@ class RayBackend:
         self.workers = [worker.remote(config) for _ in range(config.n_workers)]
         self.tokenizer = load_tokenizer(config.model)
         self._facts: dict[str, Any] = ray.get(self.workers[0].describe.remote())
+        self.stats: dict[str, Any] = {}
 
     def describe(self) -> dict[str, Any]:
         return self._facts
@@ -95,6 +135,61 @@ class RayBackend:
             if tick:
                 tick(int(columns.sum()))
         return merged, clean
+
+    def units(self, todo: list[tuple[Any, Any, str]], config: SweepConfig, progress: Any) -> Iterator[tuple]:
+        """Run every unit of ``todo`` with several in flight; yield each as it completes.
+
+        Yields ``(task, spec, base, effects, prompt effects, info, compute seconds)``.
+        """
+        from ray.util import ActorPool
+
+        from cortexmap.sweep.runner import unit_meta, unit_weight
+        from cortexmap.sweep.summary import effect_rows
+
+        facts = self._facts
+        n_layers, n_heads = facts["n_layers"], facts["n_heads"]
+        every = [(l, h) for l in range(n_layers) for h in range(n_heads)]
+        pool = ActorPool(self.workers)
+        started, busy = time.perf_counter(), 0.0
+        pending: dict[int, dict[str, Any]] = {}
+        n_blocks = max(1, math.ceil(2 * len(self.workers) / max(1, len(todo))))
+        for key, (task, spec, base) in enumerate(todo):
+            if base == "exact":
+                blocks = balanced_blocks(every, n_layers, min(n_blocks, n_layers))
+                pending[key] = {"left": len(blocks), "matrix": None, "clean": None, "seconds": 0.0}
+                for block in blocks:
+                    pool.submit(lambda a, v: a.block.remote(*v), (key, task, spec, block))
+            else:
+                pending[key] = {"left": 1}
+                pool.submit(lambda a, v: a.unit.remote(*v), (key, task, spec, base, config))
+        while pool.has_next():
+            result = pool.get_next_unordered()
+            key = result[0]
+            task, spec, base = todo[key]
+            state = pending[key]
+            if base == "exact":
+                _, part, clean, seconds = result
+                columns = ~np.isnan(part).all(0)
+                if state["matrix"] is None:
+                    state["matrix"] = np.full_like(part, np.nan)
+                state["matrix"][:, columns] = part[:, columns]
+                state["clean"], state["seconds"] = clean, state["seconds"] + seconds
+                busy += seconds
+                progress.advance(float(columns.sum()))
+                state["left"] -= 1
+                if state["left"]:
+                    continue
+                meta = {**unit_meta(facts, task, spec), "method": "exact"}
+                effects, prompts = effect_rows(state["matrix"], state["clean"], meta, n_layers, n_heads, config.seed)
+                info, seconds = {}, state["seconds"]
+            else:
+                _, effects, prompts, info, seconds = result
+                busy += seconds
+                progress.advance(unit_weight(base, config, n_layers * n_heads))
+            wall = time.perf_counter() - started
+            self.stats = {"workers": len(self.workers), "wall_s": round(wall, 2), "busy_s": round(busy, 2),
+                          "busy_fraction": round(busy / (len(self.workers) * wall), 3) if wall > 0 else None}
+            yield task, spec, base, effects, prompts, info, seconds
 
     def close(self) -> None:
         for w in self.workers:

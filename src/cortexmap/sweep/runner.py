@@ -110,41 +110,56 @@ def _units(config: SweepConfig, tasks: list[Any], base: str) -> list[tuple[Any, 
 
 def subsample_task(task: Any, n: int, seed: int) -> tuple[Any, np.ndarray]:
     """A copy of ``task`` with ``n`` of its pairs drawn without replacement (seeded), and their indices."""
+    picked = np.sort(np.random.default_rng(seed).choice(len(task.pairs), size=min(n, len(task.pairs)), replace=False))
+    return _with_pairs(task, picked), picked
+
+
+def _with_pairs(task: Any, indices: np.ndarray) -> Any:
     from dataclasses import replace
 
-    picked = np.sort(np.random.default_rng(seed).choice(len(task.pairs), size=min(n, len(task.pairs)), replace=False))
-    return replace(task, pairs=[task.pairs[i] for i in picked]), picked
+    return replace(task, pairs=[task.pairs[i] for i in indices])
 
 
 def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: dict[str, Any],
                  tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Screen every head on a subsample, verify adaptively, audit the rest (:mod:`cortexmap.sweep.verify`)."""
+    """Screen every head on a subsample, verify adaptively, audit the rest (:mod:`cortexmap.sweep.verify`).
+
+    A verified head is measured on the prompts outside the screen's subsample only: on the
+    subsample the screen already measured it exactly, with the same per-prompt numbers.
+    """
     from cortexmap.sweep.verify import adaptive_verify, screen_order, unit_record
 
     policy = config.policy
     facts = backend.describe()
     n_layers, n_heads = facts["n_layers"], facts["n_heads"]
-    n_cols = n_layers * n_heads
+    n_cols, n = n_layers * n_heads, len(task.pairs)
     seed = config.seed
     sub, picked = subsample_task(task, policy.screen_prompts, seed)
-    sub_matrix, sub_clean = backend.matrix(sub, spec, "exact", tick=lambda n: tick(n * len(picked) / len(task.pairs)))
-    exact = np.full((len(task.pairs), n_cols), np.nan)
-    clean = np.full(len(task.pairs), np.nan)
+    others = np.setdiff1d(np.arange(n), picked)
+    rest = _with_pairs(task, others)
+    sub_matrix, sub_clean = backend.matrix(sub, spec, "exact", tick=lambda k: tick(k * len(picked) / n))
+    screen = np.full((n, n_cols), np.nan)
+    screen[picked] = sub_matrix
+    clean = np.full(n, np.nan)
+    clean[picked] = sub_clean
+    exact = np.full((n, n_cols), np.nan)
 
     def measure(cols: list[int]) -> dict[int, float]:
-        nonlocal clean
         heads = [divmod(int(c), n_heads) for c in cols]
-        matrix, clean = backend.matrix(task, spec, "exact", heads=heads, tick=tick)
-        exact[:, cols] = matrix[:, cols]
+        matrix, rest_clean = backend.matrix(rest, spec, "exact", heads=heads, tick=lambda k: tick(k * len(others) / n))
+        clean[others] = rest_clean
+        exact[np.ix_(others, cols)] = matrix[:, cols]
+        exact[np.ix_(picked, cols)] = sub_matrix[:, cols]
         scale = abs(float(np.nanmean(clean))) or float("nan")
-        return {c: float(np.nanmean(matrix[:, c] - clean)) / scale for c in cols}
+        delta = exact[:, cols] - clean[:, None]
+        mean = np.nanmean(delta, axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = mean / (np.nanstd(delta, axis=0, ddof=1) / np.sqrt(np.isfinite(delta).sum(0)))
+        return {c: (float(m) / scale, float(zz)) for c, m, zz in zip(cols, mean, z)}
 
-    screen = np.full((len(task.pairs), n_cols), np.nan)
-    screen[picked] = sub_matrix
-    screen_clean = np.full(len(task.pairs), np.nan)
-    screen_clean[picked] = sub_clean
     order = screen_order(np.nanmean(sub_matrix - sub_clean[:, None], axis=0))
     result = adaptive_verify(order, measure, policy, seed=seed)
+    screen_clean = np.where(np.isin(np.arange(n), picked), clean, np.nan)
     sc_eff, sc_prompts = effect_rows(screen, screen_clean, {**meta, "method": "screen"}, n_layers, n_heads, seed)
     ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": "exact"}, n_layers, n_heads, seed)
     record = unit_record(result, n_cols, policy)
@@ -155,14 +170,20 @@ def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: 
             record)
 
 
-def _unit_result(backend: Any, task: Any, spec: Any, base: str, config: SweepConfig,
-                 tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def unit_meta(facts: dict[str, Any], task: Any, spec: Any) -> dict[str, Any]:
+    """The columns every effect row of one unit shares (``method`` is added per row set)."""
+    return {"model": facts["spec"], "task": task.name, "level": task.level, "intervention": spec.kind,
+            "alpha": spec.alpha}
+
+
+def unit_result(backend: Any, task: Any, spec: Any, base: str, config: SweepConfig,
+                tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Effects, per-prompt effects and manifest info of one unit, computed on ``backend``."""
     _, verify_k = config.method_parts
     seed = config.seed
     facts = backend.describe()
     geometry = (facts["n_layers"], facts["n_heads"])
-    meta = {"model": facts["spec"], "task": task.name, "level": task.level, "intervention": spec.kind,
-            "alpha": spec.alpha}
+    meta = unit_meta(facts, task, spec)
     if base == "screen":
         return _screen_unit(backend, task, spec, config, meta, tick)
     matrix, clean = backend.matrix(task, spec, base, tick=tick)
@@ -180,7 +201,7 @@ def _unit_result(backend: Any, task: Any, spec: Any, base: str, config: SweepCon
     return pd.concat([eff, ex_eff], ignore_index=True), pd.concat([prompts, ex_prompts], ignore_index=True), info
 
 
-def _unit_weight(base: str, config: SweepConfig, n_heads_total: int) -> float:
+def unit_weight(base: str, config: SweepConfig, n_heads_total: int) -> float:
     """Expected cost of one unit, in exact head measurements on every prompt."""
     _, verify_k = config.method_parts
     if base == "exact":
@@ -214,27 +235,39 @@ def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dic
     n_total = facts["n_layers"] * facts["n_heads"]
     todo = [u for u in units if not store.has_unit(unit_key(u[0].name, u[1].label, u[2]))]
     do_probes = config.probes and not (store.root / PATTERNS).exists()
-    progress.start(len(todo) * _unit_weight(base, config, n_total) + (n_total * 0.1 if do_probes else 0), "mapping heads")
+    progress.start(len(todo) * unit_weight(base, config, n_total) + (n_total * 0.1 if do_probes else 0), "mapping heads")
     timings = manifest.setdefault("timings", {})
     if do_probes:
         t0 = time.time()
         write_parquet(backend.probes(), store.root / PATTERNS)
         timings["probes_s"] = round(time.time() - t0, 2)
         progress.advance(n_total * 0.1, "probes")
-    for task, spec, base in todo:
+    if hasattr(backend, "units"):  # several units in flight over the workers, stored as each finishes
+        results = backend.units(todo, config, progress)
+    else:
+        results = _in_turn(backend, todo, config, progress)
+    for task, spec, base, effects, prompts, info, seconds in results:
         key = unit_key(task.name, spec.label, base)
-        t0 = time.time()
-        progress.advance(0, f"{task.name} · {spec.label}")
-        effects, prompts, info = _unit_result(backend, task, spec, base, config, lambda n: progress.advance(n))
         store.write_unit(key, effects, prompts)
         manifest["units"][key] = "done"
-        timings[key] = round(time.time() - t0, 2)
+        timings[key] = round(seconds, 2)
+        if getattr(backend, "stats", None):
+            manifest["ray"] = backend.stats
         if info:
             manifest["verification" if base == "screen" else "attribution"][key] = info
         if base == "screen":
             manifest["audit"] = pooled_audit(manifest["verification"])
         store.write_manifest(manifest)
     return units
+
+
+def _in_turn(backend: Any, todo: list[tuple[Any, Any, str]], config: SweepConfig, progress: Progress) -> Any:
+    """Units one after another in this process: ``(task, spec, base, effects, prompts, info, seconds)``."""
+    for task, spec, base in todo:
+        t0 = time.time()
+        progress.advance(0, f"{task.name} · {spec.label}")
+        effects, prompts, info = unit_result(backend, task, spec, base, config, lambda n: progress.advance(n))
+        yield task, spec, base, effects, prompts, info, time.time() - t0
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False, handle: Any = None,

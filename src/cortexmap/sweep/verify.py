@@ -7,11 +7,11 @@ measurement:
    prompts (stored as ``method == "screen"`` rows). On SmolLM2 this ranks heads far better than
    first-order attribution (BENCHMARKS.md, "cost of verified recall").
 2. **Verify.** Heads are measured exactly on every prompt in screen order, ``chunk`` at a time,
-   until the last ``chunk`` verified heads all fall below the bar: ``|effect_normalized| <
-   min(bar, the 10th largest verified |effect_normalized|)``, i.e. none of them is important
-   or would enter the top 10; at least ``min_heads``, at most ``max_heads`` heads per unit.
+   until none of the last ``chunk`` verified heads is *important* (``|effect_normalized| >= bar``
+   and ``|z| >= z_min``: the atlas's "active" rule) or would enter the top 10 by ``|effect|``;
+   at least ``min_heads``, at most ``max_heads`` heads per unit.
 3. **Audit.** ``audit`` heads drawn at random (seeded) from the unverified ones are measured
-   exactly too. The share of them at or above the bar estimates the share of important heads the
+   exactly too. The share of them that are important estimates the share of important heads the
    screen missed, with a Clopper-Pearson 95% interval (:func:`miss_rate`).
 
 Verified and audited heads are ``method == "exact"`` rows; every other head is *screened out
@@ -29,7 +29,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy.stats import binomtest
 
-BAR = 0.05  # |effect_normalized| at which a head counts as important here (5% of the clean metric)
+BAR = 0.05  # |effect_normalized| at which a head counts as important (5% of the clean metric) ...
+Z_MIN = 3.0  # ... when also this far from zero (the atlas's "active" rule)
 TOP = 10
 
 
@@ -37,12 +38,13 @@ TOP = 10
 class VerifyPolicy:
     """Budget and stopping rule of the ``screen`` method (recorded in the manifest)."""
 
-    screen_prompts: int = 6
+    screen_prompts: int = 4
     chunk: int = 16
     min_heads: int = 32
-    max_heads: int = 96
+    max_heads: int = 64
     audit: int = 16
     bar: float = BAR
+    z_min: float = Z_MIN
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,11 +63,16 @@ class Verification:
 
     verified: list[int]
     audited: list[int]
-    effects: dict[int, float]  # column -> exact effect_normalized (verified and audited)
+    effects: dict[int, tuple[float, float]]  # column -> exact (effect_normalized, z), verified and audited
     stopped: str  # "rule", "budget" or "all"
 
-    def audited_important(self, bar: float) -> int:
-        return sum(abs(self.effects[c]) >= bar for c in self.audited)
+    def audited_important(self, policy: VerifyPolicy) -> int:
+        return sum(is_important(*self.effects[c], policy) for c in self.audited)
+
+
+def is_important(effect: float, z: float, policy: VerifyPolicy) -> bool:
+    """``|effect_normalized| >= bar`` and ``|z| >= z_min`` (a NaN z, e.g. one prompt, counts as certain)."""
+    return abs(effect) >= policy.bar and not abs(z) < policy.z_min
 
 
 def screen_order(screen_effect: np.ndarray) -> np.ndarray:
@@ -74,24 +81,25 @@ def screen_order(screen_effect: np.ndarray) -> np.ndarray:
     return np.argsort(-magnitude, kind="stable")
 
 
-def should_stop(values_in_order: list[float], chunk: int, bar: float) -> bool:
-    """The stopping rule: the last ``chunk`` verified heads are all below ``min(bar, 10th largest)``."""
-    if len(values_in_order) < chunk:
+def should_stop(values_in_order: list[tuple[float, float]], policy: VerifyPolicy) -> bool:
+    """The stopping rule: none of the last ``chunk`` verified ``(effect, z)`` is important or in the top 10."""
+    chunk = policy.chunk
+    if len(values_in_order) < max(chunk, TOP):
         return False
-    magnitudes = np.abs(np.asarray(values_in_order, dtype=float))
-    tenth = np.sort(magnitudes)[::-1][TOP - 1] if len(magnitudes) >= TOP else 0.0
-    threshold = min(bar, tenth) if len(magnitudes) >= TOP else bar
-    return bool((magnitudes[-chunk:] < threshold).all())
+    magnitudes = np.abs(np.asarray([v[0] for v in values_in_order], dtype=float))
+    tenth = np.sort(magnitudes)[::-1][TOP - 1]
+    last = values_in_order[-chunk:]
+    return not any(is_important(e, z, policy) for e, z in last) and bool((magnitudes[-chunk:] < tenth).all())
 
 
-def adaptive_verify(order: np.ndarray, measure: Callable[[list[int]], dict[int, float]], policy: VerifyPolicy,
-                    seed: int = 0) -> Verification:
+def adaptive_verify(order: np.ndarray, measure: Callable[[list[int]], dict[int, tuple[float, float]]],
+                    policy: VerifyPolicy, seed: int = 0) -> Verification:
     """Verify columns in ``order`` until :func:`should_stop` (within the budget), then audit the rest.
 
     Args:
         order: every column, best screened first (:func:`screen_order`).
-        measure: exact ``effect_normalized`` of the given columns (one call per chunk; the audit
-            sample is measured in one call).
+        measure: exact ``(effect_normalized, z)`` of the given columns (one call per chunk; the
+            audit sample is measured in one call).
         policy: budget and rule.
         seed: seeds the audit sample.
     """
@@ -104,7 +112,7 @@ def adaptive_verify(order: np.ndarray, measure: Callable[[list[int]], dict[int, 
         step = order[len(verified):min(cap, len(verified) + policy.chunk)]
         effects.update(measure(step))
         verified.extend(step)
-        if len(verified) >= policy.min_heads and should_stop([effects[c] for c in verified], policy.chunk, policy.bar):
+        if len(verified) >= policy.min_heads and should_stop([effects[c] for c in verified], policy):
             stopped = "rule"
             break
     rest = order[len(verified):]
@@ -129,7 +137,7 @@ def miss_rate(important: int, audited: int) -> dict[str, float | int | None]:
 def unit_record(result: Verification, n_columns: int, policy: VerifyPolicy) -> dict[str, Any]:
     """The manifest entry of one unit: counts, the stopping reason and its audit."""
     unverified = n_columns - len(result.verified)
-    audit = miss_rate(result.audited_important(policy.bar), len(result.audited))
+    audit = miss_rate(result.audited_important(policy), len(result.audited))
     return {"screened": n_columns, "verified": len(result.verified), "stopped": result.stopped,
             "unverified": unverified, **{f"audit_{k}": v for k, v in audit.items()}}
 
