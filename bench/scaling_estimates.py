@@ -7,10 +7,12 @@ Usage::
 Everything here is arithmetic, not measurement: FLOPs from :mod:`cortexmap.sweep.plan`'s
 conventions (``2 * n_params * tokens`` per forward-pass equivalent), time at an *assumed*
 fraction of the H100's dense bf16 peak. Replace the assumptions with ``bench/scale.py``
-measurements on a GPU. Multi-GPU times model the Ray backend as it is: units run one after
-another, each unit's heads split into one block per layer, blocks handed to free replicas
-largest first (a block at layer ``l`` costs ``n_layers - l``), so a unit takes the longest
-replica's share (its makespan) and a replica idles while the unit's last blocks finish.
+measurements on a GPU. Multi-GPU times model the Ray backend as it is now
+(:meth:`~cortexmap.sweep.ray_backend.RayBackend.units`): every unit's heads are cut into
+``ceil(2 N / units)`` blocks of equal cost (a head at layer ``l`` costs ``n_layers - l``), all
+blocks of all units are queued at once and each free replica takes the next one, so replicas
+idle only at the very end of the map (``global_efficiency``). ``makespan_efficiency`` is the
+earlier design (units one after another, one block per layer), kept for comparison.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ def makespan_efficiency(n_layers: int, replicas: int) -> float:
         heapq.heapreplace(loads, loads[0] + cost)
     total = n_layers * (n_layers + 1) / 2
     return total / (replicas * max(loads))
+
+
+def global_efficiency(n_layers: int, n_heads: int, units: int, replicas: int) -> float:
+    """Busy fraction of ``replicas`` on a whole map scheduled as global cost-balanced blocks (FIFO queue)."""
+    from cortexmap.sweep.ray_backend import balanced_blocks
+
+    heads = [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    per_unit = min(n_layers, max(1, math.ceil(2 * replicas / units)))
+    costs = [sum(n_layers - l for l, _ in block) for block in balanced_blocks(heads, n_layers, per_unit)]
+    loads = [0.0] * replicas
+    for _ in range(units):
+        for cost in costs:
+            heapq.heapreplace(loads, loads[0] + cost)
+    return units * sum(costs) / (replicas * max(loads))
 
 
 def duration(hours: float) -> str:
@@ -96,13 +112,15 @@ def main() -> None:
             if replicas == 0:
                 cells.append("does not fit")
                 continue
-            cells.append(duration(exact_h / (replicas * makespan_efficiency(L, replicas))))
+            cells.append(duration(exact_h / (replicas * global_efficiency(L, H, units, replicas))))
         print(f"| {name} | {f.n_params / 1e9:.2f}B | {L * H:,} | {per_replica} | {units * L * H:,} | {exact_fpe:,.0f} "
               f"| {exact_fpe * flop_per_fpe / 1e15:,.0f} | " + " | ".join(cells)
               + f" | {duration(attr_fpe * flop_per_fpe / rate / 3600)} |")
-    print("\nbusy fraction of N replicas on one unit (per-layer blocks, largest first):")
-    for L in (12, 24, 32, 40, 80):
-        print(f"  {L} layers: " + ", ".join(f"{n} -> {makespan_efficiency(L, n):.2f}" for n in (2, 4, 8, 16, 32)))
+    print("\nbusy fraction of N replicas, earlier design (one unit at a time, per-layer blocks) -> global units "
+          f"({units} units):")
+    for L, H in ((12, 12), (24, 16), (32, 32), (40, 40), (80, 64)):
+        print(f"  {L} layers: " + ", ".join(f"{n} -> {makespan_efficiency(L, n):.2f} / {global_efficiency(L, H, units, n):.2f}"
+                                          for n in (2, 4, 8, 16, 32)))
 
 
 if __name__ == "__main__":

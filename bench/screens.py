@@ -17,7 +17,7 @@ that the top ``B`` holds. Screens:
 * ``exact-sS``: exact on a seeded subsample of ``S`` prompts (the runner's own
   :func:`~cortexmap.sweep.runner.subsample_task`), read from the truth's per-prompt effects,
   which are the numbers the exact engine computes on those prompts;
-* ``adaptive``: what ``--method screen`` verifies: ``exact-s6`` ranked, then
+* ``adaptive``: what ``--method screen`` verifies: ``exact-s4`` ranked, then
   :func:`~cortexmap.sweep.verify.adaptive_verify` with its default policy (exact effects from the truth).
 
 Costs are measured seconds on this machine (attribution, graddrop: timed here; exact-sS: the truth
@@ -44,7 +44,7 @@ import cortexmap
 from cortexmap.sweep import load_results
 from cortexmap.sweep.compute import attribution_matrix, clean_metrics, prepare
 from cortexmap.sweep.runner import subsample_task
-from cortexmap.sweep.verify import BAR, VerifyPolicy, adaptive_verify, screen_order
+from cortexmap.sweep.verify import BAR, VerifyPolicy, adaptive_verify, is_important, screen_order
 from cortexmap.tasks import build_task, encode_task
 
 BUDGETS = (10, 20, 32, 48, 64, 96)
@@ -89,8 +89,9 @@ def main() -> None:
     parser.add_argument("--truth", required=True, help="an all-exact run directory (zero ablation)")
     parser.add_argument("--out", default="bench/results/screens.csv")
     parser.add_argument("--tuned", default=TUNED)
-    parser.add_argument("--sizes", default="2,4,6,8")
-    parser.add_argument("--graddrop", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--sizes", default="2,4,6,8")  # the default policy's size must be among them
+    parser.add_argument("--graddrop", default="all", help="tasks to run GradDrop on (all, none, or a comma list): "
+                        "it costs one backward pass per block")
     args = parser.parse_args()
     truth_run = load_results(args.truth)
     mf = truth_run.manifest
@@ -104,9 +105,11 @@ def main() -> None:
     tuned = set(args.tuned.split(","))
     rows = []
     for task_name, eff in effects.groupby("task", sort=True):
-        truth = np.full(n_cols, np.nan)
+        truth, z = np.full(n_cols, np.nan), np.full(n_cols, np.nan)
         cols = (eff["layer"] * handle.n_heads + eff["head"]).to_numpy()
         truth[cols] = eff["effect_normalized"].to_numpy()
+        se = (eff["ci_high"] - eff["ci_low"]) / (2 * 1.959964) / eff["clean"].abs()
+        z[cols] = (eff["effect_normalized"] / se).to_numpy()
         clean_scale = abs(float(eff["clean"].iloc[0]))
         exact_s = float(mf["timings"].get(f"{task_name}__zero__exact", np.nan))
         task = build_task(task_name, handle.tokenizer, n=n_prompts, seed=seed)
@@ -121,21 +124,23 @@ def main() -> None:
             rows.append({**common, "screen": f"exact-s{size}", "cost_s": exact_s * size / n_prompts,
                          **recall_row(score, truth, BUDGETS)})
             if size == VerifyPolicy().screen_prompts:
-                result = adaptive_verify(screen_order(score), lambda cs: {c: float(truth[c]) for c in cs}, VerifyPolicy(), seed=seed)
+                policy = VerifyPolicy()
+                result = adaptive_verify(screen_order(score), lambda cs: {c: (float(truth[c]), float(z[c])) for c in cs},
+                                         policy, seed=seed)
                 verified = np.array(result.verified)
                 top10 = set(np.argsort(-np.abs(truth))[:10])
-                active = set(np.flatnonzero(np.abs(truth) >= BAR))
+                active = {c for c in range(n_cols) if is_important(truth[c], z[c], policy)}
                 rows.append({**common, "screen": "adaptive", "verified": len(verified), "stopped": result.stopped,
                              "cost_s": exact_s * (size / n_prompts + (len(verified) + len(result.audited)) / n_cols),
                              "top10": len(set(verified) & top10) / 10,
-                             "bar": len(set(verified) & active) / len(active) if active else np.nan})
+                             "important": len(set(verified) & active) / len(active) if active else np.nan})
         batches = prepare(handle, encode_task(task, handle.tokenizer, max_batch=64), need_corrupt=False)
         t0 = time.perf_counter()
         est = attribution_matrix(handle, batches, "zero")
         attr_s = time.perf_counter() - t0
         score = np.nanmean(est - clean_metrics(batches)[:, None], axis=0) / clean_scale
         rows.append({**common, "screen": "attribution", "cost_s": attr_s, **recall_row(score, truth, BUDGETS)})
-        if args.graddrop:
+        if args.graddrop == "all" or task_name in args.graddrop.split(","):
             t0 = time.perf_counter()
             score = graddrop_scores(handle, batches)
             rows.append({**common, "screen": "graddrop", "cost_s": time.perf_counter() - t0,
@@ -147,12 +152,13 @@ def main() -> None:
     for label, part in (("held-out tasks", frame[frame["held_out"]]), ("all tasks", frame)):
         cols = ["cost_s"] + [c for c in frame.columns if c.startswith(("top10@", "bar@"))]
         table = part[part["screen"] != "adaptive"].groupby("screen")[cols].median()
+        table["tasks"] = part[part["screen"] != "adaptive"].groupby("screen")["task"].nunique()
         print(f"\nmedian over {part['task'].nunique()} {label} (torch threads {torch.get_num_threads()}):")
         print(table.round(2).to_string())
         adaptive = part[part["screen"] == "adaptive"]
         print(f"adaptive: verified median {adaptive['verified'].median():.0f} (max {adaptive['verified'].max():.0f}); "
               f"top-10 recall median {adaptive['top10'].median():.2f}, min {adaptive['top10'].min():.2f}; "
-              f"bar recall median {adaptive['bar'].median():.2f}, min {adaptive['bar'].min():.2f}; "
+              f"important-head recall median {adaptive['important'].median():.2f}, min {adaptive['important'].min():.2f}; "
               f"cost median {adaptive['cost_s'].median():.1f} s")
 
 

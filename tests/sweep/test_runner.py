@@ -166,21 +166,22 @@ def test_exact_units_are_cut_into_blocks_of_equal_cost():
 def test_screen_verifies_in_screen_order_audits_the_rest_and_matches_exact(tiny, tmp_path):  # noqa: ANN001
     """Screen rows cover every head on a subsample; exact rows equal an all-exact run's for the heads they cover."""
     model, tasks, _ = tiny
-    run = run_sweep(config(model, tasks, interventions="zero", method="screen", screen_prompts=2, max_verify=4, audit=3),
-                    tmp_path / "screen")
-    full = run_sweep(config(model, tasks, interventions="zero"), tmp_path / "exact")
-    screen = run.effects[run.effects["method"] == "screen"]
+    run = run_sweep(config(model, tasks, interventions="zero,mean", method="screen", screen_prompts=2, max_verify=4,
+                           audit=3), tmp_path / "screen")
+    full = run_sweep(config(model, tasks, interventions="zero,mean"), tmp_path / "exact")
+    screen = run.effects[(run.effects["method"] == "screen") & (run.effects["intervention"] == "zero")]
     exact = run.effects[run.effects["method"] == "exact"]
     assert len(screen) == 12 and (screen["n_prompts"] == 2).all()
-    assert len(exact) == 4 + 3 and (exact["n_prompts"] == 12).all()
-    merged = exact.merge(full.effects, on=["layer", "head"], suffixes=("", "_full"))
-    assert np.allclose(merged["effect"], merged["effect_full"], atol=1e-6)
+    assert len(exact) == 2 * (4 + 3) and (exact["n_prompts"] == 12).all()
+    # Zero ablation reuses the screen's prompts, mean ablation (task mean of all prompts) remeasures them.
+    merged = exact.merge(full.effects, on=["intervention", "layer", "head"], suffixes=("", "_full"))
+    assert len(merged) == len(exact) and np.allclose(merged["effect"], merged["effect_full"], atol=1e-6)
     first = screen.reindex(screen["effect"].abs().sort_values(ascending=False).index).head(4)
     verified = set(zip(first["layer"], first["head"]))
     assert verified <= set(zip(exact["layer"], exact["head"]))  # the screen's top 4 were verified
     record = next(iter(run.manifest["verification"].values()))
     assert record["verified"] == 4 and record["audit_audited"] == 3 and record["stopped"] == "budget"
-    assert run.manifest["method"] == "screen" and run.manifest["audit"]["audited"] == 3
+    assert run.manifest["method"] == "screen" and run.manifest["audit"]["audited"] == 6
     assert run.manifest["audit"]["ci_low"] <= run.manifest["audit"]["rate"] <= run.manifest["audit"]["ci_high"]
 
 

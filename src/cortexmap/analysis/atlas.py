@@ -140,8 +140,8 @@ def build_atlas(
                             "order, plus the audit sample); every other head was screened out below the bar and "
                             "counts as having no effect")
     if audit and audit.get("rate") is not None:
-        method_notes.append(f"audit: {audit['important']} of {audit['audited']} unverified heads sampled at random were "
-                            f"important (miss rate {audit['rate']:.3f}, 95% CI {audit['ci_low']:.3f}-{audit['ci_high']:.3f})")
+        method_notes.append(f"screen audit in the manifest: miss rate {audit['rate']:.3f} "
+                            f"(95% CI {audit['ci_low']:.3f}-{audit['ci_high']:.3f}) over {audit['audited']} audited heads")
     if prompt_effects is None:
         method_notes.append("no per-prompt effects: intervals use the normal approximation of each reported 95% interval")
 

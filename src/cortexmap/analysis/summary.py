@@ -134,10 +134,11 @@ def _audit_lines(audit: dict | None) -> list[str]:
     if not audit or audit.get("rate") is None:
         return []
     return [f"Screen audit: {audit['important']} of {audit['audited']} unverified heads drawn at random were important "
-            f"(|effect| >= 5% of clean): miss rate {_num(audit['rate'], 3)} {_ci(audit['ci_low'], audit['ci_high'])} "
-            f"(Clopper-Pearson), i.e. about {_num(audit['missed_estimate'], 1)} "
-            f"{_ci(audit['missed_ci_low'], audit['missed_ci_high'])} important head-task cells missed among "
-            f"{audit['unverified']} unverified."]
+            f"(|effect| >= 5% of clean and |z| >= 3): miss rate {_num(audit['rate'], 3)} "
+            f"[95% CI {_num(audit['ci_low'], 3)}, {_num(audit['ci_high'], 3)}] (Clopper-Pearson), i.e. about "
+            f"{_num(audit['missed_estimate'], 0)} [95% CI {_num(audit['missed_ci_low'], 0)}, "
+            f"{_num(audit['missed_ci_high'], 0)}] important head-task cells missed among {audit['unverified']} unverified; "
+            f"the atlas counts them as having no effect."]
 
 
 def summarize_findings(findings: dict) -> list[str]:

@@ -230,7 +230,9 @@ def attribution_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: 
             with torch.enable_grad():
                 logits = handle.model(input_ids=tb.input_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
                 metric = tb.metric(logits)
-                grads = torch.autograd.grad(metric.sum(), [leaves[l] for l in range(handle.n_layers)])
+                inputs = [leaves[l] for l in range(handle.n_layers)]
+                grads = torch.autograd.grad(metric.sum(), inputs, allow_unused=True)  # unused: a hook cut the path
+                grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
         finally:
             for h in hooks:
                 h.remove()

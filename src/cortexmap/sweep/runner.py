@@ -125,7 +125,10 @@ def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: 
     """Screen every head on a subsample, verify adaptively, audit the rest (:mod:`cortexmap.sweep.verify`).
 
     A verified head is measured on the prompts outside the screen's subsample only: on the
-    subsample the screen already measured it exactly, with the same per-prompt numbers.
+    subsample the screen already measured it exactly, with the same per-prompt numbers. Mean and
+    resample ablation are the exception: their replacements depend on the whole prompt set (the
+    task mean, a partner prompt of the same length), so verified heads are measured on every
+    prompt, exactly as ``--method exact`` measures them.
     """
     from cortexmap.sweep.verify import adaptive_verify, screen_order, unit_record
 
@@ -135,13 +138,15 @@ def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: 
     n_cols, n = n_layers * n_heads, len(task.pairs)
     seed = config.seed
     sub, picked = subsample_task(task, policy.screen_prompts, seed)
-    others = np.setdiff1d(np.arange(n), picked)
-    rest = _with_pairs(task, others)
+    reuse = spec.kind not in ("mean", "resample")
+    others = np.setdiff1d(np.arange(n), picked) if reuse else np.arange(n)
+    rest = _with_pairs(task, others) if reuse else task
     sub_matrix, sub_clean = backend.matrix(sub, spec, "exact", tick=lambda k: tick(k * len(picked) / n))
     screen = np.full((n, n_cols), np.nan)
     screen[picked] = sub_matrix
     clean = np.full(n, np.nan)
-    clean[picked] = sub_clean
+    if reuse:
+        clean[picked] = sub_clean
     exact = np.full((n, n_cols), np.nan)
 
     def measure(cols: list[int]) -> dict[int, float]:
@@ -149,7 +154,8 @@ def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: 
         matrix, rest_clean = backend.matrix(rest, spec, "exact", heads=heads, tick=lambda k: tick(k * len(others) / n))
         clean[others] = rest_clean
         exact[np.ix_(others, cols)] = matrix[:, cols]
-        exact[np.ix_(picked, cols)] = sub_matrix[:, cols]
+        if reuse:
+            exact[np.ix_(picked, cols)] = sub_matrix[:, cols]
         scale = abs(float(np.nanmean(clean))) or float("nan")
         delta = exact[:, cols] - clean[:, None]
         mean = np.nanmean(delta, axis=0)
@@ -159,7 +165,8 @@ def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: 
 
     order = screen_order(np.nanmean(sub_matrix - sub_clean[:, None], axis=0))
     result = adaptive_verify(order, measure, policy, seed=seed)
-    screen_clean = np.where(np.isin(np.arange(n), picked), clean, np.nan)
+    screen_clean = np.full(n, np.nan)
+    screen_clean[picked] = sub_clean
     sc_eff, sc_prompts = effect_rows(screen, screen_clean, {**meta, "method": "screen"}, n_layers, n_heads, seed)
     ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": "exact"}, n_layers, n_heads, seed)
     record = unit_record(result, n_cols, policy)
