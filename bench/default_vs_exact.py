@@ -4,7 +4,9 @@ Usage (each run analysed first with ``cortexmap analyze``)::
 
     python bench/default_vs_exact.py runs/exact32 runs/default runs/attribution-verify5
 
-The first run is the truth (``--method exact``). For every other run and task: how many of the
+The first run is the truth (``--method exact``). A run made with ``--method attribution`` or
+``attribution+verify:K`` is compared through the atlas of its attribution rows (what such runs
+published before the atlas read exact rows only), rebuilt here. For every other run and task: how many of the
 truth's top-10 heads (largest ``|effect|``, either sign, zero ablation) the run measured exactly;
 then, from the two ``atlas.json`` files, the layer-band verdict and rho, the level depths, the
 functional groups' agreement (adjusted Rand index over all heads) and the named roles (heads per
@@ -56,8 +58,15 @@ def main() -> None:
         name = f"{Path(run_dir).name} ({run.manifest.get('method', run.manifest['arguments']['method'])})"
         measured = exact_heads(run.effects)
         per_task[name] = [len(truth_top[t] & measured.get(t, set())) for t in per_task.index]
-        findings = json.loads((Path(run_dir) / "atlas.json").read_text())
-        atlas = pd.read_parquet(Path(run_dir) / "atlas.parquet").set_index("head_id").reindex(truth_atlas.index)
+        if str(run.manifest["arguments"]["method"]).startswith("attribution"):
+            # The atlas such a run published before the atlas read exact rows only: from the estimate.
+            from cortexmap.analysis import build_atlas
+
+            atlas, findings = build_atlas(run, method="attribution")
+            atlas = atlas.set_index("head_id").reindex(truth_atlas.index)
+        else:
+            findings = json.loads((Path(run_dir) / "atlas.json").read_text())
+            atlas = pd.read_parquet(Path(run_dir) / "atlas.parquet").set_index("head_id").reindex(truth_atlas.index)
         hyp, thyp = findings["bands"]["hypothesis"], truth_findings["bands"]["hypothesis"]
         roles, troles = role_pairs(findings), role_pairs(truth_findings)
         held = per_task.loc[[t for t in per_task.index if t not in tuned], name]

@@ -244,7 +244,8 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
         n_prompts: prompts per task.
         seq: prompt length in tokens (the longest bucket).
         interventions: ``"zero,mean,patch,amplify:0.5"`` or a list of such labels.
-        method: ``exact``, ``attribution`` or ``attribution+verify:K``.
+        method: ``auto`` (resolved for ``device``), ``exact``, ``screen``, ``attribution`` or
+            ``attribution+verify:K``.
         device: where the run goes (default: the handle's device, else ``cpu``).
         dtype: weight dtype when ``model`` is a config (default float32).
         rows_per_pass: rows (prompts x heads) per pass; default as ``--batch-size auto``.
