@@ -104,7 +104,7 @@ def adaptive_verify(order: np.ndarray, measure: Callable[[list[int]], dict[int, 
         seed: seeds the audit sample.
     """
     order = [int(c) for c in order]
-    effects: dict[int, float] = {}
+    effects: dict[int, tuple[float, float]] = {}
     verified: list[int] = []
     cap = min(len(order), policy.max_heads)
     stopped = "budget"
