@@ -95,7 +95,7 @@ def analyze_run(run_dir: str | Path, *, regulators: bool = False, redundancy: bo
 
         args = results.manifest["arguments"]
         spec = results.manifest["model"].get("spec", args["model"])  # the model mapped, also when passed as a handle
-        handle = load_model(spec, device=args.get("device") or "cpu", dtype=args.get("dtype", "float32"), progress=note)
+        handle = load_model(spec, device=args.get("device") or results.manifest.get("device", "cpu"), dtype=args.get("dtype", "float32"), progress=note)
         if regulators and not (root / INFLUENCE).exists():
             write_parquet(measure_regulators(results, handle, seed=seed, note=note), root / INFLUENCE)
         if redundancy and not (root / PAIRS).exists():

@@ -60,3 +60,15 @@ def test_screened_out_heads_have_no_effect_and_are_never_important(banded):  # n
     assert set(significant["head_id"]) <= measured  # no finding rests on a screened-out head
     with pytest.raises(Exception, match="n_layers"):
         build_atlas(top)
+
+
+def test_screened_out_rows_are_added_per_amplification_alpha(banded):  # noqa: ANN001
+    effects, _ = banded
+    zero = effects[effects["intervention"] == effects["intervention"].iloc[0]]
+    amp = pd.concat([zero.assign(intervention="amplify", alpha=a) for a in (0.5, 1.0)], ignore_index=True)
+    exact = amp[amp["alpha"] == 0.5].sort_values("effect").groupby("task").head(5).assign(method="exact")
+    table = pd.concat([amp.assign(method="screen"), exact], ignore_index=True)
+    for alpha, measured in ((0.5, len(exact)), (1.0, 0)):
+        selected = select_effects(table, intervention="amplify", alpha=alpha)
+        assert len(selected) == len(zero)  # every head of every task at this alpha
+        assert (~selected["screened_out"]).sum() == measured

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from cortexmap.analysis.adaptivity import task_depths
-from cortexmap.errors import ResultsError
 from cortexmap.analysis.bands import DEFAULT_LEVEL_ORDER, band_hypothesis, layer_bands, level_depths
 from cortexmap.analysis.groups import functional_groups
 from cortexmap.analysis.profiles import probe_matrix
@@ -30,6 +29,7 @@ from cortexmap.analysis.regulators import condition_contrasts, regulator_scores
 from cortexmap.analysis.roles import closest_candidates, evaluated_roles, passing_roles, role_evidence
 from cortexmap.analysis.selection import effect_arrays, importance_of, important_mask, select_effects
 from cortexmap.analysis.specialization import pairwise_interactions, redundancy_summary, specialization_index, specialization_summary
+from cortexmap.errors import ResultsError
 
 SCREEN = "screen"  # influence condition of the every-head screen (see cortexmap.pipeline)
 

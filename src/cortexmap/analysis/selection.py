@@ -6,13 +6,13 @@ below are fixed once:
 * **One model per call.** A frame holding several models is refused; slice it first.
 * **One intervention and method.** ``intervention=None`` prefers ``"zero"``, then ``"mean"``,
   ``"resample"``, ``"patch"``, ``"amplify"``; ``method=None`` prefers ``"exact"``, then
-  ``"screen"``, then ``"attribution"`` for that intervention.
+  ``"screen"``, then ``"attribution"`` for that intervention. Several ``alpha`` values (amplify)
+  need an explicit ``alpha``.
 * **Screened out is below the bar.** In a ``screen`` run (:mod:`cortexmap.sweep.verify`) the
   exact rows cover the verified and audited heads only. Selecting ``"exact"`` there adds a row for
   every other screened head with effect 0, no interval and ``screened_out = True``: it counts in
   every population (percentiles, depth, groups) as a head without effect and is never important
-  or active, and no estimate stands in for a measurement. Several ``alpha`` values (amplify) need an explicit
-  ``alpha``.
+  or active, and no estimate stands in for a measurement.
 * **Harmful direction is negative.** Interventions are expected to lower the logit difference
   (``effect = intervened - clean < 0``). ``importance = max(0, -effect) / |clean|``, i.e.
   ``max(0, -effect_normalized)``; NaN when ``clean`` is 0.
@@ -155,14 +155,16 @@ def select_effects(
 
 def _with_screened_out(exact: pd.DataFrame, screened: pd.DataFrame) -> pd.DataFrame:
     """``exact`` plus a no-effect row for every screened (task, alpha, head) it lacks."""
-    keys = ["task", "layer", "head"]
-    known = pd.MultiIndex.from_frame(exact[keys])
-    missing = screened[~pd.MultiIndex.from_frame(screened[keys]).isin(known)].copy()
+    def keys(frame: pd.DataFrame) -> pd.MultiIndex:  # alpha is NaN except for amplification
+        return pd.MultiIndex.from_frame(frame[["task", "layer", "head"]].assign(alpha=frame["alpha"].fillna(-1.0)))
+
+    missing = screened[~keys(screened).isin(keys(exact))].copy()
     exact = exact.assign(screened_out=False)
     if missing.empty:
         return exact
-    clean = exact.groupby("task")["clean"].first()
-    missing["clean"] = missing["task"].map(clean).fillna(missing["clean"])
+    clean = exact.assign(alpha=exact["alpha"].fillna(-1.0)).groupby(["task", "alpha"])["clean"].first()
+    lookup = pd.MultiIndex.from_frame(missing[["task"]].assign(alpha=missing["alpha"].fillna(-1.0)))
+    missing["clean"] = pd.Series(clean.reindex(lookup).to_numpy(), index=missing.index).fillna(missing["clean"])
     missing["intervened"] = missing["clean"]
     missing[["effect", "effect_normalized"]] = 0.0
     missing[["ci_low", "ci_high"]] = np.nan

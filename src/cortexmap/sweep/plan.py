@@ -101,6 +101,11 @@ def bytes_per_row(handle: Any, seq: int) -> int:
 CPU_TOKENS = 2048
 
 
+def cpu_rows(seq: int) -> int:
+    """Rows per pass on a CPU: about ``CPU_TOKENS`` prompt tokens, 16 to 512 rows."""
+    return max(16, min(512, CPU_TOKENS // max(1, seq)))
+
+
 def auto_rows(handle: Any, seq: int, budget_bytes: int | None = None) -> int:
     """Rows (prompts x heads) per forward pass for ``--batch-size auto``.
 
@@ -113,7 +118,7 @@ def auto_rows(handle: Any, seq: int, budget_bytes: int | None = None) -> int:
             free, _ = torch.cuda.mem_get_info(handle.device)
             budget_bytes = free // 4
         else:
-            return max(16, min(512, CPU_TOKENS // max(1, seq)))
+            return cpu_rows(seq)
     return max(1, min(8192, budget_bytes // max(1, bytes_per_row(handle, seq))))
 
 
@@ -301,7 +306,7 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
         if device.type == "cuda":
             rows_per_pass = max(batch, min(8192, int((budget - weights - cache) / 4) // max(1, per_row)))
         else:
-            rows_per_pass = max(16, min(512, CPU_TOKENS // max(1, seq)))
+            rows_per_pass = cpu_rows(seq)
     attribution_pass = batch * L * bytes_per_row(facts, seq) if base == "attribution" else 0
     exact_rows = max(batch, rows_per_pass) if base in ("exact", "screen") or verify else 0
     fixed = weights + cache
