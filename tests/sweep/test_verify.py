@@ -76,6 +76,24 @@ def test_budget_caps_verification_and_small_units_are_measured_whole():
     assert small.stopped == "all" and len(small.verified) == 20 and small.audited == []
 
 
+def test_a_task_with_no_important_verified_head_gets_every_head_measured():
+    """A null map ("no head matters") must rest on every head's exact number, not on an audit sample."""
+    rng = np.random.default_rng(0)
+    truth = np.clip(rng.normal(0, 0.01, N), -0.04, 0.04)  # no head reaches the 5% bar
+    calls, measure = counting(truth)
+    result = adaptive_verify(screen_order(rng.normal(0, 1, N)), measure, VerifyPolicy(), seed=0)
+    assert result.stopped == "none-important" and sorted(result.verified) == list(range(N))
+    assert result.audited == [] and sorted(c for call in calls for c in call) == list(range(N))
+    record = unit_record(result, N, VerifyPolicy())
+    assert record["unverified"] == 0 and record["audit_audited"] == 0
+    off = adaptive_verify(screen_order(rng.normal(0, 1, N)), counting(truth)[1],
+                          VerifyPolicy(measure_all_if_none=False), seed=0)
+    assert off.stopped in ("budget", "rule") and len(off.verified) <= VerifyPolicy().max_heads
+    truth[7] = 0.3  # one important head among the verified ones: the usual budget applies
+    strong_first = np.r_[7, np.setdiff1d(np.arange(N), [7])]
+    assert adaptive_verify(strong_first, counting(truth)[1], VerifyPolicy(), seed=0).stopped != "none-important"
+
+
 def test_audit_interval_covers_the_true_miss_rate():
     """A poor screen misses moderate heads; the Clopper-Pearson interval covers the truth in >= 90% of runs."""
     covered, trials, rates = 0, 150, []

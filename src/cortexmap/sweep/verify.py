@@ -10,6 +10,9 @@ measurement:
    until none of the last ``chunk`` verified heads is *important* (``|effect_normalized| >= bar``
    and ``|z| >= z_min``: the atlas's "active" rule) or would enter the top 10 by ``|effect|``;
    at least ``min_heads``, at most ``max_heads`` heads per unit.
+   If none of the verified heads is important, the task has no head the screen can follow and
+   its "no head matters" is itself the finding: then every head is measured exactly
+   (``measure_all_if_none``), so a null map rests on exact numbers, not on an audit sample.
 3. **Audit.** ``audit`` heads drawn at random (seeded) from the unverified ones are measured
    exactly too. The share of them that are important estimates the share of important heads the
    screen missed, with a Clopper-Pearson 95% interval (:func:`miss_rate`).
@@ -45,6 +48,7 @@ class VerifyPolicy:
     audit: int = 16
     bar: float = BAR
     z_min: float = Z_MIN
+    measure_all_if_none: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +68,7 @@ class Verification:
     verified: list[int]
     audited: list[int]
     effects: dict[int, tuple[float, float]]  # column -> exact (effect_normalized, z), verified and audited
-    stopped: str  # "rule", "budget" or "all"
+    stopped: str  # "rule", "budget", "all" (every head fits the budget) or "none-important" (every head measured)
 
     def audited_important(self, policy: VerifyPolicy) -> int:
         return sum(is_important(*self.effects[c], policy) for c in self.audited)
@@ -116,6 +120,10 @@ def adaptive_verify(order: np.ndarray, measure: Callable[[list[int]], dict[int, 
             stopped = "rule"
             break
     rest = order[len(verified):]
+    if rest and policy.measure_all_if_none and not any(is_important(*effects[c], policy) for c in verified):
+        for start in range(0, len(rest), policy.chunk):
+            effects.update(measure(rest[start:start + policy.chunk]))
+        return Verification(order, [], effects, "none-important")
     if not rest:
         return Verification(verified, [], effects, "all")
     rng = np.random.default_rng(seed)
