@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from cortexmap.sweep import load_results
+from cortexmap.analysis import AtlasOptions
+from cortexmap.results import load_results
 
 
 def exact_heads(effects: pd.DataFrame) -> dict[str, set[tuple[int, int]]]:
@@ -62,7 +63,7 @@ def main() -> None:
             # The atlas such a run published before the atlas read exact rows only: from the estimate.
             from cortexmap.analysis import build_atlas
 
-            atlas, findings = build_atlas(run, method="attribution")
+            atlas, findings = build_atlas(run, options=AtlasOptions(method="attribution"))
             atlas = atlas.set_index("head_id").reindex(truth_atlas.index)
         else:
             findings = json.loads((Path(run_dir) / "atlas.json").read_text())

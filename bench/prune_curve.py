@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 import cortexmap
-from cortexmap.apply import battery_scorer, gradient_scorer, layer_importance, pruning_curve, random_importance, token_chunks
+from cortexmap.apply import battery_scorer, gradient_scorer, layer_order_importance, pruning_curve, random_importance, token_chunks
 from cortexmap.apply.run import plot_curve
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     builders = {  # gradient importance is computed per replacement mode (zero, or towards the mean)
         "gradient": lambda: gradient_scorer(handle, grad_ids, batch_size=4, iterative=False),
         "random": lambda: random_importance(handle, seed=0),
-        "layer": lambda: layer_importance(handle, "last"),
+        "layer": lambda: layer_order_importance(handle, "last"),
     }
     importances = {name: builders[name]() for name in args.methods.split(",")}
     tables = {m: (t([], None) if callable(t) else t) for m, t in importances.items()}

@@ -35,6 +35,7 @@ import torch
 
 from cortexmap.models import wrap_model
 from cortexmap.sweep.compute import TaskBatch, attribution_matrix, exact_matrix, prepare
+from cortexmap.sweep.config import SweepConfig
 from cortexmap.sweep.plan import (
     MAX_BATCH,
     auto_rows,
@@ -135,7 +136,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     rows = args.rows or auto_rows(handle, args.seq)
     predicted = None
     if args.plan:
-        predicted = plan_run(handle, 1, args.prompts, args.seq, "zero", "exact", rows_per_pass=rows)["time_s"]
+        predicted = plan_run(handle, SweepConfig(n_prompts=args.prompts, method="exact"), 1, args.seq, rows_per_pass=rows).time_s
 
     _sync(device)
     start, cpu_start = time.perf_counter(), time.process_time()

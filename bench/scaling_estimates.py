@@ -24,6 +24,7 @@ import math
 import torch
 from scale import build_config
 
+from cortexmap.sweep.config import SweepConfig
 from cortexmap.sweep.plan import ModelFacts, forward_equivalents, plan_run
 
 H100_BF16 = 989e12
@@ -63,9 +64,9 @@ def duration(hours: float) -> str:
 def gpus_per_replica(facts: ModelFacts, prompts: int, seq: int) -> int:
     """H100s one replica needs: weights + one task's caches + a pass of one batch, pooled over device_map shards."""
     for k in range(1, 17):
-        plan = plan_run(facts, 1, prompts, seq, "zero,patch", "exact", device="cuda", memory_bytes=int(k * GPU_MEMORY),
+        plan = plan_run(facts, SweepConfig(n_prompts=prompts, interventions=["zero", "patch"], method="exact"), 1, seq, device="cuda", memory_bytes=int(k * GPU_MEMORY),
                         host_bytes=10**15)
-        if plan["fits"]:
+        if plan.fits:
             return k
     raise SystemExit(f"{facts.name} needs more than 16 GPUs per replica")
 

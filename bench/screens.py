@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 import cortexmap
-from cortexmap.sweep import load_results
+from cortexmap.results import load_results
 from cortexmap.sweep.compute import attribution_matrix, clean_metrics, prepare
 from cortexmap.sweep.runner import subsample_task
 from cortexmap.sweep.verify import BAR, VerifyPolicy, adaptive_verify, is_important, screen_order

@@ -40,3 +40,19 @@ def gemma3():  # noqa: ANN201
 @pytest.fixture(autouse=True)
 def _seed():  # noqa: ANN201
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request):  # noqa: ANN001, ANN202
+    """Tests of tiny models run on one intra-op thread: a second buys nothing at width 32, and on a busy
+    2-core machine the pool's spin-waits made them up to ten times slower (measured: 40 s vs 4 s for
+    tests/circuits). Tests of the bundled real models (marked slow) keep the default."""
+    if "slow" in request.keywords:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

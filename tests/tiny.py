@@ -39,8 +39,12 @@ ARCHS = ["gpt2", "gpt_neox", "llama", "llama_gqa", "mistral", "qwen2", "gemma3_t
 
 
 def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):  # noqa: ANN201
+    return model_from_config(_config(arch), seed, dtype)
+
+
+def model_from_config(config, seed: int = 0, dtype: torch.dtype = torch.float32):  # noqa: ANN001, ANN201
+    """A seeded random model of ``config`` with eager attention and non-zero biases."""
     torch.manual_seed(seed)
-    config = _config(arch)
     config._attn_implementation = "eager"
     model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
     # Random init leaves biases at zero; give them values so bias handling is exercised too.

@@ -19,9 +19,15 @@ _EXPORTS = {
     "HeadId": "cortexmap.heads",
     "CortexmapError": "cortexmap.errors",
     "build_task": "cortexmap.tasks",
+    "SweepConfig": "cortexmap.sweep",
     "run_sweep": "cortexmap.sweep",
-    "load_results": "cortexmap.sweep",
+    "measure_run": "cortexmap.sweep",
+    "Results": "cortexmap.results",
+    "load_results": "cortexmap.results",
     "build_atlas": "cortexmap.analysis",
+    "analyze_run": "cortexmap.analysis.run",
+    "compare_runs": "cortexmap.analysis.run",
+    "render_report": "cortexmap.report",
     "monitor": "cortexmap.apply",
 }
 

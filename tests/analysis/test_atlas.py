@@ -9,17 +9,23 @@ import sys
 
 import pandas as pd
 
-from cortexmap.analysis import ATLAS_COLUMNS, build_atlas, summarize_findings
+from cortexmap.analysis import (
+    ATLAS_COLUMNS,
+    AtlasOptions,
+    build_atlas,
+    list_findings,
+    summarize_findings,
+)
 
 from .conftest import N_HEADS, N_LAYERS
 
 
-def _assert_every_finding_has_an_interval(lines: list[str]) -> None:
-    """Every printed line states an interval, or says it is not evaluated, or is a settings note."""
-    for line in lines:
-        if line.startswith(("Not evaluated:", "Note:")) or "not evaluated" in line:
+def _assert_every_finding_has_an_interval(findings: dict) -> None:
+    """Every finding states an interval, or says it is not evaluated, or is a settings note or a band heading."""
+    for finding in list_findings(findings):
+        if finding.kind in ("not_evaluated", "note", "layer_bands") or "not evaluated" in finding.text:
             continue
-        assert "95% CI" in line, line
+        assert "95% CI" in finding.text, finding
 
 
 def test_atlas_table_and_findings(banded: tuple[pd.DataFrame, pd.DataFrame], patterns: pd.DataFrame,
@@ -28,8 +34,8 @@ def test_atlas_table_and_findings(banded: tuple[pd.DataFrame, pd.DataFrame], pat
     before = effects.copy(), patterns.copy(), influence.copy()
     pairs = pd.DataFrame({"task": "ioi", "head_a": ["L1H0", "L2H0"], "head_b": ["L3H0", "L4H0"],
                           "effect_a": [-0.1, -0.3], "effect_b": [-0.1, -0.2], "effect_ab": [-0.6, -0.3]})
-    atlas, findings = build_atlas(effects, patterns, N_LAYERS, N_HEADS, influence=influence, pairs=pairs,
-                                  prompt_effects=prompt_effects, n_boot=100, n_perm=500, seed=0)
+    atlas, findings = build_atlas(effects, shape=(N_LAYERS, N_HEADS), patterns=patterns, influence=influence, pairs=pairs,
+                                  prompt_effects=prompt_effects, options=AtlasOptions(n_boot=100, n_perm=500, seed=0))
     pd.testing.assert_frame_equal(effects, before[0])
     pd.testing.assert_frame_equal(patterns, before[1])
     pd.testing.assert_frame_equal(influence, before[2])
@@ -46,14 +52,14 @@ def test_atlas_table_and_findings(banded: tuple[pd.DataFrame, pd.DataFrame], pat
 
     lines = summarize_findings(findings)
     assert lines[0].startswith("Depth order") and "supported" in lines[0] and "CI" in lines[0] and "p =" in lines[0]
-    _assert_every_finding_has_an_interval(lines)
+    _assert_every_finding_has_an_interval(findings)
     assert any(l.startswith("Role attention_sink: no head passes") and "closest" in l for l in lines)
     assert any(l.startswith("Regulator candidate L1H2") for l in lines)
     assert summarize_findings(json.loads(json.dumps(findings))) == lines
 
 
 def test_atlas_without_optional_inputs(null_effects: pd.DataFrame) -> None:
-    atlas, findings = build_atlas(null_effects, None, N_LAYERS, N_HEADS, n_boot=50, n_perm=200)
+    atlas, findings = build_atlas(null_effects, shape=(N_LAYERS, N_HEADS), options=AtlasOptions(n_boot=50, n_perm=200))
     assert atlas["regulator_score"].isna().all()
     assert findings["regulators"] is None and findings["redundancy"] is None
     assert findings["bands"]["hypothesis"]["verdict"] != "supported"
@@ -61,7 +67,7 @@ def test_atlas_without_optional_inputs(null_effects: pd.DataFrame) -> None:
     assert "regulator" in notes and "redundancy" in notes and "induction" in notes
     lines = summarize_findings(findings)
     assert any(l.startswith("Not evaluated") for l in lines)
-    _assert_every_finding_has_an_interval(lines)
+    _assert_every_finding_has_an_interval(findings)
     json.dumps(findings, allow_nan=False)
 
 
@@ -85,7 +91,7 @@ def test_regulator_candidates_are_judged_against_the_screen_of_every_head(null_e
     few = {(1, 2), (0, 0), (2, 3)}
     keep = [(l, h) in few for l, h in zip(measured["source_layer"], measured["source_head"])]
     influence = pd.concat([screen, measured[keep]], ignore_index=True)
-    _, findings = build_atlas(null_effects, None, N_LAYERS, N_HEADS, influence=influence, n_boot=100, n_perm=200)
+    _, findings = build_atlas(null_effects, shape=(N_LAYERS, N_HEADS), influence=influence, options=AtlasOptions(n_boot=100, n_perm=200))
     regulators = findings["regulators"]
     assert regulators["n_sources"] == (N_LAYERS - 1) * N_HEADS  # every head with later heads was screened
     top = regulators["top"][0]

@@ -68,7 +68,7 @@ def test_scale_table(banded: tuple[pd.DataFrame, pd.DataFrame], null_effects: pd
                                   "effect_b": [-0.1], "effect_ab": [-0.5]})}
     table = scale_comparison(effects, {"big": (N_LAYERS, N_HEADS), "noise": (N_LAYERS, N_HEADS)}, pairs=pairs,
                              n_boot=100).set_index("model")
-    assert table.loc["big", "fraction_important"] > table.loc["noise", "fraction_important"] + 0.2
+    assert table.loc["big", "active_share"] > table.loc["noise", "active_share"] + 0.2
     assert table.loc["big", "fraction_redundant"] == 1.0
     assert np.isnan(table.loc["noise", "fraction_redundant"])
     assert table.loc["big", "n_heads_total"] == N_LAYERS * N_HEADS

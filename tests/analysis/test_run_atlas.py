@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cortexmap.analysis import build_atlas
+from cortexmap.analysis import AtlasOptions, build_atlas
 from cortexmap.analysis.selection import important_mask, select_effects
+from cortexmap.errors import ResultsError
 
 from .conftest import N_HEADS, N_LAYERS
 
@@ -19,8 +20,8 @@ RUN_SMALL = Path(__file__).parents[1] / "data" / "run_small"
 
 
 def test_build_atlas_on_a_loaded_run_equals_cortexmap_analyze(tmp_path):  # noqa: ANN001
-    from cortexmap.pipeline import analyze_run
-    from cortexmap.sweep import load_results
+    from cortexmap.analysis.run import analyze_run
+    from cortexmap.results import load_results
 
     run = tmp_path / "run"
     shutil.copytree(RUN_SMALL, run)
@@ -32,7 +33,7 @@ def test_build_atlas_on_a_loaded_run_equals_cortexmap_analyze(tmp_path):  # noqa
     pd.concat([effects.assign(method="screen"), verified]).to_parquet(run / "effects.parquet")  # a screen run
     (run / "prompt_effects.parquet").unlink()
     cli_atlas, cli = analyze_run(run, n_perm=200)
-    library_atlas, library = build_atlas(load_results(run), n_perm=200)
+    library_atlas, library = build_atlas(load_results(run), options=AtlasOptions(n_perm=200))
     stored = json.loads((run / "atlas.json").read_text())
     assert stored["selection"]["method"] == "exact" == library["selection"]["method"]
     assert any("screened out" in note for note in library["notes"])
@@ -53,12 +54,12 @@ def test_screened_out_heads_have_no_effect_and_are_never_important(banded):  # n
     assert not important_mask(out["effect_normalized"].to_numpy(), out["se_normalized"].to_numpy()).any()
     kept = selected[~selected["screened_out"]].merge(top, on=["task", "layer", "head"], suffixes=("", "_top"))
     assert np.allclose(kept["effect"], kept["effect_top"])
-    atlas, findings = build_atlas(pd.concat([screen, top], ignore_index=True), None, N_LAYERS, N_HEADS,
-                                  n_boot=50, n_perm=100)
+    atlas, findings = build_atlas(pd.concat([screen, top], ignore_index=True), shape=(N_LAYERS, N_HEADS),
+                                  options=AtlasOptions(n_boot=50, n_perm=100))
     significant = atlas[atlas["top_significant"]]
     measured = set(top["head_id"])
     assert set(significant["head_id"]) <= measured  # no finding rests on a screened-out head
-    with pytest.raises(Exception, match="n_layers"):
+    with pytest.raises(ResultsError, match="shape"):
         build_atlas(top)
 
 

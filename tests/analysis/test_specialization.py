@@ -9,7 +9,6 @@ import pytest
 from cortexmap.analysis.specialization import (
     pairwise_interactions,
     redundancy_summary,
-    self_repair,
     specialization_index,
     specialization_summary,
     specialization_values,
@@ -57,12 +56,3 @@ def test_interaction_signs() -> None:
     assert "interaction" not in pairs.columns  # input untouched
     summary = redundancy_summary(pairs, n_boot=100)
     assert summary["fraction_redundant"] == pytest.approx(1 / 3)
-
-
-def test_self_repair_flags() -> None:
-    repair = pd.DataFrame({"task": "ioi", "ablated": ["L9H1", "L9H1", "L9H2"], "other": ["L10H7", "L10H2", "L10H7"],
-                           "delta_other": [0.3, -0.1, 0.0]})
-    flagged = self_repair(repair)
-    assert flagged["self_repair"].tolist() == [True, False, False]
-    with_ci = self_repair(repair.assign(ci_low=[-0.1, -0.2, 0.01]))
-    assert with_ci.set_index("other").loc["L10H7", "self_repair"].tolist() == [False, True]

@@ -7,7 +7,7 @@ import torch
 
 import cortexmap
 from cortexmap.apply import (
-    attention_params, gradient_scorer, head_importance, heal, heldout_loss, layer_importance, prune_heads,
+    attention_params, gradient_scorer, head_importance, heal, heldout_loss, layer_order_importance, prune_heads,
     pruning_curve, random_importance, select_heads,
 )
 from cortexmap.heads import HeadId
@@ -35,7 +35,7 @@ def test_curve_rows_match_ablation_and_measured_parameters():
 
     def scorer(pruned, means):  # noqa: ANN001, ANN202
         calls.append((list(pruned), means is None))
-        return layer_importance(handle)
+        return layer_order_importance(handle)
 
     curve = pruning_curve(handle, {"random": table, "iter": scorer}, fractions=[0.5, 0.25], replace=["zero", "mean"],
                           text=text, train_text=train)
@@ -94,7 +94,7 @@ def test_heal_moves_the_pruned_model_towards_the_teacher():
 def test_curve_with_healing_adds_healed_rows_only_where_asked():
     handle = tiny_handle("opt")
     text, train = random_ids(batch=2, seq=10, seed=2), random_ids(batch=8, seq=10, seed=3)
-    curve = pruning_curve(handle, {"a": random_importance(handle), "b": layer_importance(handle)}, fractions=[0.25],
+    curve = pruning_curve(handle, {"a": random_importance(handle), "b": layer_order_importance(handle)}, fractions=[0.25],
                           replace=["zero", "mean"], heal_steps=2, heal_methods=["a/mean", "b"], text=text,
                           train_text=train, task_score=lambda h: float(h.n_params))
     healed = curve[curve["healed"]]

@@ -69,15 +69,3 @@ def test_edit_plans_of_intervention_specs_equal_keywords():
 def test_nothing_to_edit_is_a_clear_error():
     with pytest.raises(cortexmap.CortexmapError, match="nothing to edit"):
         edit_model(tiny_handle("gpt2"))
-
-
-@pytest.mark.slow
-def test_smollm2_edit_saves_and_reloads_with_plain_transformers(smollm2, tmp_path):  # noqa: ANN001
-    ids = smollm2.tokenizer(["Paris is the capital of"], return_tensors="pt")["input_ids"]
-    edits = {"amplify": {"L3H5": 0.5, "L20H1": -0.5}, "ablate": ["L10H2"]}
-    with cortexmap.intervene(smollm2, **edits):
-        hooked = logits(smollm2.model, ids)
-    path = save_model(edit_model(smollm2, **edits), tmp_path / "smollm2-edited")
-    reloaded = tf.AutoModelForCausalLM.from_pretrained(path)
-    assert torch.allclose(logits(reloaded, ids), hooked, atol=1e-4)
-    assert tf.AutoTokenizer.from_pretrained(path)("Paris")["input_ids"] == smollm2.tokenizer("Paris")["input_ids"]

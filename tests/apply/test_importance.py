@@ -8,7 +8,7 @@ import torch
 
 import cortexmap
 from cortexmap.apply import (
-    head_importance, importance_from_atlas, layer_importance, random_importance, select_heads,
+    head_importance, importance_from_effects, layer_order_importance, random_importance, select_heads,
 )
 from cortexmap.heads import HeadId
 from cortexmap.interventions import mean_head_outputs
@@ -86,13 +86,13 @@ def test_atlas_importance_averages_absolute_effects_over_tasks():
                 for intervention, scale in [("zero", 1.0), ("mean", 3.0), ("patch", 100.0)]:
                     rows.append({"task": task, "layer": layer, "head": head, "intervention": intervention,
                                  "method": "exact", "effect_normalized": sign * scale * (layer * 2 + head)})
-    table = importance_from_atlas(pd.DataFrame(rows))
+    table = importance_from_effects(pd.DataFrame(rows))
     assert table["importance"].tolist() == [0.0, 2.0, 4.0, 6.0]  # mean of |1x| and |3x|; patch ignored
     assert select_heads(table, 2) == [HeadId(0, 0), HeadId(0, 1)]
-    wider = importance_from_atlas(pd.DataFrame(rows), shape=(3, 2))
+    wider = importance_from_effects(pd.DataFrame(rows), shape=(3, 2))
     assert wider["importance"].isna().tolist() == [False] * 4 + [True] * 2  # unmeasured heads are never pruned
     with pytest.raises(cortexmap.CortexmapError, match="lacks columns"):
-        importance_from_atlas(pd.DataFrame({"layer": [0]}))
+        importance_from_effects(pd.DataFrame({"layer": [0]}))
 
 
 def test_atlas_importance_of_a_verified_attribution_run_covers_every_head():
@@ -101,7 +101,7 @@ def test_atlas_importance_of_a_verified_attribution_run_covers_every_head():
              "effect_normalized": -(l * 2 + h + 1.0)} for l in range(2) for h in range(2)]
     rows.append({"task": "a", "layer": 1, "head": 1, "intervention": "zero", "method": "exact",
                  "effect_normalized": -0.5})
-    table = importance_from_atlas(pd.DataFrame(rows))
+    table = importance_from_effects(pd.DataFrame(rows))
     assert table["importance"].tolist() == [1.0, 2.0, 3.0, 0.5]  # L1H1 takes its exact value
     assert select_heads(table, 4)[0] == HeadId(1, 1)
 
@@ -110,7 +110,7 @@ def test_baselines_are_deterministic_orders():
     handle = tiny_handle("llama")
     assert random_importance(handle, seed=3).equals(random_importance(handle, seed=3))
     assert not random_importance(handle, seed=3).equals(random_importance(handle, seed=4))
-    assert [str(h) for h in select_heads(layer_importance(handle, "last"), 5)] == ["L2H0", "L2H1", "L2H2", "L2H3", "L1H0"]
-    assert [str(h) for h in select_heads(layer_importance(handle, "first"), 2)] == ["L0H0", "L0H1"]
+    assert [str(h) for h in select_heads(layer_order_importance(handle, "last"), 5)] == ["L2H0", "L2H1", "L2H2", "L2H3", "L1H0"]
+    assert [str(h) for h in select_heads(layer_order_importance(handle, "first"), 2)] == ["L0H0", "L0H1"]
     with pytest.raises(cortexmap.CortexmapError, match="only 12 are left"):
-        select_heads(layer_importance(handle), 13)
+        select_heads(layer_order_importance(handle), 13)

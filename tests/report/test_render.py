@@ -8,7 +8,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from cortexmap.errors import ResultsError
 from cortexmap.report import ensure_atlas, render_report
@@ -107,13 +106,6 @@ def test_unfinished_run_is_refused_with_resume(small_run: Path, tmp_path: Path) 
         render_report(small_run, compare=[tmp_path / "nothing"])
 
 
-def test_cli_report_prints_one_line_on_bad_input(tmp_path: Path) -> None:
-    from cortexmap.cli import app
-
-    result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
-    assert result.exit_code == 1 and "not a cortexmap run" in result.output and "Traceback" not in result.output
-
-
 def test_report_never_imports_torch(rich_runs: tuple[Path, Path], tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -123,3 +115,19 @@ def test_report_never_imports_torch(rich_runs: tuple[Path, Path], tmp_path: Path
             "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_run_without_important_heads_renders_and_says_so(small_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pandas as pd
+
+    run = tmp_path / "null"
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("atlas.*", "report.html", "prompt_effects.parquet"))
+    effects = pd.read_parquet(run / "effects.parquet")
+    zero = dict(effect=0.0, effect_normalized=0.0, ci_low=-0.01, ci_high=0.01)
+    effects.assign(intervened=effects["clean"], **zero).to_parquet(run / "effects.parquet")
+    page = render_report(run).read_text()
+    visible = re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", "", page, flags=re.S))
+    assert "no important heads" in visible and not re.search(r"\bNone\b", visible)
+    assert render_report(run)._repr_html_().startswith("<iframe srcdoc=")  # displays inline in Jupyter

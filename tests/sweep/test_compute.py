@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import cortexmap
-from cortexmap.sweep.compute import attribution_matrix, clean_metrics, exact_matrix, prepare, resample_order
+from cortexmap.interventions.context import derangement
+from cortexmap.sweep.compute import attribution_matrix, clean_metrics, exact_matrix, prepare
 from tests.tiny import tiny_handle
 
 
@@ -92,7 +93,7 @@ def test_resample_uses_a_derangement_within_each_length_bucket():
     fast = exact_matrix(handle, prepared, "resample", seed=5)
     for b in batches:
         for layer in range(handle.n_layers):
-            order = resample_order(len(b.indices), 5 + layer)
+            order = derangement(len(b.indices), 5 + layer)
             assert not (order == torch.arange(len(order))).any()
             for head in range(handle.n_heads):
                 expected = metric_of(handle, b, patch=[(layer, head)], source=b.input_ids[order])

@@ -1,21 +1,22 @@
-"""End-to-end sweeps on a tiny saved model: schema, kill-and-resume, bad input, Ray = local."""
+"""End-to-end sweeps on a tiny saved model: schema, resume rules, attribution, screen, Ray = local.
+
+The command-line side of a sweep (``cortexmap map``: kill-and-resume, bad arguments) is tested in
+tests/cli/test_map.py.
+"""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from cortexmap.cli import app
-from cortexmap.sweep import SweepConfig, load_results, run_sweep
+from cortexmap.errors import CortexmapError
+from cortexmap.results import load_results
+from cortexmap.sweep import SweepConfig, run_sweep
 from tests.sweep.tiny_run import make_model_dir, make_task_file
 
 EFFECT_COLUMNS = ["model", "task", "level", "intervention", "alpha", "method", "layer", "head", "head_id",
@@ -29,8 +30,8 @@ def tiny(tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 def config(model: Path, task_file: Path, **kw) -> SweepConfig:  # noqa: ANN003
-    base = dict(model=str(model), task_file=str(task_file), interventions="zero,mean,resample,patch,amplify:0.5",
-                method="exact", probes=False)
+    base = dict(model=str(model), task_file=str(task_file),
+                interventions=["zero", "mean", "resample", "patch", "amplify:0.5"], method="exact", probes=False)
     return SweepConfig(**{**base, **kw})
 
 
@@ -53,97 +54,51 @@ def test_sweep_writes_the_documented_schema(tiny, tmp_path):  # noqa: ANN001
     assert ds.num_rows == len(effects)
 
 
-def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cortexmap.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def test_kill_at_any_moment_then_resume_gives_the_unbroken_numbers(tiny, tmp_path):  # noqa: ANN001
-    model, tasks, _ = tiny
-    args = ["map", "--model", str(model), "--task-file", str(tasks), "--method", "exact", "--no-probes",
-            "--interventions", "zero,mean,resample,patch,amplify:0.5,amplify:-0.5,amplify:2"]
-    whole = tmp_path / "whole"
-    assert _cli(*args, "--out", str(whole)).wait() == 0
-    broken = tmp_path / "broken"
-    proc = _cli(*args, "--out", str(broken))
-    deadline = time.time() + 120
-    while time.time() < deadline and not any((broken / "units").glob("*.effects.parquet")):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = {p.name: p.stat().st_mtime_ns for p in (broken / "units").glob("*.effects.parquet")}
-    assert 0 < len(done_before) < 7, "the kill should land mid-run"
-    for path in broken.rglob("*.parquet"):  # nothing half-written
-        pd.read_parquet(path)
-    json.loads((broken / "manifest.json").read_text())
-    resumed = _cli(*args, "--out", str(broken), "--resume")
-    assert resumed.wait() == 0, resumed.stderr.read()
-    for name, mtime in done_before.items():  # finished units were not redone
-        assert (broken / "units" / name).stat().st_mtime_ns == mtime
-    a = pd.read_parquet(whole / "effects.parquet").sort_values(["intervention", "alpha", "layer", "head"])
-    b = pd.read_parquet(broken / "effects.parquet").sort_values(["intervention", "alpha", "layer", "head"])
-    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
-
-
-@pytest.mark.parametrize("extra,message", [
-    (["--tasks", "no_such_task"], "no_such_task"),
-    (["--batch-size", "0"], "impossible batch size"),
-    (["--interventions", "zero,explode"], "unknown intervention"),
-    (["--method", "attribution+verify:x"], "unknown method"),
-])
-def test_bad_arguments_get_one_line_and_exit_1(tiny, tmp_path, extra, message):  # noqa: ANN001
-    model, _, _ = tiny
-    result = CliRunner().invoke(app, ["map", "--model", str(model), "--out", str(tmp_path / "r"), *extra])
-    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
-
-
-def test_patching_without_corrupt_prompts_is_refused(tiny, tmp_path):  # noqa: ANN001
-    model, _, no_corrupt = tiny
-    result = CliRunner().invoke(app, ["map", "--model", str(model), "--task-file", str(no_corrupt), "--no-probes",
-                                      "--interventions", "patch", "--method", "exact", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 1 and "corrupt prompts" in result.output
-
-
-def test_malformed_task_file_is_refused_before_running(tiny, tmp_path):  # noqa: ANN001
-    model, _, _ = tiny
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "when anna", "target": " bert", "foil": " carl"}\n{"prompt": 3}\n')
-    result = CliRunner().invoke(app, ["map", "--model", str(model), "--task-file", str(bad), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 1 and ":2" in result.output and not (tmp_path / "r" / "effects.parquet").exists()
-
-
 def test_an_existing_run_needs_resume(tiny, tmp_path):  # noqa: ANN001
     model, tasks, _ = tiny
-    run_sweep(config(model, tasks, interventions="zero"), tmp_path / "run")
-    with pytest.raises(Exception, match="--resume"):
-        run_sweep(config(model, tasks, interventions="zero"), tmp_path / "run")
-    with pytest.raises(Exception, match="other arguments"):
-        run_sweep(config(model, tasks, interventions="mean"), tmp_path / "run", resume=True)
+    root = tmp_path / "run"
+    run_sweep(config(model, tasks, interventions=["zero"]), root)
+    with pytest.raises(CortexmapError, match=re.escape(f"{root} already holds a run; pass --resume to continue it")):
+        run_sweep(config(model, tasks, interventions=["zero"]), root)
+    with pytest.raises(CortexmapError, match=re.escape(f"{root} holds a run with other arguments; resume it with")):
+        run_sweep(config(model, tasks, interventions=["mean"]), root, resume=True)
+    assert run_sweep(config(model, tasks, interventions=["zero"]), root, resume=True).manifest["complete"]
 
 
 def test_attribution_with_verification_records_the_rank_correlation(tiny, tmp_path):  # noqa: ANN001
     model, tasks, _ = tiny
-    result = run_sweep(config(model, tasks, interventions="zero", method="attribution+verify:6"), tmp_path / "run")
+    result = run_sweep(config(model, tasks, interventions=["zero"], method="attribution", verify=6), tmp_path / "run")
     info = next(iter(result.manifest["attribution"].values()))
-    assert info["verified_heads"] == 6 and -1 <= info["spearman"] <= 1
     assert set(result.effects["method"]) == {"attribution", "exact"}
-    assert (result.effects["method"] == "exact").sum() == 6
+    attribution = result.effects[result.effects["method"] == "attribution"]
+    exact = result.effects[result.effects["method"] == "exact"]
+    assert len(attribution) == 12 and len(exact) == 6 == info["verified_heads"]
+    # the verified heads are the attribution's top 6 by |effect|
+    top = attribution.reindex(attribution["effect"].abs().sort_values(ascending=False).index).head(6)
+    assert set(zip(exact["layer"], exact["head"])) == set(zip(top["layer"], top["head"]))
+    # the recorded correlation is Spearman's rho of the two methods' effects on those heads
+    pairs = top.merge(exact, on=["layer", "head"], suffixes=("_attr", "_exact"))
+    ranks = pairs[["effect_attr", "effect_exact"]].rank()
+    rho = float(np.corrcoef(ranks["effect_attr"], ranks["effect_exact"])[0, 1])
+    assert info["spearman"] == pytest.approx(rho, abs=1e-9)
+    assert info["max_abs_error"] == pytest.approx((pairs["effect_attr"] - pairs["effect_exact"]).abs().max(), abs=1e-12)
 
 
 @pytest.mark.ray
 def test_ray_backend_equals_local(tiny, tmp_path):  # noqa: ANN001
     pytest.importorskip("ray")
     model, tasks, _ = tiny
-    local = run_sweep(config(model, tasks, interventions="zero,patch"), tmp_path / "local")
-    remote = run_sweep(config(model, tasks, interventions="zero,patch", backend="ray", n_workers=2), tmp_path / "ray")
+    local = run_sweep(config(model, tasks, interventions=["zero", "patch"]), tmp_path / "local")
+    remote = run_sweep(config(model, tasks, interventions=["zero", "patch"], backend="ray", n_workers=2),
+                       tmp_path / "ray")
     key = ["intervention", "layer", "head"]
     a = local.effects.sort_values(key).reset_index(drop=True)
     b = remote.effects.sort_values(key).reset_index(drop=True)
-    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, rtol=0)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, rtol=1e-5)  # float32 passes of other sizes
     stats = remote.manifest["ray"]
     assert stats["workers"] == 2 and 0 < stats["busy_fraction"] <= 1.05
     # Screen units run whole on the workers, several in flight: the same numbers as in this process.
-    screen = dict(interventions="zero,mean", method="screen", screen_prompts=2, max_verify=4, audit=2)
+    screen = dict(interventions=["zero", "mean"], method="screen", screen_prompts=2, max_verify=4, audit=2)
     local = run_sweep(config(model, tasks, **screen), tmp_path / "local-screen")
     remote = run_sweep(config(model, tasks, backend="ray", n_workers=2, **screen), tmp_path / "ray-screen")
     key = ["intervention", "method", "layer", "head"]
@@ -166,9 +121,9 @@ def test_exact_units_are_cut_into_blocks_of_equal_cost():
 def test_screen_verifies_in_screen_order_audits_the_rest_and_matches_exact(tiny, tmp_path):  # noqa: ANN001
     """Screen rows cover every head on a subsample; exact rows equal an all-exact run's for the heads they cover."""
     model, tasks, _ = tiny
-    run = run_sweep(config(model, tasks, interventions="zero,mean", method="screen", screen_prompts=2, max_verify=4,
-                           audit=3), tmp_path / "screen")
-    full = run_sweep(config(model, tasks, interventions="zero,mean"), tmp_path / "exact")
+    run = run_sweep(config(model, tasks, interventions=["zero", "mean"], method="screen", screen_prompts=2,
+                           max_verify=4, audit=3, measure_all_if_none=False), tmp_path / "screen")
+    full = run_sweep(config(model, tasks, interventions=["zero", "mean"]), tmp_path / "exact")
     screen = run.effects[(run.effects["method"] == "screen") & (run.effects["intervention"] == "zero")]
     exact = run.effects[run.effects["method"] == "exact"]
     assert len(screen) == 12 and (screen["n_prompts"] == 2).all()
@@ -183,6 +138,18 @@ def test_screen_verifies_in_screen_order_audits_the_rest_and_matches_exact(tiny,
     assert record["verified"] == 4 and record["audit_audited"] == 3 and record["stopped"] == "budget"
     assert run.manifest["method"] == "screen" and run.manifest["audit"]["audited"] == 6
     assert run.manifest["audit"]["ci_low"] <= run.manifest["audit"]["rate"] <= run.manifest["audit"]["ci_high"]
+    # With the default rule, a unit whose verified heads are all unimportant gets every head measured.
+    null = run_sweep(config(model, tasks, interventions=["zero"], method="screen", screen_prompts=2, max_verify=4,
+                            audit=3), tmp_path / "null")
+    record = next(iter(null.manifest["verification"].values()))
+    prompts = full.prompt_effects()
+    zero = prompts[prompts["intervention"] == "zero"].groupby(["layer", "head"])["effect"]
+    z = zero.mean() / (zero.std(ddof=1) / np.sqrt(zero.count()))
+    normalized = full.effects[full.effects["intervention"] == "zero"].set_index(["layer", "head"])["effect_normalized"]
+    important = (normalized.abs() >= 0.05) & (z.reindex(normalized.index).abs() >= 3)
+    assert not important.any()  # this tiny random model has no important head, so ...
+    assert record["stopped"] == "none-important" and record["verified"] == 12 and record["unverified"] == 0
+    assert (null.effects["method"] == "exact").sum() == 12 and record["audit_audited"] == 0
 
 
 def test_a_passed_handle_is_the_model_recorded(tiny, tmp_path):  # noqa: ANN001
@@ -191,6 +158,6 @@ def test_a_passed_handle_is_the_model_recorded(tiny, tmp_path):  # noqa: ANN001
     model, tasks, _ = tiny
     handle = load_model(str(model))
     handle.spec = "my-own-handle"
-    result = run_sweep(config("not-this-model", tasks, interventions="zero"), tmp_path / "run", handle=handle)
+    result = run_sweep(config("not-this-model", tasks, interventions=["zero"]), tmp_path / "run", handle=handle)
     assert result.manifest["model"]["spec"] == "my-own-handle"
     assert set(result.effects["model"]) == {"my-own-handle"}

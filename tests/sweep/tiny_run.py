@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -20,6 +21,7 @@ def make_model_dir(root: Path, arch_config: tf.PretrainedConfig | None = None) -
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     config = arch_config or tf.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
                                            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)  # the same tiny model whatever ran before
     model = tf.AutoModelForCausalLM.from_config(config)
     path = root / "tiny-model"
     model.save_pretrained(path)

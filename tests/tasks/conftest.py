@@ -1,5 +1,5 @@
-"""Fixtures for the task battery: byte-level BPE tokenizers trained on the task data, a tiny
-random Llama handle, and the bundled tokenizers (slow, through ``cortexmap.models.load_tokenizer``)."""
+"""Fixtures for the task battery: byte-level BPE tokenizers trained on the task data and a tiny
+random Llama handle (the bundled tokenizers' fixture is in tests/models/conftest.py)."""
 
 from __future__ import annotations
 
@@ -111,12 +111,3 @@ def tiny(bpe_digits: PreTrainedTokenizerFast) -> TinyHandle:
     config._attn_implementation = "sdpa"
     model = LlamaForCausalLM(config).eval()
     return TinyHandle(model, bpe_digits, 2, 4, torch.device("cpu"))
-
-
-@pytest.fixture(scope="session", params=["smollm2-135m", "gemma3-270m"])
-def bundled_tokenizer(request: pytest.FixtureRequest) -> Any:
-    """A bundled model's tokenizer. Failing to load it fails the test, as the bundled models do
-    (``CORTEXMAP_SKIP_SLOW=1`` skips every slow test on a machine that cannot fetch them)."""
-    from cortexmap.models import load_tokenizer
-
-    return load_tokenizer(request.param)

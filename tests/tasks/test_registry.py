@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 from collections import Counter
+from importlib import resources
 
 import pytest
+import yaml
 
 from cortexmap.errors import TaskError
 from cortexmap.tasks import LEVELS, build_task, builtin_task_names, list_tasks, task_level, tasks_for
 from cortexmap.tasks.core import prompt_ids, single_token
+from cortexmap.tasks.registry import list_battery
 
 NAMES = builtin_task_names()
+# The battery as the README documents it: level -> tasks, in battery order.
+DOCUMENTED = {
+    "lexical": ["article_agreement", "plural_morphology", "past_tense", "number_format", "comparative"],
+    "syntactic": ["subject_verb_agreement", "sva_across_pp", "sva_across_relative_clause", "verb_preposition",
+                  "reflexive_agreement"],
+    "semantic": ["antonyms", "hypernyms", "selectional_restriction", "word_sense"],
+    "pragmatic": ["ioi", "pronoun_gender", "entity_tracking", "emotion_inference"],
+    "reasoning": ["greater_than", "arithmetic", "sequence_continuation", "syllogism", "capitals", "landmarks",
+                  "two_hop"],
+}
+DOCUMENTED_PROBES = ["previous_token", "induction", "duplicate_token", "sink", "local_window", "successor"]
+
+
+def _raw_yaml(name: str) -> dict:
+    """A task data file as plain YAML, read without the template engine."""
+    return yaml.safe_load((resources.files("cortexmap.tasks") / "data" / name).read_text(encoding="utf-8"))
 
 
 def test_every_level_has_at_least_two_tasks():
@@ -136,7 +155,28 @@ def test_unknown_name_lists_levels_and_tasks():
 
 def test_list_tasks_table():
     table = list_tasks()
-    assert list(table.columns[:4]) == ["name", "level", "description", "has_corrupt"]
-    assert table["name"].tolist() == NAMES
-    assert table["has_corrupt"].all()
-    assert set(table["level"]) <= set(LEVELS)
+    assert list(table.columns) == ["name", "level", "description", "has_corrupt", "version"]
+    assert list(zip(table["name"], table["level"])) == [(t, level) for level, ts in DOCUMENTED.items() for t in ts]
+    for level, names in DOCUMENTED.items():  # each row says what its YAML entry says
+        raw = _raw_yaml(f"{level}.yaml")["tasks"]
+        assert list(raw) == names
+        for name in names:
+            row = table[table["name"] == name].iloc[0]
+            variants = raw[name].get("variants") or [{}]
+            assert row["description"] == raw[name]["description"].strip() != ""
+            assert row["version"] == str(raw[name].get("version", "1"))
+            assert row["has_corrupt"] == all("corrupt" in raw[name] or "corrupt" in v for v in variants)
+    assert table["has_corrupt"].all()  # every built-in task can be patched
+
+
+def test_list_battery_has_every_task_probe_and_condition_set_with_a_description():
+    table = list_battery()
+    assert list(table.columns) == ["kind", "name", "level", "description"]
+    tasks = table[table["kind"] == "task"]
+    assert list(zip(tasks["name"], tasks["level"])) == [(t, level) for level, ts in DOCUMENTED.items() for t in ts]
+    assert table[table["kind"] == "probe"]["name"].tolist() == DOCUMENTED_PROBES
+    assert table[table["kind"] == "condition"]["name"].tolist() == list(_raw_yaml("conditions.yaml")["sets"])
+    assert len(table) == len(NAMES) + len(DOCUMENTED_PROBES) + 3
+    for row in table.itertuples():
+        assert row.description.strip() and "\n" not in row.description, row.name
+    assert (table[table["kind"] != "task"]["level"] == "").all()

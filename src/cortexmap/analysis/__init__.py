@@ -10,10 +10,10 @@ each finding reported with an effect size, a 95% interval and a baseline or null
 from __future__ import annotations
 
 from cortexmap.analysis.adaptivity import task_depths
-from cortexmap.analysis.atlas import ATLAS_COLUMNS, build_atlas, to_jsonable
+from cortexmap.analysis.atlas import ATLAS_COLUMNS, Atlas, AtlasOptions, build_atlas, to_jsonable
 from cortexmap.analysis.bands import DEFAULT_LEVEL_ORDER, band_hypothesis, layer_bands, level_depths, ordinal_depth_rho
 from cortexmap.analysis.compare import compare_models, conservation_test, match_heads, scale_comparison
-from cortexmap.analysis.depth import layer_importance
+from cortexmap.analysis.depth import layer_distribution
 from cortexmap.analysis.groups import functional_groups
 from cortexmap.analysis.profiles import effect_columns, head_profiles, probe_columns, probe_matrix
 from cortexmap.analysis.regulators import (
@@ -35,17 +35,22 @@ from cortexmap.analysis.selection import active_heads, head_grid, select_effects
 from cortexmap.analysis.specialization import (
     pairwise_interactions,
     redundancy_summary,
-    self_repair,
     specialization_index,
     specialization_summary,
 )
-from cortexmap.analysis.summary import summarize_findings
+from cortexmap.analysis.findings import KINDS, VERDICTS, Finding
+from cortexmap.analysis.summary import list_findings, summarize_findings
 
 __all__ = [
+    "Atlas",
+    "AtlasOptions",
     "ATLAS_COLUMNS",
     "DEFAULT_LEVEL_ORDER",
+    "Finding",
+    "KINDS",
     "ROLE_PROBES",
     "ROLE_TASKS",
+    "VERDICTS",
     "active_heads",
     "assign_roles",
     "band_hypothesis",
@@ -63,8 +68,9 @@ __all__ = [
     "head_profiles",
     "influence_matrix",
     "layer_bands",
-    "layer_importance",
+    "layer_distribution",
     "level_depths",
+    "list_findings",
     "match_heads",
     "ordinal_depth_rho",
     "pairwise_interactions",
@@ -75,7 +81,6 @@ __all__ = [
     "role_evidence",
     "scale_comparison",
     "select_effects",
-    "self_repair",
     "specialization_index",
     "specialization_summary",
     "summarize_findings",

@@ -15,8 +15,10 @@ replicates and 50 null data sets (each needs a full clustering).
 
 from __future__ import annotations
 
+import html
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,10 +30,10 @@ from cortexmap.analysis.profiles import probe_matrix
 from cortexmap.analysis.regulators import condition_contrasts, regulator_scores
 from cortexmap.analysis.roles import closest_candidates, evaluated_roles, passing_roles, role_evidence
 from cortexmap.analysis.selection import effect_arrays, importance_of, important_mask, select_effects
+from cortexmap.analysis.summary import list_findings
 from cortexmap.analysis.specialization import pairwise_interactions, redundancy_summary, specialization_index, specialization_summary
 from cortexmap.errors import ResultsError
-
-SCREEN = "screen"  # influence condition of the every-head screen (see cortexmap.pipeline)
+from cortexmap.results.layout import INFLUENCE, PAIRS, SCREEN_CONDITION
 
 ATLAS_COLUMNS = ("head_id", "layer", "head", "rel_depth", "group", "group_name", "dominant_level", "top_task",
                  "top_effect", "top_ci_low", "top_ci_high", "top_significant", "roles", "specialization",
@@ -82,52 +84,88 @@ def _head_columns(effects: pd.DataFrame, n_layers: int, n_heads: int, interventi
     return out
 
 
+@dataclass(frozen=True)
+class AtlasOptions:
+    """How :func:`build_atlas` reads the effects and sizes its statistics.
+
+    Attributes:
+        intervention: the intervention whose rows are read (None: zero ablation when present;
+            see :func:`~cortexmap.analysis.selection.select_effects`).
+        method: ``"exact"``, ``"screen"`` or ``"attribution"`` rows (None: exact when present).
+        n_boot: bootstrap replicates of every interval.
+        n_perm: permutations of each null.
+        seed: random seed; every analysis derives its own from it.
+    """
+
+    intervention: str | None = None
+    method: str | None = None
+    n_boot: int = 500
+    n_perm: int = 2000
+    seed: int = 0
+
+
+class Atlas(NamedTuple):
+    """The atlas of one model: a row per head (``table``) and the JSON-ready ``findings`` dict.
+
+    Unpacks as ``table, findings = build_atlas(...)``; in Jupyter it displays its findings.
+    """
+
+    table: pd.DataFrame
+    findings: dict
+
+    def _repr_html_(self) -> str:
+        items = "".join(f"<li style='margin-left:{2 if f.parent else 0}em'>{html.escape(f.text)}</li>"
+                        for f in list_findings(self.findings))
+        return f"<div><b>cortexmap atlas: {len(self.table)} heads</b><ul>{items}</ul></div>"
+
+
 def build_atlas(
-    effects: Any,
-    patterns: pd.DataFrame | None = None,
-    n_layers: int | None = None,
-    n_heads: int | None = None,
+    run: Any,
     *,
-    audit: dict | None = None,
+    shape: tuple[int, int] | None = None,
+    patterns: pd.DataFrame | None = None,
     influence: pd.DataFrame | None = None,
     pairs: pd.DataFrame | None = None,
     prompt_effects: pd.DataFrame | None = None,
-    intervention: str | None = None,
-    method: str | None = None,
-    n_boot: int = 500,
-    n_perm: int = 2000,
-    seed: int = 0,
-) -> tuple[pd.DataFrame, dict]:
+    audit: dict | None = None,
+    options: AtlasOptions | None = None,
+) -> Atlas:
     """Run every analysis on one model's results.
 
     Args:
-        effects: effects table of one model (docs/schema.md), or a loaded run
-            (:func:`~cortexmap.sweep.store.load_results`), which supplies the patterns, the shape,
-            the per-prompt effects and the audit from its files: ``cortexmap analyze`` calls it so.
-        patterns: probe table of the same model, or None.
-        n_layers: layers of the model (manifest).
-        n_heads: heads per layer (manifest).
+        run: a loaded run (:func:`~cortexmap.results.load_results`), which supplies the shape, the
+            patterns, the per-prompt effects, the audit and any stored influence / pairs tables
+            (``cortexmap analyze`` calls it so), or an effects table of one model (docs/schema.md)
+            with ``shape`` and the optional tables given here. A table given here replaces the run's.
+        shape: ``(n_layers, n_heads)`` of the model, with an effects table.
+        patterns: probe table of the same model.
+        influence: influence measurements (see :mod:`cortexmap.analysis.regulators`).
+        pairs: joint-ablation table (see :mod:`cortexmap.analysis.specialization`).
+        prompt_effects: per-prompt effects for the bootstraps.
         audit: the ``screen`` method's pooled audit (manifest ``audit``), copied into the findings.
-        influence: optional influence measurements (see :mod:`cortexmap.analysis.regulators`).
-        pairs: optional joint-ablation table (see :mod:`cortexmap.analysis.specialization`).
-        prompt_effects: optional per-prompt effects for the bootstraps.
-        intervention: see :func:`~cortexmap.analysis.selection.select_effects`.
-        method: see :func:`~cortexmap.analysis.selection.select_effects`.
-        n_boot: bootstrap replicates.
-        n_perm: permutations of each null.
-        seed: random seed; every analysis derives its own from it.
+        options: which rows are read and the sizes of the statistics (:class:`AtlasOptions`).
 
     Returns:
-        ``(atlas, findings)``: the per-head table and the JSON-serializable findings dict.
+        An :class:`Atlas`: the per-head table and the JSON-serializable findings dict.
+
+    Raises:
+        ResultsError: an effects table without ``shape``.
     """
-    if not isinstance(effects, pd.DataFrame) and hasattr(effects, "manifest"):
-        run = effects
-        effects, n_layers, n_heads = run.effects, run.n_layers, run.n_heads
+    opts = options or AtlasOptions()
+    intervention, method, n_boot, n_perm, seed = opts.intervention, opts.method, opts.n_boot, opts.n_perm, opts.seed
+    if isinstance(run, pd.DataFrame):
+        effects = run
+        if shape is None:
+            raise ResultsError("build_atlas needs shape=(n_layers, n_heads) with an effects table: pass the "
+                               "manifest's shape, or pass the loaded run")
+    else:
+        effects, shape = run.effects, shape or run.shape
         patterns = patterns if patterns is not None else (run.patterns if len(run.patterns) else None)
         prompt_effects = prompt_effects if prompt_effects is not None else run.prompt_effects()
         audit = audit if audit is not None else run.manifest.get("audit")
-    if n_layers is None or n_heads is None:
-        raise ResultsError("build_atlas needs n_layers and n_heads with an effects table: pass the manifest's shape, or pass the loaded run")
+        influence = influence if influence is not None else run.table(INFLUENCE)
+        pairs = pairs if pairs is not None else run.table(PAIRS)
+    n_layers, n_heads = shape
     selected = select_effects(effects, intervention=intervention, method=method)
     selection = selected.attrs["selection"]
     kw = {"intervention": selection["intervention"], "method": selection["method"]}
@@ -182,9 +220,9 @@ def build_atlas(
     if influence is not None and len(influence):
         # A "screen" of every head (few prompts) is the baseline population: the candidate test
         # compares each head with all heads, not with the few measured on the condition prompts.
-        screened = influence["condition"] == SCREEN
+        screened = influence["condition"] == SCREEN_CONDITION
         scored = influence[screened] if screened.any() else influence
-        scores = regulator_scores(scored, condition=SCREEN if screened.any() else None, n_boot=n_boot, seed=seed + 4)
+        scores = regulator_scores(scored, condition=SCREEN_CONDITION if screened.any() else None, n_boot=n_boot, seed=seed + 4)
         atlas["regulator_score"] = scores.set_index("head_id")["score"].reindex(atlas.index)
         measured = influence[~screened]
         contrasts = condition_contrasts(measured if len(measured) else influence, n_boot=n_boot,
@@ -221,4 +259,6 @@ def build_atlas(
         "notes": method_notes,
         "audit": audit,
     }
-    return atlas, to_jsonable(findings)
+    findings = to_jsonable(findings)
+    findings["finding_list"] = [f.to_dict() for f in list_findings(findings)]  # typed records (analysis.findings)
+    return Atlas(atlas, findings)

@@ -14,7 +14,7 @@
   similarity is at least ``min_similarity``, with a bootstrap interval over those pairs.
 * **Scale table** (:func:`scale_comparison`): per model, head count, mean specialization, share of
   *active* heads (:func:`~cortexmap.analysis.selection.active_heads`; reported as
-  ``fraction_important``), and redundancy when joint-ablation pairs are given.
+  ``active_share``), and redundancy when joint-ablation pairs are given.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def scale_comparison(
     Returns:
         DataFrame: model, n_layers, n_heads, n_heads_total, specialization_mean over active heads
         (+ ci_low/ci_high),
-        fraction_important (share of active heads, + ci over heads), fraction_redundant (+ ci_low/ci_high) and mean_relative_interaction
+        active_share (share of active heads, + ci over heads), fraction_redundant (+ ci_low/ci_high) and mean_relative_interaction
         (NaN without pairs).
 
     Raises:
@@ -240,8 +240,8 @@ def scale_comparison(
         row = {"model": model, "n_layers": n_layers, "n_heads": n_heads, "n_heads_total": n_layers * n_heads,
                "specialization_mean": float(spec.mean()) if spec.size else np.nan,
                "specialization_ci_low": np.nan, "specialization_ci_high": np.nan,
-               "fraction_important": float(important.mean()), "fraction_important_ci_low": float(imp_low),
-               "fraction_important_ci_high": float(imp_high), "fraction_redundant": np.nan,
+               "active_share": float(important.mean()), "active_share_ci_low": float(imp_low),
+               "active_share_ci_high": float(imp_high), "fraction_redundant": np.nan,
                "fraction_redundant_ci_low": np.nan, "fraction_redundant_ci_high": np.nan,
                "mean_relative_interaction": np.nan}
         if spec.size:

@@ -73,7 +73,7 @@ def mean_depth(dist: np.ndarray, rel_depth: np.ndarray) -> np.ndarray:
     return dist @ rel_depth
 
 
-def layer_importance(
+def layer_distribution(
     effects: pd.DataFrame,
     n_layers: int,
     n_heads: int,

@@ -19,6 +19,7 @@ import pandas as pd
 
 from cortexmap.analysis.selection import effect_arrays, head_grid, require_columns, select_effects
 from cortexmap.errors import ResultsError
+from cortexmap.heads import HeadId
 
 PATTERN_COLUMNS = ("probe", "layer", "head", "score", "ci_low", "ci_high")
 EFFECT_PREFIX_SEP = ":"
@@ -58,7 +59,7 @@ def probe_matrix(patterns: pd.DataFrame | None, n_layers: int, n_heads: int) -> 
     bad = (patterns["layer"] >= n_layers) | (patterns["head"] >= n_heads) | (patterns["layer"] < 0) | (patterns["head"] < 0)
     if bad.any():
         raise ResultsError(f"patterns has heads outside {n_layers} layers x {n_heads} heads: pass the manifest's shape")
-    ids = [f"L{lay}H{h}" for lay, h in zip(patterns["layer"], patterns["head"])]
+    ids = [str(HeadId(int(lay), int(h))) for lay, h in zip(patterns["layer"], patterns["head"])]
     wide = (patterns.assign(head_id=ids).pivot_table(index="head_id", columns="probe", values="score", aggfunc="mean"))
     wide.columns = [f"{PROBE_PREFIX}{p}" for p in wide.columns]
     return wide.reindex(grid.index)

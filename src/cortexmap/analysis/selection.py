@@ -39,11 +39,12 @@ import pandas as pd
 
 from cortexmap.errors import ResultsError
 from cortexmap.heads import HeadId
+from cortexmap.results.layout import ATTRIBUTION, EXACT, SCREEN
 
 Z95 = 1.959963984540054
 IMPORTANT_Z = 3.0
 INTERVENTION_PREFERENCE = ("zero", "mean", "resample", "patch", "amplify")
-METHOD_PREFERENCE = ("exact", "screen", "attribution")
+METHOD_PREFERENCE = (EXACT, SCREEN, ATTRIBUTION)
 EFFECT_COLUMNS = (
     "model", "task", "level", "intervention", "alpha", "method", "layer", "head", "head_id",
     "n_prompts", "clean", "intervened", "effect", "effect_normalized", "ci_low", "ci_high",
@@ -131,9 +132,9 @@ def select_effects(
         method = next((m for m in METHOD_PREFERENCE if m in methods), sorted(map(str, methods))[0])
     elif method not in methods:
         raise ResultsError(f"method {method!r} has no {intervention!r} rows (present: {sorted(map(str, methods))}): pick one of those")
-    screened = rows[rows["method"] == "screen"]
+    screened = rows[rows["method"] == SCREEN]
     rows = rows[rows["method"] == method]
-    if method == "exact" and len(screened):
+    if method == EXACT and len(screened):
         rows = _with_screened_out(rows, screened)
     alphas = rows["alpha"].dropna().unique()
     if alpha is not None:
@@ -168,7 +169,7 @@ def _with_screened_out(exact: pd.DataFrame, screened: pd.DataFrame) -> pd.DataFr
     missing["intervened"] = missing["clean"]
     missing[["effect", "effect_normalized"]] = 0.0
     missing[["ci_low", "ci_high"]] = np.nan
-    missing["method"] = "exact"
+    missing["method"] = EXACT
     missing["n_prompts"] = 0
     missing["screened_out"] = True
     return pd.concat([exact, missing], ignore_index=True)

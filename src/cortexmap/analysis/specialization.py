@@ -17,9 +17,6 @@
   means ablating both hurts *less* than the sum (sub-additive): the heads sit on one pathway or its
   damage saturates, so the second ablation adds little. Within ``tolerance`` of additivity:
   "additive".
-* **Self-repair** (columns task, ablated, other, delta_other): ablating ``ablated`` raised the
-  direct effect of ``other`` by ``delta_other``; flagged when the increase is positive beyond
-  ``tolerance`` (or, given ``ci_low``, when ``ci_low > 0``).
 """
 
 from __future__ import annotations
@@ -31,7 +28,6 @@ from cortexmap.analysis.resampling import percentile_interval
 from cortexmap.analysis.selection import IMPORTANT_Z, active_heads, effect_arrays, require_columns, select_effects
 
 PAIR_COLUMNS = ("task", "head_a", "head_b", "effect_a", "effect_b", "effect_ab")
-REPAIR_COLUMNS = ("task", "ablated", "other", "delta_other")
 
 
 def specialization_values(effect: np.ndarray) -> np.ndarray:
@@ -199,19 +195,3 @@ def redundancy_summary(pairs: pd.DataFrame, *, tolerance: float = 0.1, n_boot: i
             "fraction_sub_additive": float((table["kind"] == "sub_additive").mean()),
             "mean_relative_interaction": float(np.nanmean(relative)) if np.isfinite(relative).any() else None,
             "mean_relative_interaction_ci": [float(rel_low), float(rel_high)], "baseline": 0.0}
-
-
-def self_repair(repair: pd.DataFrame, *, tolerance: float = 0.0) -> pd.DataFrame:
-    """Flag heads whose direct effect grows when another head is ablated.
-
-    Args:
-        repair: columns task, ablated, other, delta_other (optionally ci_low, ci_high).
-        tolerance: smallest increase that counts when no interval is given.
-
-    Returns:
-        A copy with ``self_repair`` (bool), sorted by ``delta_other`` descending.
-    """
-    require_columns(repair, REPAIR_COLUMNS, "repair")
-    out = repair.copy()
-    out["self_repair"] = out["ci_low"] > 0 if "ci_low" in out.columns else out["delta_other"] > tolerance
-    return out.sort_values("delta_other", ascending=False, kind="stable").reset_index(drop=True)

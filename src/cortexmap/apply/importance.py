@@ -9,9 +9,9 @@ Every scorer returns an *importance table*: a DataFrame with one row per head an
   ``|dL/dm_h|`` for the language-model loss ``L`` on text, then L2-normalised within each layer
   as in the paper. With ``replace="mean"`` the mask interpolates to the head's mean output
   (``m z + (1 - m) mean``), the sensitivity of mean ablation.
-* :func:`importance_from_atlas`: from a sweep's ``effects.parquet`` (see ``docs/schema.md``):
+* :func:`importance_from_effects`: from a sweep's ``effects.parquet`` (see ``docs/schema.md``):
   mean over tasks of ``|effect_normalized|`` of zero/mean ablation.
-* :func:`random_importance` and :func:`layer_importance`: baselines (random order; whole layers
+* :func:`random_importance` and :func:`layer_order_importance`: baselines (random order; whole layers
   from the top or the bottom of the stack).
 """
 
@@ -28,10 +28,11 @@ import torch
 from cortexmap.errors import CortexmapError, ResultsError
 from cortexmap.heads import HeadId, HeadLike, as_heads
 from cortexmap.models import ModelHandle
+from cortexmap.models.hooks import head_hooks
+from cortexmap.results.layout import EXACT
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 COLUMNS = ["layer", "head", "head_id", "importance"]
 
 
@@ -41,7 +42,7 @@ def importance_table(scores: torch.Tensor | np.ndarray) -> pd.DataFrame:
     layers, heads = np.meshgrid(np.arange(values.shape[0]), np.arange(values.shape[1]), indexing="ij")
     return pd.DataFrame({
         "layer": layers.ravel(), "head": heads.ravel(),
-        "head_id": [f"L{l}H{h}" for l, h in zip(layers.ravel(), heads.ravel())], "importance": values.ravel(),
+        "head_id": [str(HeadId(int(l), int(h))) for l, h in zip(layers.ravel(), heads.ravel())], "importance": values.ravel(),
     }, columns=COLUMNS)
 
 
@@ -61,28 +62,15 @@ def head_masks(handle: ModelHandle, pruned: Iterable[HeadId] = (), means: dict[i
     flat = {l: m.reshape(1, -1, n, d).mean(1, keepdim=True) for l, m in (means or {}).items()}  # [1, 1, n_heads, d_head]
 
     def make(layer: int) -> Any:
-        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            z = args[0] if args else next(iter(kwargs.values()))
-            b, s, w = z.shape
-            m = (mask[layer] * keep[layer]).to(z.dtype)[None, None, :, None]  # [1, 1, n_heads, 1]
-            heads = z.view(b, s, n, d)  # [batch, seq, n_heads, d_head]
+        def scale(heads: torch.Tensor) -> torch.Tensor:  # [batch, seq, n_heads, d_head]
+            m = (mask[layer] * keep[layer]).to(heads.dtype)[None, None, :, None]  # [1, 1, n_heads, 1]
             new = heads * m
-            if layer in flat:
-                new = new + (1 - m) * flat[layer].to(z.dtype)
-            new = new.reshape(b, s, w)
-            if args:
-                return (new,) + tuple(args[1:]), kwargs
-            return args, {**kwargs, next(iter(kwargs)): new}
+            return new + (1 - m) * flat[layer].to(heads.dtype) if layer in flat else new
 
-        return hook
+        return scale
 
-    hooks = [handle.out_proj(layer).register_forward_pre_hook(make(layer), with_kwargs=True)
-             for layer in range(handle.n_layers)]
-    try:
+    with head_hooks(handle, {layer: make(layer) for layer in range(handle.n_layers)}):
         yield mask
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -108,7 +96,7 @@ def _frozen(model: Any) -> Iterator[None]:
 
 def head_importance(handle: ModelHandle, chunks: torch.Tensor, batch_size: int = 1, normalize: bool = True,
                     pruned: Iterable[HeadLike] = (), means: dict[int, torch.Tensor] | None = None,
-                    progress: Progress | None = None) -> pd.DataFrame:
+                    progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Gradient head importance (Michel et al. 2019): mean over batches of ``|dLoss/dm_h|``.
 
     Args:
@@ -146,7 +134,7 @@ def head_importance(handle: ModelHandle, chunks: torch.Tensor, batch_size: int =
     return importance_table(scores)
 
 
-def importance_from_atlas(effects: pd.DataFrame, interventions: Sequence[str] = ("zero", "mean"),
+def importance_from_effects(effects: pd.DataFrame, interventions: Sequence[str] = ("zero", "mean"),
                           tasks: Sequence[str] | None = None, model: str | None = None,
                           shape: tuple[int, int] | None = None) -> pd.DataFrame:
     """Head importance from a sweep's effects table: mean over tasks of ``|effect_normalized|``.
@@ -180,7 +168,7 @@ def importance_from_atlas(effects: pd.DataFrame, interventions: Sequence[str] = 
         rows = rows[rows["model"] == model]
     rows = rows.dropna(subset=["effect_normalized"])
     if "method" in rows.columns:  # exact where measured (the verified heads), else the screen
-        rows = (rows.assign(_exact=rows["method"] == "exact").sort_values("_exact", ascending=False, kind="stable")
+        rows = (rows.assign(_exact=rows["method"] == EXACT).sort_values("_exact", ascending=False, kind="stable")
                 .drop_duplicates(["layer", "head", "task", "intervention"]).drop(columns="_exact"))
     if rows.empty:
         raise ResultsError(f"no {'/'.join(interventions)} ablation effects in the table; run a sweep with them")
@@ -199,7 +187,7 @@ def random_importance(handle: ModelHandle, seed: int = 0) -> pd.DataFrame:
     return importance_table(torch.rand(handle.n_layers, handle.n_heads, generator=gen))
 
 
-def layer_importance(handle: ModelHandle, order: str = "last") -> pd.DataFrame:
+def layer_order_importance(handle: ModelHandle, order: str = "last") -> pd.DataFrame:
     """Baseline by position only: prune whole layers from the top (``last``) or bottom (``first``).
 
     Within a layer, heads go in index order (``L29H0`` before ``L29H1``).

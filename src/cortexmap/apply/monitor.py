@@ -30,6 +30,7 @@ import torch
 from cortexmap.errors import InterventionError
 from cortexmap.heads import HeadId, HeadLike, as_heads
 from cortexmap.models import ModelHandle
+from cortexmap.models.hooks import eager_attention, register_head_hooks
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,19 @@ class Monitor:
         self._norms: dict[tuple[int, int], torch.Tensor] = {}  # (step, layer) -> [batch, n_heads]
         self._entropies: dict[tuple[int, int], torch.Tensor] = {}
         self._hooks: list[Any] = []
-        self._previous_attn: str | None = None
+        self._eager: Any = None  # the eager_attention switch while active
 
     def __enter__(self) -> "Monitor":
         if self._hooks:
             raise InterventionError("this monitor is already active; build a new one with monitor(...)")
         model = self.handle.model
-        self._previous_attn = model.config._attn_implementation
-        if self._previous_attn != "eager":
-            model.set_attn_implementation("eager")
+        self._eager = eager_attention(model)
+        self._eager.__enter__()
         try:
             self._hooks.append(model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
-            for layer in sorted({h.layer for h in self.heads}):
-                out_proj = self.handle.out_proj(layer)
-                self._hooks.append(out_proj.register_forward_pre_hook(self._on_z(layer), with_kwargs=True))
+            layers = sorted({h.layer for h in self.heads})
+            self._hooks += register_head_hooks(self.handle, {layer: self._on_z(layer) for layer in layers})
+            for layer in layers:
                 self._hooks.append(self.handle.attention(layer).register_forward_hook(self._on_attention(layer)))
         except Exception:
             self.__exit__()
@@ -87,8 +87,9 @@ class Monitor:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        if self._previous_attn is not None and self.handle.model.config._attn_implementation != self._previous_attn:
-            self.handle.model.set_attn_implementation(self._previous_attn)
+        if self._eager is not None:
+            self._eager.__exit__(None, None, None)
+            self._eager = None
 
     def _on_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.step += 1
@@ -96,13 +97,11 @@ class Monitor:
         self.inputs.append(ids.detach().cpu() if isinstance(ids, torch.Tensor) else torch.zeros(0, 0, dtype=torch.long))
 
     def _on_z(self, layer: int) -> Any:
-        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            z = args[0] if args else next(iter(kwargs.values()))
-            n = self.handle.n_heads
-            last = z[:, -1].detach().float().view(z.shape[0], n, -1)  # [batch, n_heads, d_head]
+        def read(z: torch.Tensor) -> None:  # [batch, seq, n_heads, d_head]
+            last = z[:, -1].detach().float()  # [batch, n_heads, d_head]
             self._norms[(self.step, layer)] = last.norm(dim=-1).cpu()
 
-        return hook
+        return read
 
     def _on_attention(self, layer: int) -> Any:
         def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:

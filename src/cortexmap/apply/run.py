@@ -8,18 +8,22 @@ Files are written to a temporary name and renamed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from cortexmap.atomic import write_json, write_parquet, write_with
 from cortexmap.errors import ResultsError
+from cortexmap.results import read_manifest
+from cortexmap.results.layout import (
+    CURVE, CURVE_PLOT, EFFECTS, GENERATIONS, IMPORTANCE, MANIFEST, MONITOR, SCHEMA_VERSION,
+)
 from cortexmap.interventions import mean_head_outputs
 from cortexmap.models import load_model
 from cortexmap.apply.battery import BATTERY_SEED, battery_scorer
@@ -27,22 +31,15 @@ from cortexmap.apply.corpus import corpus_info, token_chunks
 from cortexmap.apply.curve import gradient_scorer, heals, pruning_curve, select_cumulative
 from cortexmap.apply.edit import compare_generations, edit_model, head_factors
 from cortexmap.apply.heal import heal as heal_model
-from cortexmap.apply.importance import importance_from_atlas, layer_importance, random_importance
+from cortexmap.apply.importance import importance_from_effects, layer_order_importance, random_importance
 from cortexmap.apply.monitor import monitor
 from cortexmap.apply.prune import prune_heads
 from cortexmap.apply.storage import save_model, save_pruned
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 METHODS = ("gradient", "random", "layer")
 DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time,")
-
-
-def _write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _manifest(out_dir: Path, handle: Any, arguments: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -56,19 +53,16 @@ def _manifest(out_dir: Path, handle: Any, arguments: dict[str, Any], extra: dict
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__},
         "model": handle.describe(), "arguments": arguments, **extra,
     }
-    _write(out_dir / "manifest.json", lambda p: p.write_text(json.dumps(data, indent=1, default=str) + "\n"))
+    write_json(data, out_dir / MANIFEST)
 
 
 def _atlas_effects(run_dir: str | Path) -> pd.DataFrame:
     run = Path(run_dir)
-    manifest, effects = run / "manifest.json", run / "effects.parquet"
-    if not effects.exists():
-        raise ResultsError(f"{run} has no effects.parquet; pass the directory of a finished sweep run")
-    if manifest.exists():
-        version = json.loads(manifest.read_text()).get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ResultsError(f"{run} has results schema {version}, not {SCHEMA_VERSION}; re-run the sweep")
-    return pd.read_parquet(effects)
+    if not (run / EFFECTS).exists():
+        raise ResultsError(f"{run} has no {EFFECTS}; pass the directory of a finished sweep run")
+    if (run / MANIFEST).exists():
+        read_manifest(run)  # refuses another schema version
+    return pd.read_parquet(run / EFFECTS)
 
 
 def plot_curve(curve: pd.DataFrame, path: str | Path) -> bool:
@@ -114,58 +108,68 @@ def plot_curve(curve: pd.DataFrame, path: str | Path) -> bool:
     columns = min(8, len(labels))
     fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.04 * math.ceil(len(labels) / columns) + 0.02, 1, 1))
-    _write(Path(path), lambda p: fig.savefig(p, format="png", dpi=120))
+    write_with(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
     return True
 
 
-def run_prune(
-    model_spec: str,
-    run_dir: str | Path | None = None,
-    fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4),
-    replace: Sequence[str] = ("zero", "mean"),
-    heal: int = 0,
-    iterative: bool = False,
-    out_dir: str | Path = "prune-out",
-    progress: Callable[[str], None] | None = None,
-    methods: Sequence[str] = METHODS,
-    heal_methods: Sequence[str] | None = None,
-    n_chunks: int = 32,
-    seq_len: int = 128,
-    importance_chunks: int = 16,
-    save_models: bool = True,
-    task_score: Callable[[Any], float] | None = None,
-    battery_prompts: int = 16,
-    seed: int = 0,
-    device: str = "cpu",
-) -> pd.DataFrame:
-    """Compute a pruning curve for a model and write it (with the best method's pruned models) to ``out_dir``.
+@dataclass(frozen=True)
+class PruneOptions:
+    """What :func:`run_prune` measures (recorded in its manifest).
 
-    Args:
-        model_spec: a ``load_model`` spec.
-        run_dir: a sweep run directory; adds the ``atlas`` method from its ``effects.parquet``.
+    Attributes:
         fractions: fractions of query heads to prune.
         replace: replacement modes (``zero``, ``mean``).
+        methods: importance methods among ``gradient``, ``random``, ``layer`` (plus ``atlas``
+            when a run directory is given).
         heal: distillation steps after pruning (0: none).
-        iterative: re-score gradient importance after each fraction (otherwise once per replacement mode).
-        out_dir: output directory (``curve.parquet``, ``curve.png``, ``importance.parquet``,
-            ``manifest.json``, ``models/``).
-        progress: called with one-line messages.
-        methods: importance methods among ``gradient``, ``random``, ``layer``.
         heal_methods: curves to heal, ``method`` or ``method/replace`` (default: all).
+        iterative: re-score gradient importance after each fraction (otherwise once per mode).
         n_chunks: held-out chunks of ``seq_len`` tokens.
         seq_len: tokens per chunk.
         importance_chunks: training chunks for gradient importance.
         save_models: save the pruned models of the best (method, replace) per fraction.
+        battery_prompts: pairs per task of the task battery scored on each model (0: none).
+        seed: seed of the random baseline.
+    """
+
+    fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4)
+    replace: Sequence[str] = ("zero", "mean")
+    methods: Sequence[str] = METHODS
+    heal: int = 0
+    heal_methods: Sequence[str] | None = None
+    iterative: bool = False
+    n_chunks: int = 32
+    seq_len: int = 128
+    importance_chunks: int = 16
+    save_models: bool = True
+    battery_prompts: int = 16
+    seed: int = 0
+
+
+def run_prune(model_spec: str, options: PruneOptions | None = None, *, run_dir: str | Path | None = None,
+              out_dir: str | Path = "prune-out", task_score: Callable[[Any], float] | None = None,
+              progress: Callable[[str], None] | None = None, device: str = "cpu") -> pd.DataFrame:
+    """Compute a pruning curve for a model and write it (with the best method's pruned models) to ``out_dir``.
+
+    Args:
+        model_spec: a ``load_model`` spec.
+        options: fractions, replacement modes, importance methods, healing, sizes (:class:`PruneOptions`).
+        run_dir: a sweep run directory; adds the ``atlas`` method from its ``effects.parquet``.
+        out_dir: output directory (``curve.parquet``, ``curve.png``, ``importance.parquet``,
+            ``manifest.json``, ``models/``).
         task_score: optional ``task_score(handle) -> float`` column; None scores the built-in
             task battery (:func:`~cortexmap.apply.battery.battery_scorer`).
-        battery_prompts: pairs per task of that battery (0: no task column).
-        seed: seed of the random baseline.
+        progress: called with one-line messages.
         device: torch device.
 
     Returns:
         The curve DataFrame (see :func:`~cortexmap.apply.pruning_curve`).
     """
+    o = options or PruneOptions()
+    fractions, replace, heal, iterative, methods = o.fractions, o.replace, o.heal, o.iterative, o.methods
+    heal_methods, n_chunks, seq_len, seed = o.heal_methods, o.n_chunks, o.seq_len, o.seed
+    importance_chunks, save_models, battery_prompts = o.importance_chunks, o.save_models, o.battery_prompts
     say = progress or log.info
     started = time.perf_counter()
     out = Path(out_dir)
@@ -183,21 +187,21 @@ def run_prune(
     if "random" in methods:
         scorers["random"] = random_importance(handle, seed)
     if "layer" in methods:
-        scorers["layer"] = layer_importance(handle, "last")
+        scorers["layer"] = layer_order_importance(handle, "last")
     if run_dir is not None:
         effects = _atlas_effects(run_dir)
         several = "model" in effects.columns and effects["model"].nunique() > 1
-        scorers["atlas"] = importance_from_atlas(effects, model=model_spec if several else None,
+        scorers["atlas"] = importance_from_effects(effects, model=model_spec if several else None,
                                                  shape=(handle.n_layers, handle.n_heads))
     static = [t.assign(method=m) for m, t in scorers.items() if isinstance(t, pd.DataFrame)]
     if "gradient" in scorers and not iterative:
         static.append(scorers["gradient"]([], None).assign(method="gradient"))
     if static:
-        _write(out / "importance.parquet", lambda p: pd.concat(static).to_parquet(p, index=False))
+        write_parquet(pd.concat(static), out / IMPORTANCE)
     curve = pruning_curve(handle, scorers, fractions, replace, heal_steps=heal, heal_methods=heal_methods,
                           train_text=train, task_score=task_score, n_chunks=n_chunks, seq_len=seq_len, progress=say)
-    _write(out / "curve.parquet", lambda p: curve.to_parquet(p, index=False))
-    plotted = plot_curve(curve, out / "curve.png")
+    write_parquet(curve, out / CURVE)
+    plotted = plot_curve(curve, out / CURVE_PLOT)
     pruned_rows = curve[(curve["method"] != "none") & ~curve["healed"]]
     best = pruned_rows.groupby(["method", "replace"])["heldout_loss"].mean().idxmin()
     saved = []
@@ -241,7 +245,7 @@ def run_edit(model_spec: str, amplify: Mapping[str, float] | None = None, ablate
     save_model(edited, out / "model")
     say(f"saved the edited model to {out / 'model'}")
     generations = compare_generations(handle, edited, list(prompts), max_new_tokens)
-    _write(out / "generations.parquet", lambda p: generations.to_parquet(p, index=False))
+    write_parquet(generations, out / GENERATIONS)
     _manifest(out, handle, {"model_spec": model_spec, "amplify": dict(amplify or {}), "ablate": list(ablate or []),
                             "prompts": list(prompts), "max_new_tokens": max_new_tokens},
               {"factors": {str(h): f for h, f in factors.items()}})
@@ -268,7 +272,7 @@ def run_monitor(model_spec: str, heads: Sequence[str], prompt: str, max_new_toke
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _write(out / "monitor.parquet", lambda p: frame.to_parquet(p, index=False))
+        write_parquet(frame, out / MONITOR)
         _manifest(out, handle, {"model_spec": model_spec, "heads": list(heads), "prompt": prompt,
                                 "max_new_tokens": max_new_tokens, "thresholds": dict(thresholds or {})},
                   {"text": frame.attrs["text"]})

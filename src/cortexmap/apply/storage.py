@@ -18,6 +18,11 @@
   cortexmap needed), or with :func:`load_pruned`, which applies cortexmap's own copy of the layout
   code and runs nothing from the directory. Without ``trust_remote_code`` transformers builds
   the unpruned shapes and refuses the weights with a size-mismatch error.
+  ``cortexmap.load_model(path)`` (and ``cortexmap info`` / ``map --model path``) loads the
+  *dense view* of :mod:`cortexmap.models.pruned` instead: the same function at the original
+  shapes, pruned heads zero, so the pruned model can be mapped with its original head ids.
+
+Both directories are written through :mod:`cortexmap.atomic`: they appear whole or not at all.
 """
 
 from __future__ import annotations
@@ -25,13 +30,12 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cortexmap.atomic import write_with
 from cortexmap.errors import ModelLoadError
 from cortexmap.models import ModelHandle, wrap_model
 from cortexmap.apply import layout as layout_module
@@ -43,16 +47,12 @@ REMOTE_FILE = "cortexmap_pruned.py"
 PLAN_FILE = "cortexmap_pruning.json"
 
 
-def _write_dir(out_dir: str | Path, write: Any) -> Path:
-    """Call ``write(tmp)`` on a temporary sibling directory, then rename it to ``out_dir``."""
-    target = Path(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+def _check_not_dense_view(handle: ModelHandle) -> None:
+    if handle.pruned_heads:
+        raise ModelLoadError(
+            "this is the dense view of a pruned model (load_model of a pruned directory): copy that directory, "
+            "or load the compact model with load_pruned(path) and save that"
+        )
 
 
 def save_model(handle: ModelHandle, out_dir: str | Path) -> Path:
@@ -68,6 +68,7 @@ def save_model(handle: ModelHandle, out_dir: str | Path) -> Path:
     Raises:
         ModelLoadError: the model is pruned (use :func:`save_pruned`).
     """
+    _check_not_dense_view(handle)
     if getattr(handle.model.config, "cortexmap_pruning", None):
         raise ModelLoadError("this model is pruned and has per-layer head counts; save it with save_pruned(handle, out_dir)")
 
@@ -76,7 +77,7 @@ def save_model(handle: ModelHandle, out_dir: str | Path) -> Path:
         if handle.tokenizer is not None:
             handle.tokenizer.save_pretrained(tmp)
 
-    return _write_dir(out_dir, write)
+    return write_with(out_dir, write)
 
 
 def save_pruned(handle: ModelHandle, out_dir: str | Path) -> Path:
@@ -92,6 +93,7 @@ def save_pruned(handle: ModelHandle, out_dir: str | Path) -> Path:
     Raises:
         ModelLoadError: the model is not pruned (use :func:`save_model`).
     """
+    _check_not_dense_view(handle)
     config = handle.model.config
     layout = getattr(config, "cortexmap_pruning", None)
     if not layout:
@@ -115,7 +117,7 @@ def save_pruned(handle: ModelHandle, out_dir: str | Path) -> Path:
         if handle.tokenizer is not None:
             handle.tokenizer.save_pretrained(tmp)
 
-    return _write_dir(out_dir, write)
+    return write_with(out_dir, write)
 
 
 def load_pruned(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> ModelHandle:

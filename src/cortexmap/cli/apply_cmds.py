@@ -46,15 +46,16 @@ def prune(
     device: str = "cpu",
 ) -> None:
     """Prune heads physically along a curve of fractions; save the pruned models and the curve."""
-    from cortexmap.apply import run_prune
+    from cortexmap.apply import PruneOptions, run_prune
 
     def go():  # noqa: ANN202
         modes = [m.strip() for m in replace.split(",") if m.strip()]
         if not modes or any(m not in ("zero", "mean") for m in modes):
             raise CortexmapError(f"bad --replace {replace!r}: use zero, mean or zero,mean")
-        return run_prune(model, run, _floats(fractions, "--fractions"), modes, heal=heal, iterative=iterative,
-                         out_dir=out, progress=_say, methods=[m.strip() for m in methods.split(",") if m.strip()],
-                         battery_prompts=battery, device=device)
+        options = PruneOptions(fractions=_floats(fractions, "--fractions"), replace=modes, heal=heal,
+                               iterative=iterative, methods=[m.strip() for m in methods.split(",") if m.strip()],
+                               battery_prompts=battery)
+        return run_prune(model, options, run_dir=run, out_dir=out, progress=_say, device=device)
 
     curve = run_guarded(go)
     cols = ["method", "replace", "healed", "fraction", "heads_pruned", "attn_params_removed_frac",

@@ -8,6 +8,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cortexmap.cli.app import Model, app, console, err, run_guarded, table_of
+from cortexmap.results.layout import EXACT
 
 DEFAULT_METHOD = "auto"
 DEFAULT_PROMPTS = 32
@@ -17,6 +18,33 @@ TaskFile = Annotated[Optional[str], typer.Option(help="JSONL file of your own pa
 Interventions = Annotated[str, typer.Option(help="zero,mean,resample,patch,amplify:ALPHA")]
 Method = Annotated[str, typer.Option(help="auto (exact on a GPU, else screen) | exact | screen | attribution | attribution+verify:K")]
 Prompts = Annotated[int, typer.Option(help="pairs per built-in task")]
+
+
+def parse_method(text: str) -> tuple[str, int]:
+    """``--method`` into ``(method, verify)``: ``attribution+verify:K`` is attribution with K exact heads."""
+    from cortexmap.errors import CortexmapError
+    from cortexmap.sweep.config import METHODS
+
+    if text in METHODS:
+        return text, 0
+    base, _, k = text.partition("+verify:")
+    if base == "attribution" and k.isdigit() and int(k) > 0:
+        return base, int(k)
+    raise CortexmapError(f"unknown method {text!r}: use {', '.join(METHODS)} or attribution+verify:K (K > 0)")
+
+
+def sweep_config(*, tasks: str, interventions: str, method: str, batch_size: str = "auto", **values: Any) -> Any:
+    """A :class:`~cortexmap.sweep.config.SweepConfig` from the command line's strings."""
+    from cortexmap.errors import CortexmapError
+    from cortexmap.interventions.specs import parse_interventions
+    from cortexmap.sweep.config import SweepConfig
+
+    base, verify = parse_method(method)
+    if batch_size != "auto" and not batch_size.isdigit():
+        raise CortexmapError(f"impossible batch size {batch_size!r}: use auto or a positive integer")
+    names = [part.strip() for part in tasks.split(",") if part.strip()]
+    return SweepConfig(tasks=names, interventions=parse_interventions(interventions), method=base, verify=verify,
+                       batch_size=None if batch_size == "auto" else int(batch_size), **values)
 
 
 class RichProgress:
@@ -47,7 +75,7 @@ def summary_table(effects: Any, top: int = 3) -> Any:
     import pandas as pd
 
     rows = []
-    exact = effects[effects["method"] == "exact"]
+    exact = effects[effects["method"] == EXACT]
     source = exact if len(exact) else effects
     for (task, level, kind), group in source.groupby(["task", "level", "intervention"], sort=False):
         best = group.reindex(group["effect"].abs().sort_values(ascending=False).index).head(top)
@@ -85,18 +113,18 @@ def map_(
     audit: Annotated[int, typer.Option(help="screen method: unverified heads measured at random per task, for the miss rate")] = 16,
 ) -> None:
     """Map every head x task x intervention of a model into RUN_DIR (effects, patterns, manifest)."""
-    from cortexmap.sweep import SweepConfig, run_sweep
+    from cortexmap.sweep import run_sweep
 
     if quick:
         tasks, prompts, method = "ioi,capitals,subject_verb_agreement", 16, "attribution"
     progress = RichProgress()
 
     def go():  # noqa: ANN202
-        config = SweepConfig(model=model, tasks=tasks, task_file=task_file, interventions=interventions, method=method,
-                             n_prompts=prompts, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
-                             probes=probes, backend=backend, address=address, n_workers=workers,
-                             gpus_per_worker=gpus_per_worker, screen_prompts=screen_prompts, max_verify=max_verify,
-                             audit=audit)
+        config = sweep_config(model=model, tasks=tasks, task_file=task_file, interventions=interventions, method=method,
+                              n_prompts=prompts, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
+                              probes=probes, backend=backend, address=address, n_workers=workers,
+                              gpus_per_worker=gpus_per_worker, screen_prompts=screen_prompts, max_verify=max_verify,
+                              audit=audit)
         try:
             return run_sweep(config, out, resume=resume, progress=progress)
         finally:
@@ -113,5 +141,5 @@ def map_(
         console.print(f"screen: {min(verified)}-{max(verified)} heads per task verified on every prompt; audit of "
                       f"{found['audited']} unverified heads: {found['important']} important, miss rate "
                       f"{found['rate']:.3f} [95% CI {found['ci_low']:.3f}, {found['ci_high']:.3f}]")
-    console.print(f"wrote {result.run_dir}/effects.parquet, patterns.parquet, manifest.json "
-                  f"in {result.manifest['timings']['total_s']:.0f} s; next: cortexmap analyze {result.run_dir}")
+    console.print(f"wrote {result.root}/effects.parquet, patterns.parquet, manifest.json "
+                  f"in {result.manifest['timings']['total_s']:.0f} s; next: cortexmap analyze {result.root}")

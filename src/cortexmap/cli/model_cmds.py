@@ -30,10 +30,17 @@ def models() -> None:
 @app.command()
 def info(model: Annotated[str, typer.Argument(help="model spec")] = "smollm2-135m",
          device: str = "cpu", dtype: str = "float32") -> None:
-    """Print a model's layers, heads, KV heads, head dim, parameters and dtype."""
+    """Print a model's layers, heads, KV heads, head dim, parameters and dtype.
+
+    A directory written by ``cortexmap prune`` shows as its dense view (what ``map`` measures):
+    the original grid, with the pruned heads listed.
+    """
     handle = run_guarded(lambda: _load(model, device, dtype))
     table = Table(title=model, show_header=False)
     for key, value in handle.describe().items():
+        if key == "pruned_heads":
+            shown = " ".join(value[:12]) + (f" ... (+{len(value) - 12})" if len(value) > 12 else "")
+            value = f"{len(value)} of {handle.n_layers * handle.n_heads} (zero in this view): {shown}"
         table.add_row(key, str(value))
     if handle.n_kv_heads != handle.n_heads:
         groups = {}

@@ -29,23 +29,23 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def plan_table(plan: dict[str, Any]) -> Any:
+def plan_table(plan: Any) -> Any:
     """The plan as a two-column table."""
     import pandas as pd
 
-    mem = plan["memory"]
-    time_s = plan["time_s"]
+    mem = plan.memory
+    time_s = plan.time_s
     rows = [
-        ("model", f"{plan['model']}: {plan['n_layers']} layers x {plan['n_heads']} heads, "
-                  f"{plan['n_params'] / 1e6:.0f}M parameters, {plan['dtype_bytes'] * 8}-bit"),
-        ("work", f"{plan['n_tasks']} tasks x {len(plan['interventions'])} interventions = {plan['units']} units; "
-                 f"{plan['n_prompts']} prompts of <= {plan['seq']} tokens; method {plan['method']}"),
-        ("forward-pass equivalents", f"{plan['forward_equivalents']:,.0f} ({plan['flops'] / 1e12:,.1f} TFLOP)"),
-        ("rows per pass", str(plan["rows_per_pass"])),
-        ("expected time", plan["time_source"] if time_s is None else f"{time_s / 60:.1f} min ({plan['time_source']})"),
-        ("memory", f"weights {_gb(mem['weights'])} + caches {_gb(mem['caches'])} + pass {_gb(mem['pass'])} "
-                   f"-> peak {_gb(mem['peak'])} of {_gb(mem['budget'])} on {plan['device']}"),
-        ("verdict", plan["message"]),
+        ("model", f"{plan.model}: {plan.n_layers} layers x {plan.n_heads} heads, "
+                  f"{plan.n_params / 1e6:.0f}M parameters, {plan.dtype_bytes * 8}-bit"),
+        ("work", f"{plan.n_tasks} tasks x {len(plan.interventions)} interventions = {plan.units} units; "
+                 f"{plan.n_prompts} prompts of <= {plan.seq} tokens; method {plan.method}"),
+        ("forward-pass equivalents", f"{plan.forward_equivalents:,.0f} ({plan.flops / 1e12:,.1f} TFLOP)"),
+        ("rows per pass", str(plan.rows_per_pass)),
+        ("expected time", plan.time_source if time_s is None else f"{time_s / 60:.1f} min ({plan.time_source})"),
+        ("memory", f"weights {_gb(mem.weights)} + caches {_gb(mem.caches)} + pass {_gb(mem.pass_)} "
+                   f"-> peak {_gb(mem.peak)} of {_gb(mem.budget)} on {plan.device}"),
+        ("verdict", plan.message),
     ]
     return pd.DataFrame(rows, columns=["", "plan"])
 
@@ -68,27 +68,26 @@ def plan(
     --model may also be a config.json (or a directory with only one): the plan is then made from
     the shapes alone, without loading weights (time from FLOPs on a known GPU, else unknown).
     """
-    from cortexmap.sweep.config import SweepConfig
+    from cortexmap.cli.map_cmds import sweep_config
     from cortexmap.sweep.plan import plan_run, require_fit
     from cortexmap.sweep.runner import build_tasks, longest_prompt
 
     def go() -> dict[str, Any]:
         from cortexmap.models.loading import _dtype
 
-        config = SweepConfig(model=model, tasks=tasks, task_file=task_file, interventions=interventions,
-                             method=method, n_prompts=prompts, device=device, dtype=dtype)
+        config = sweep_config(model=model, tasks=tasks, task_file=task_file, interventions=interventions,
+                              method=method, n_prompts=prompts, device=device, dtype=dtype)
         where = config.resolved_device
         shapes = _config_only(model)
         if shapes is not None:
             from cortexmap.tasks import tasks_for
 
-            n_tasks = 1 if task_file else len(tasks_for(tasks))
-            return plan_run(shapes, n_tasks, prompts, seq or 32, interventions, method, where,
-                            dtype=_dtype(dtype))
+            n_tasks = 1 if task_file else len(tasks_for(config.tasks))
+            return plan_run(shapes, config, n_tasks, seq or 32, device=where, dtype=_dtype(dtype))
         handle = _load(model, where, dtype)
         built, _ = build_tasks(config, handle.tokenizer, _say)
         length = seq or longest_prompt(built, handle.tokenizer)
-        return plan_run(handle, len(built), prompts, length, interventions, method, where, calibrated=calibrate)
+        return plan_run(handle, config, len(built), length, device=where, calibrated=calibrate)
 
     result = run_guarded(go)
     console.print(table_of(plan_table(result), title="cortexmap plan"))

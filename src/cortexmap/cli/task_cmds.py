@@ -8,13 +8,30 @@ import typer
 
 from cortexmap.cli.app import Model, _load, console, run_guarded, table_of, tasks_app
 
+# The title of each kind's table: what it is and the option that runs it.
+TITLES = {
+    "task": "tasks: map --tasks takes names, levels, comma lists of those, or all",
+    "probe": "mechanistic probes: map scores every probe into patterns.parquet (--no-probes skips them)",
+    "condition": "condition sets: analyze --regulators compares heads' influence on easy vs demanding prompts",
+}
+
 
 @tasks_app.command("list")
 def list_() -> None:
-    """List the built-in tasks with their level and whether they support patching."""
+    """List what a map can measure: the built-in tasks, the mechanistic probes and the condition sets."""
     from cortexmap.tasks import list_tasks
+    from cortexmap.tasks.registry import list_battery
 
-    console.print(table_of(list_tasks(), title="built-in tasks"))
+    battery = list_battery()
+    has_corrupt = list_tasks().set_index("name")["has_corrupt"]
+    for kind, title in TITLES.items():
+        rows = battery[battery["kind"] == kind]
+        if kind == "task":  # "patch": the task has corrupt prompts, so activation patching can run on it
+            view = rows[["name", "level", "description"]].assign(
+                patch=rows["name"].map(has_corrupt).map({True: "yes", False: "no"}))
+        else:
+            view = rows[["name", "description"]]
+        console.print(table_of(view, title=title))
 
 
 @tasks_app.command("check")

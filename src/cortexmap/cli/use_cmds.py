@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
+from cortexmap.results.layout import ATLAS, COMPARE, FINDINGS
 from cortexmap.cli.app import _say, app, console, run_guarded, table_of
 
 
@@ -19,13 +21,17 @@ def analyze(
 ) -> None:
     """Find functional groups, layer bands, head roles and regulator heads; write atlas.parquet + atlas.json."""
     from cortexmap.analysis import summarize_findings
-    from cortexmap.pipeline import analyze_run
+    from cortexmap.analysis.run import analyze_run
+    from cortexmap.sweep.measures import measure_run
 
-    atlas, findings = run_guarded(lambda: analyze_run(run_dir, regulators=regulators, redundancy=redundancy,
-                                                      seed=seed, n_perm=permutations, note=_say))
+    def go():  # noqa: ANN202
+        measure_run(run_dir, regulators=regulators, redundancy=redundancy, seed=seed, note=_say)
+        return analyze_run(run_dir, seed=seed, n_perm=permutations)
+
+    atlas, findings = run_guarded(go)
     for line in summarize_findings(findings):
-        console.print(f"• {line}", soft_wrap=True)
-    console.print(f"wrote {run_dir}/atlas.parquet ({len(atlas)} heads) and atlas.json; next: cortexmap report {run_dir}")
+        console.print(f"• {line}", soft_wrap=True, markup=False)  # a task name in brackets is not a style
+    console.print(f"wrote {Path(run_dir) / ATLAS} ({len(atlas)} heads) and {FINDINGS}; next: cortexmap report {run_dir}")
 
 
 @app.command()
@@ -35,7 +41,7 @@ def compare(
 ) -> None:
     """Match heads across models by profile similarity and test conservation against a shuffled null."""
     from cortexmap.errors import CortexmapError
-    from cortexmap.pipeline import compare_runs
+    from cortexmap.analysis.run import compare_runs
 
     def go():  # noqa: ANN202
         if len(run_dirs) < 2:
@@ -61,11 +67,11 @@ def compare(
     scale = pd.DataFrame([{
         "model": r["model"], "heads": f"{r['n_layers']} x {r['n_heads']}",
         "specialization (denoised, active heads)": interval(r, "specialization_mean"),
-        "share of heads active": interval(r, "fraction_important"),
+        "share of heads active": interval(r, "active_share"),
         "redundant pairs": "not measured" if r["fraction_redundant"] != r["fraction_redundant"] else interval(r, "fraction_redundant"),
     } for r in result["scale"]])
     console.print(table_of(scale, title="scale comparison (95% bootstrap intervals over heads)"))
-    console.print(f"wrote {run_dirs[0]}/compare.json")
+    console.print(f"wrote {Path(run_dirs[0]) / COMPARE}")
 
 
 @app.command()

@@ -1,65 +1,39 @@
-"""Record head outputs: the out-projection input of chosen layers, as ``[batch, seq, n_heads, d_head]``."""
+"""Record head outputs: the out-projection input of chosen layers, as ``[batch, seq, n_heads, d_head]``.
+
+Inputs are anything :meth:`ModelHandle.to_tokens <cortexmap.models.ModelHandle.to_tokens>`
+takes: a prompt, prompts of one token length, or token ids (cortexmap never pads).
+"""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from cortexmap.errors import InterventionError
-
-
-def to_ids(handle: Any, inputs: Any) -> torch.Tensor:
-    """Token ids ``[batch, seq]`` on the model's device from a string, equal-length strings or ids.
-
-    Raises:
-        InterventionError: strings of different token lengths (cortexmap never pads).
-    """
-    if isinstance(inputs, torch.Tensor):
-        ids = inputs if inputs.dim() == 2 else inputs[None]
-        return ids.to(handle.device)
-    if isinstance(inputs, dict):
-        return to_ids(handle, inputs["input_ids"])
-    texts = [inputs] if isinstance(inputs, str) else list(inputs)
-    encoded = [handle.tokenizer(t, return_tensors="pt")["input_ids"][0] for t in texts]
-    lengths = {len(e) for e in encoded}
-    if len(lengths) != 1:
-        raise InterventionError(
-            f"prompts tokenize to different lengths {sorted(lengths)}; give prompts of one length "
-            "(cortexmap does not pad) or pass them one at a time"
-        )
-    return torch.stack(encoded).to(handle.device)
+from cortexmap.models.hooks import head_hooks
 
 
 @contextmanager
 def recording(handle: Any, layers: Sequence[int] | None = None, detach: bool = True) -> Iterator[dict[int, torch.Tensor]]:
     """Context manager collecting each forward's head outputs into the yielded dict (layer -> z)."""
     store: dict[int, torch.Tensor] = {}
-    hooks = []
 
     def make(layer: int):  # noqa: ANN202
-        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            z = args[0] if args else next(iter(kwargs.values()))
-            b, s, w = z.shape
-            z = z.view(b, s, handle.n_heads, w // handle.n_heads)
+        def read(z: torch.Tensor) -> None:  # [batch, seq, n_heads, d_head]
             store[layer] = z.detach() if detach else z
 
-        return hook
+        return read
 
-    try:
-        for layer in range(handle.n_layers) if layers is None else layers:
-            hooks.append(handle.out_proj(layer).register_forward_pre_hook(make(layer), with_kwargs=True))
+    with head_hooks(handle, {layer: make(layer) for layer in (range(handle.n_layers) if layers is None else layers)}):
         yield store
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 @torch.no_grad()
 def head_outputs(handle: Any, inputs: Any, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
     """Run the model once and return ``{layer: z [batch, seq, n_heads, d_head]}``."""
-    ids = to_ids(handle, inputs)
+    ids = handle.to_tokens(inputs)
     with recording(handle, layers) as store:
         handle.model(input_ids=ids, use_cache=False)
     return dict(store)
@@ -73,6 +47,8 @@ def mean_head_outputs(
 
     Prompts of different lengths are run one at a time; ``per_position`` needs one length.
     """
+    if isinstance(reference, Mapping):  # a tokenizer output
+        reference = reference["input_ids"]
     texts = [reference] if isinstance(reference, str) else reference
     if isinstance(texts, torch.Tensor) or per_position:
         outs = head_outputs(handle, texts, layers)
@@ -80,9 +56,10 @@ def mean_head_outputs(
     sums: dict[int, torch.Tensor] = {}
     count = 0
     for text in texts:
-        for layer, z in head_outputs(handle, text, layers).items():
+        ids = handle.to_tokens(text)
+        for layer, z in head_outputs(handle, ids, layers).items():
             sums[layer] = sums.get(layer, 0) + z.sum((0, 1), keepdim=True)
-        count += int(to_ids(handle, text).numel())
+        count += int(ids.numel())
     if count == 0:
         raise InterventionError("mean ablation needs at least one reference prompt")
     return {layer: s / count for layer, s in sums.items()}

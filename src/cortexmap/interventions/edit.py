@@ -1,4 +1,4 @@
-"""The one place head outputs are rewritten: a forward pre-hook on the attention output projection.
+"""The one description of a head-output rewrite, applied in a head-output pre-hook (:mod:`cortexmap.models.hooks`).
 
 Per layer, a :class:`LayerEdit` rewrites the out-projection input ``z`` viewed as
 ``[batch, seq, n_heads, d_head]``::
@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from cortexmap.errors import InterventionError
+from cortexmap.models.hooks import head_pre_hook, register_head_hooks
 
 
 @dataclass
@@ -30,9 +31,9 @@ class LayerEdit:
     replace_mask: torch.Tensor | None = None
     positions: torch.Tensor | None = None  # [seq] bool, or list of ints resolved at call time
 
-    def apply(self, z: torch.Tensor, n_heads: int) -> torch.Tensor:
-        batch, seq, width = z.shape
-        heads = z.view(batch, seq, n_heads, width // n_heads)  # [batch, seq, n_heads, d_head]
+    def apply(self, heads: torch.Tensor) -> torch.Tensor:
+        """The edited head outputs ``[batch, seq, n_heads, d_head]`` from the clean ones (same shape)."""
+        batch, seq = heads.shape[:2]
         new = heads
         if self.scale is not None:
             new = new * self.scale.to(device=new.device, dtype=new.dtype)[:, None, :, None]
@@ -50,9 +51,9 @@ class LayerEdit:
             mask = self.replace_mask.to(new.device)[:, None, :, None]
             new = torch.where(mask, replace.to(device=new.device, dtype=new.dtype), new)
         if self.positions is not None:
-            keep = _position_mask(self.positions, seq, z.device)
+            keep = _position_mask(self.positions, seq, heads.device)
             new = torch.where(keep[None, :, None, None], new, heads)
-        return new.reshape(batch, seq, width)
+        return new
 
 
 def _position_mask(positions: Any, seq: int, device: torch.device) -> torch.Tensor:
@@ -70,27 +71,9 @@ def _position_mask(positions: Any, seq: int, device: torch.device) -> torch.Tens
 
 def edit_hook(edit: LayerEdit, n_heads: int) -> Callable[..., Any]:
     """A forward pre-hook for the out-projection applying ``edit`` to its input."""
-
-    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if args:
-            return (edit.apply(args[0], n_heads),) + tuple(args[1:]), kwargs
-        key = next(iter(kwargs))
-        kwargs = dict(kwargs)
-        kwargs[key] = edit.apply(kwargs[key], n_heads)
-        return args, kwargs
-
-    return hook
+    return head_pre_hook(n_heads, edit.apply)
 
 
 def register_edits(handle: Any, edits: dict[int, LayerEdit]) -> list[Any]:
     """Register pre-hooks for ``edits`` (layer -> edit) and return their removable handles."""
-    hooks = []
-    try:
-        for layer, edit in edits.items():
-            module = handle.out_proj(layer)
-            hooks.append(module.register_forward_pre_hook(edit_hook(edit, handle.n_heads), with_kwargs=True))
-    except Exception:
-        for h in hooks:
-            h.remove()
-        raise
-    return hooks
+    return register_head_hooks(handle, {layer: edit.apply for layer, edit in edits.items()})

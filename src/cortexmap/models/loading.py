@@ -1,140 +1,34 @@
-"""Load a causal LM into a :class:`ModelHandle` that knows its heads.
+"""Load a causal LM into a :class:`~cortexmap.models.ModelHandle` that knows its heads.
 
 ``load_model(spec)`` accepts a bundled name (``smollm2-135m``, ``gemma3-270m``), a path to a
-``.gguf`` file, a local Hugging Face model directory, or a hub id (reachable hub or local HF
-cache). GGUF files are dequantized once by transformers and cached as safetensors under
-``$CORTEXMAP_CACHE/converted/<sha256[:16]>``, so later loads take seconds.
+``.gguf`` file, a local Hugging Face model directory (one written by ``save_pruned`` included),
+a hub id (reachable hub or local HF cache), or a model object the caller already holds
+(``load_model(model, tokenizer=tok)``). GGUF files are dequantized once by transformers and
+cached as safetensors under ``$CORTEXMAP_CACHE/converted/<sha256[:16]>``, so later loads take
+seconds. A pruned model (directory or object) loads as its dense view
+(:mod:`cortexmap.models.pruned`): the same function at the original shapes, so it can be mapped.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from cortexmap.atomic import atomic_path
 from cortexmap.errors import ModelLoadError
-from cortexmap.heads import HeadId, HeadLike, as_head, check_head
 from cortexmap.models.bundled import BUNDLED, DEFAULT_MODEL, cache_dir, ensure_gguf, sha256_file
-from cortexmap.models.geometry import HeadGeometry, geometry_for, head_counts, kv_head_of
+from cortexmap.models.geometry import geometry_for, head_counts
+from cortexmap.models.handle import ModelHandle
+from cortexmap.models.pruned import dense_model, dir_is_pruned, is_pruned, load_dense, pruned_heads
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def _resolve(root: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        root = getattr(root, part, None)
-        if root is None:
-            return None
-    return root
-
-
-@dataclass
-class ModelHandle:
-    """A loaded causal LM with its tokenizer and head geometry.
-
-    Attributes:
-        model: the Hugging Face ``*ForCausalLM`` module, in eval mode.
-        tokenizer: its tokenizer.
-        spec: the spec it was loaded from (recorded in manifests).
-        geometry: the architecture's :class:`HeadGeometry` row.
-        model_hash: SHA-256 of the weights file it came from (or of the config for random models).
-    """
-
-    model: Any
-    tokenizer: Any
-    spec: str
-    geometry: HeadGeometry
-    model_hash: str = ""
-    n_layers: int = field(init=False)
-    n_heads: int = field(init=False)
-    n_kv_heads: int = field(init=False)
-    d_head: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n_layers, self.n_heads, self.n_kv_heads, self.d_head = head_counts(self.model.config, self.geometry)
-
-    @property
-    def model_type(self) -> str:
-        return str(self.model.config.model_type)
-
-    @property
-    def device(self) -> torch.device:
-        """Where input ids go: the input embeddings' device (the first shard of a ``device_map`` model)."""
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def device_map(self) -> dict[str, str] | None:
-        """Module -> device of a model sharded by accelerate (``device="auto"``), else None."""
-        placed = getattr(self.model, "hf_device_map", None)
-        return {k: str(v) for k, v in placed.items()} if placed and len(set(map(str, placed.values()))) > 1 else None
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @property
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
-    def blocks(self) -> Any:
-        """The list of decoder blocks."""
-        return _resolve(self.model, self.geometry.layers)
-
-    def attention(self, layer: int) -> Any:
-        return getattr(self.blocks()[layer], self.geometry.attn)
-
-    def out_proj(self, layer: int) -> Any:
-        """The attention output projection of ``layer``; its input is the concatenated head outputs."""
-        return getattr(self.attention(layer), self.geometry.out_proj)
-
-    def final_modules(self) -> list[Any]:
-        """Modules mapping the last hidden state to logits, in order (final norm, ..., unembedding)."""
-        norms = [m for m in (_resolve(self.model, p) for p in self.geometry.final_norm) if m is not None]
-        return norms + [self.model.get_output_embeddings()]
-
-    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from last-layer hidden states (final norm, unembedding, Gemma's soft-capping)."""
-        for module in self.final_modules():
-            hidden = module(hidden)
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
-        if cap:
-            hidden = torch.tanh(hidden / cap) * cap
-        return hidden
-
-    def heads(self) -> list[HeadId]:
-        """Every query head, layer-major."""
-        return [HeadId(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
-
-    def head(self, value: HeadLike) -> HeadId:
-        """Coerce and range-check a head (raises ``UnknownHeadError`` outside the grid)."""
-        return check_head(as_head(value), self.n_layers, self.n_heads, self.spec)
-
-    def kv_head(self, head: int) -> int:
-        """The key/value head query head ``head`` shares with its group (GQA)."""
-        return kv_head_of(head, self.n_heads, self.n_kv_heads)
-
-    def describe(self) -> dict[str, Any]:
-        """Facts printed by ``cortexmap info`` and written to manifests."""
-        return {
-            "spec": self.spec, "hash": self.model_hash, "model_type": self.model_type,
-            "n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
-            "d_head": self.d_head, "n_params": self.n_params, "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device), **({"device_map": self.device_map} if self.device_map else {}),
-        }
-
-
-def wrap_model(model: Any, tokenizer: Any = None, spec: str = "in-memory", model_hash: str = "") -> ModelHandle:
-    """Wrap an already-built HF causal LM (e.g. a tiny random model in tests) in a handle."""
-    model.eval()
-    return ModelHandle(model, tokenizer, spec, geometry_for(model.config), model_hash)
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -179,14 +73,11 @@ def _convert_gguf(path: Path, progress: Callable[[str], None]) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "source.txt").write_text(f"{path}\nsha256 {digest}\n")
-    (tmp / ".complete").write_text("ok\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:  # a directory: the cache entry appears whole or not at all
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "source.txt").write_text(f"{path}\nsha256 {digest}\n")
+        (tmp / ".complete").write_text("ok\n")
     return target
 
 
@@ -240,25 +131,33 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def load_model(
-    spec: str = DEFAULT_MODEL,
-    device: str = "cpu",
-    dtype: str | torch.dtype | None = "float32",
+    spec: str | os.PathLike[str] | Any = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
     progress: Callable[[str], None] | None = None,
     device_map: str | dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> ModelHandle:
     """Load a causal LM and its head geometry.
 
     Args:
-        spec: bundled name, path to a ``.gguf`` file, local HF directory, or hub id.
+        spec: bundled name, path to a ``.gguf`` file, local HF directory (a ``save_pruned``
+            directory loads as its dense view), hub id, or a Hugging Face ``PreTrainedModel``
+            object already in memory (wrapped as it is; a compact pruned model becomes its dense
+            view, a new model).
         device: torch device (``cpu``, ``cuda``, ``cuda:1``...), or ``auto``: shard the layers
             over every visible GPU with accelerate (``device_map="auto"``), for a model larger
-            than one GPU; the sweep runs the shards in turn, with one GPU's throughput.
-        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+            than one GPU; the sweep runs the shards in turn, with one GPU's throughput. Default:
+            ``cpu`` for a spec, where it already is for a model object.
+        dtype: ``float32``, ``bfloat16`` or ``float16``. Default: ``float32`` for a spec, the
+            model's own for a model object.
         attn_implementation: passed to transformers (``eager`` for attention weights).
         progress: called with one-line messages during first-use fetching and conversion.
         device_map: an explicit accelerate placement (module -> device, ``"disk"`` offloads to
-            the cache); overrides ``device``.
+            the cache); overrides ``device``. Not for pruned models or model objects.
+        tokenizer: the tokenizer to use (needed with a model object for text input; replaces
+            the loaded one for a spec).
 
     Returns:
         A :class:`ModelHandle`.
@@ -267,6 +166,9 @@ def load_model(
         ModelLoadError: the spec cannot be resolved or loaded.
         UnsupportedArchitectureError: the model type has no geometry row.
     """
+    if not isinstance(spec, (str, os.PathLike)):
+        return _from_object(spec, tokenizer, device, dtype, attn_implementation, device_map)
+    spec = str(spec)
     say = progress or log.info
     torch_dtype = _dtype(dtype)
     path = Path(spec).expanduser()
@@ -279,14 +181,67 @@ def load_model(
     elif path.is_dir():
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{path} is a directory without config.json, not a Hugging Face model directory")
+        if dir_is_pruned(path):
+            return _pruned_dir(path, spec, tokenizer, device, torch_dtype, attn_implementation, device_map)
         source, digest = path, _dir_hash(path)
     else:
         source, digest = Path(spec), ""
+    device = device or "cpu"
     if device_map is None and device == "auto":
         device_map = "auto"
-    model, tokenizer = _load_pretrained(str(source), torch_dtype, device, attn_implementation, device_map)
+    model, loaded_tokenizer = _load_pretrained(str(source), torch_dtype, device, attn_implementation, device_map)
     model.eval()
-    return ModelHandle(model, tokenizer, spec, geometry_for(model.config), digest)
+    return ModelHandle(model, tokenizer or loaded_tokenizer, spec, geometry_for(model.config), digest)
+
+
+def _no_device_map(device: str | None, device_map: Any, what: str) -> None:
+    if device_map is not None or device == "auto":
+        raise ModelLoadError(f"{what} cannot be sharded with a device_map; pass one device, e.g. device='cuda'")
+
+
+def _pruned_dir(path: Path, spec: str, tokenizer: Any, device: str | None, dtype: torch.dtype,
+                attn: str | None, device_map: Any) -> ModelHandle:
+    """The dense view of a directory written by ``save_pruned`` (nothing in it is executed)."""
+    _no_device_map(device, device_map, f"the pruned model {path}")
+    model, loaded_tokenizer = load_dense(path, dtype)
+    model = model.to(device or "cpu")
+    if attn:
+        model.set_attn_implementation(attn)
+    return ModelHandle(model, tokenizer or loaded_tokenizer, spec, geometry_for(model.config), _dir_hash(path),
+                       pruned_heads(model.config))
+
+
+def _is_compact(model: Any) -> bool:
+    """Whether a pruned model still has its per-layer head counts (not yet a dense view)."""
+    geometry = geometry_for(model.config)
+    n_layers, n_heads, _, d_head = head_counts(model.config, geometry)
+    handle = ModelHandle(model, None, "", geometry)
+    axis = 0 if geometry.out_proj_is_conv1d else 1
+    return any(handle.out_proj(layer).weight.shape[axis] != n_heads * d_head for layer in range(n_layers))
+
+
+def _from_object(model: Any, tokenizer: Any, device: str | None, dtype: str | torch.dtype | None,
+                 attn: str | None, device_map: Any) -> ModelHandle:
+    """A handle on a model object the caller holds (moved only when ``device`` / ``dtype`` are given)."""
+    if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
+        raise ModelLoadError(
+            f"load_model takes a spec string or a Hugging Face causal LM, not {type(model).__name__}"
+        )
+    _no_device_map(device, device_map, "a model object")
+    geometry = geometry_for(model.config)
+    spec = str(getattr(model.config, "_name_or_path", "") or "in-memory")
+    heads = pruned_heads(model.config) if is_pruned(model.config) else ()
+    if heads and _is_compact(model):
+        reference = next(model.parameters())
+        model = dense_model(model.config, model.state_dict(), reference.dtype).to(reference.device)
+    if dtype is not None:
+        model = model.to(_dtype(dtype))
+    if device is not None:
+        model = model.to(device)
+    if attn:
+        model.set_attn_implementation(attn)
+    model.eval()
+    return ModelHandle(model, tokenizer, spec, geometry, "", heads)
 
 
 def _dir_hash(path: Path) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cortexmap.analysis import influence_matrix, layer_importance
+from cortexmap.analysis import influence_matrix, layer_distribution
 from cortexmap.report.data import Comparison, ReportData
 from cortexmap.report.maps import grid_axes, grid_height, head_details
 from cortexmap.report.theme import (
@@ -47,8 +47,11 @@ def _segments(fig: go.Figure, segmentation: list[dict], n_layers: int, row: int)
     pad = 0.5 / max(n_layers - 1, 1)
     for seg in segmentation:
         lo, hi = seg["depth_start"] - pad, seg["depth_end"] + pad
-        color = level_color(seg["dominant_level"])
-        label = f"L{seg['layer_start']}–L{seg['layer_end']} {seg['dominant_level']} ×{seg['enrichment']:.1f}"
+        if seg["dominant_level"] is None:  # no important head in the band
+            color, label = "#9aa0a6", f"L{seg['layer_start']}–L{seg['layer_end']} no important heads"
+        else:
+            color = level_color(seg["dominant_level"])
+            label = f"L{seg['layer_start']}–L{seg['layer_end']} {seg['dominant_level']} ×{seg['enrichment']:.1f}"
         low, high = seg.get("enrichment_ci_low"), seg.get("enrichment_ci_high")
         interval = f" [95% CI {low:.1f}, {high:.1f}]" if _finite(low) and _finite(high) else ""
         fig.add_trace(go.Bar(x=[hi - lo], base=[lo], y=["bands"], orientation="h", showlegend=False, width=0.9,
@@ -70,7 +73,7 @@ def band_figure(data: ReportData) -> go.Figure:
     bands = data.findings["bands"]
     sel = data.findings.get("selection", {})
     n_layers = data.results.n_layers
-    dist = layer_importance(data.results.effects, n_layers, data.results.n_heads,
+    dist = layer_distribution(data.results.effects, n_layers, data.results.n_heads,
                             intervention=sel.get("intervention"), method=sel.get("method"))
     per_level = dist.dropna(subset=["share"]).groupby(["level", "layer", "rel_depth"], as_index=False)["share"].mean()
     depths = [r for r in bands["level_depths"] if r["n_important"]]

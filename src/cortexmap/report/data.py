@@ -1,6 +1,6 @@
 """Everything one report shows, loaded from run directories (no torch, no model).
 
-A run directory is read with :func:`cortexmap.sweep.store.load_results`, which refuses a directory
+A run directory is read with :func:`cortexmap.results.load_results`, which refuses a directory
 without ``manifest.json`` and an unfinished run. The atlas (``atlas.parquet`` + ``atlas.json``) is
 built in-process when it is missing, with the same function ``cortexmap analyze`` calls, and
 written atomically; an existing atlas is used as it is (``effects.parquet`` only exists once a run
@@ -11,7 +11,6 @@ copying a run directory changes them). Optional parts are ``None`` when absent:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,13 +20,11 @@ from typing import Any
 import pandas as pd
 
 from cortexmap.errors import CortexmapError
-from cortexmap.pipeline import ATLAS, FINDINGS, INFLUENCE, analyze_run
-from cortexmap.sweep.store import Results, load_results
+from cortexmap.analysis.run import analyze_run
+from cortexmap.results import Results, load_results
+from cortexmap.results.layout import INFLUENCE, PRUNE_CURVE, SCREEN_CONDITION
 
 log = logging.getLogger(__name__)
-
-PRUNE_CURVE = Path("prune") / "curve.parquet"
-
 
 @dataclass
 class Comparison:
@@ -75,11 +72,11 @@ def ensure_atlas(run_dir: str | Path, *, seed: int = 0, n_perm: int = 2000) -> t
         ResultsError: not a run directory, an unfinished run, or another schema version.
     """
     results = load_results(run_dir)
-    root = results.root
-    if (root / ATLAS).exists() and (root / FINDINGS).exists():
-        return pd.read_parquet(root / ATLAS), json.loads((root / FINDINGS).read_text())
-    log.info("building the atlas of %s", root)
-    return analyze_run(root, seed=seed, n_perm=n_perm)
+    stored = results.atlas()
+    if stored is not None:
+        return stored
+    log.info("building the atlas of %s", results.root)
+    return analyze_run(results.root, seed=seed, n_perm=n_perm)
 
 
 def _influence(root: Path) -> pd.DataFrame | None:
@@ -87,7 +84,7 @@ def _influence(root: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     table = pd.read_parquet(path)
-    table = table[table["condition"] != "screen"]  # the screen pass is not a condition (see pipeline)
+    table = table[table["condition"] != SCREEN_CONDITION]  # the screen pass is not a condition
     return table if len(table) else None
 
 
@@ -103,10 +100,9 @@ def _compare(base: Results, other_dir: str | Path, seed: int) -> Comparison:
     from cortexmap.analysis import compare_models
 
     other = load_results(other_dir)
-    spec_a, spec_b = str(base.manifest["model"]["spec"]), str(other.manifest["model"]["spec"])
+    spec_a, spec_b = base.model, other.model
     try:
-        result = compare_models(base.effects, other.effects, (base.n_layers, base.n_heads),
-                                (other.n_layers, other.n_heads), seed=seed)
+        result = compare_models(base.effects, other.effects, base.shape, other.shape, seed=seed)
     except CortexmapError as err:  # e.g. no shared task: the panel says so instead of failing the report
         return Comparison(spec_a, spec_b, other.root, None, str(err))
     return Comparison(spec_a, spec_b, other.root, result)

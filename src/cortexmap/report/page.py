@@ -3,22 +3,27 @@
 Every function returns an HTML fragment (a ``str``) with all text escaped; the stylesheet and
 script live in ``report/assets`` and are inlined by :mod:`cortexmap.report.render`. Figures are
 placeholders (``<div class="figure" data-figure=NAME>``) that the page script fills from the
-inlined figure JSON. Numbers are formatted once here: ``num`` for values, ``ci`` for intervals.
+inlined figure JSON. Numbers are formatted by :func:`cortexmap.analysis.findings.num` and ``ci``,
+the formatters of the finding sentences. Findings go to sections by their ``kind`` (``ROUTES``).
 """
 
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from cortexmap.analysis.findings import Finding, num
 from cortexmap.report.theme import level_color
 
-ROUTES = (("Depth order", ("bands", "overview")), ("  ", ("bands",)), ("Layer bands", ("bands",)),
-          ("Functional groups", ("map", "overview")), ("Role ", ("roles",)), ("Regulator", ("regulators", "overview")),
-          ("No regulator", ("regulators", "overview")), ("Condition contrast", ("regulators",)),
-          ("Not evaluated", ("caveats",)), ("Note:", ("caveats",)))
+# Where each kind of finding is shown: headlines also in the overview, settings and gaps as caveats.
+ROUTES: dict[str, tuple[str, ...]] = {
+    "audit": ("overview",), "depth_order": ("bands", "overview"), "depth_step": ("bands",),
+    "level_depth": ("bands",), "layer_bands": ("bands",), "band": ("bands",), "groups": ("map", "overview"),
+    "role": ("roles",), "specialization": ("overview",), "adaptivity": ("overview",),
+    "regulator": ("regulators", "overview"), "contrast": ("regulators",), "redundancy": ("overview",),
+    "not_evaluated": ("caveats",), "note": ("caveats",),
+}
 
 
 def esc(value: Any) -> str:
@@ -26,44 +31,26 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def num(value: Any, digits: int = 2) -> str:
-    """A number for display: ``n/a`` for None/NaN, scientific notation for very small or large values."""
-    if value is None or isinstance(value, bool):
-        return "n/a" if value is None else str(value)
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            return "n/a"
-        if isinstance(value, float) and (abs(value) >= 1e5 or 0 < abs(value) < 10 ** -digits):
-            return f"{value:.1e}"
-        return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}"
-    return str(value)
+def route_findings(findings: Iterable[Finding]) -> dict[str, list[Finding]]:
+    """Sort findings into report sections by their ``kind`` (see ``ROUTES``), keeping their order.
 
-
-def ci(low: Any, high: Any, digits: int = 2) -> str:
-    """``[95% CI low, high]``."""
-    return f"[95% CI {num(low, digits)}, {num(high, digits)}]"
-
-
-def route_findings(lines: Iterable[str]) -> dict[str, list[str]]:
-    """Sort :func:`~cortexmap.analysis.summarize_findings` lines into report sections by their opening words.
-
-    Headline lines (depth order, groups, regulators) go to their section and to ``"overview"``;
-    lines of no known kind go to ``"overview"``; caveats to ``"caveats"``.
+    Headline findings (depth order, groups, regulators) go to their section and to ``"overview"``;
+    what was not evaluated and the analysis settings to ``"caveats"``; a kind without a route to
+    ``"overview"``.
     """
-    out: dict[str, list[str]] = {}
-    for line in lines:
-        targets = next((names for prefix, names in ROUTES if line.startswith(prefix)), ("overview",))
-        for name in targets:
-            out.setdefault(name, []).append(line.strip())
+    out: dict[str, list[Finding]] = {}
+    for finding in findings:
+        for name in ROUTES.get(finding.kind, ("overview",)):
+            out.setdefault(name, []).append(finding)
     return out
 
 
-def findings_list(lines: Sequence[str], css: str = "findings") -> str:
-    """A bullet list of finding lines, the label before the first colon in bold."""
+def findings_list(findings: Sequence[Finding], css: str = "findings") -> str:
+    """A bullet list of findings' texts, the label before the first colon in bold."""
     items = []
-    for line in lines:
-        head, sep, rest = line.partition(": ")
-        text = f"<b>{esc(head)}</b>: {esc(rest)}" if sep and len(head) < 100 else esc(line)
+    for finding in findings:
+        head, sep, rest = finding.text.partition(": ")
+        text = f"<b>{esc(head)}</b>: {esc(rest)}" if sep and len(head) < 100 else esc(finding.text)
         items.append(f"<li>{text}</li>")
     return f'<ul class="{css}">{"".join(items)}</ul>' if items else ""
 

@@ -8,9 +8,9 @@ script draws the figures, records any error in ``<div id="errors">`` and sets
 
 from __future__ import annotations
 
+import html
 import json
 import math
-import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import resources
@@ -20,12 +20,22 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from cortexmap.analysis import summarize_findings
+from cortexmap.analysis import list_findings
+from cortexmap.analysis.findings import num
+from cortexmap.atomic import write_text
+from cortexmap.results.layout import REPORT
 from cortexmap.report import charts, maps, sections
 from cortexmap.report.data import ReportData, load_report_data
-from cortexmap.report.page import esc, header, nav, num, route_findings
+from cortexmap.report.page import esc, header, nav, route_findings
 
-REPORT_NAME = "report.html"
+
+
+class ReportPath(type(Path())):  # type: ignore[misc]
+    """The written page's path; in Jupyter it displays the page inline (``_repr_html_``)."""
+
+    def _repr_html_(self) -> str:
+        return (f'<iframe srcdoc="{html.escape(self.read_text(encoding="utf-8"), quote=True)}" '
+                'style="width:100%;height:900px;border:0"></iframe>')
 
 
 def effect_views(data: ReportData) -> list[tuple[str, str, dict]]:
@@ -119,12 +129,13 @@ def build_page(data: ReportData, figures: dict[str, go.Figure]) -> str:
     Returns:
         The page as one string.
     """
-    routed = route_findings(summarize_findings(data.findings))
+    findings = list_findings(data.findings)
+    routed = route_findings(findings)
     present = set(figures)
     effect_names = [(name, title) for name, title, _ in effect_views(data) if name in present]
     compare_names = [f"compare_{i}" for i in range(len(data.comparisons))]
     body = "".join([
-        sections.summary_section(data),
+        sections.summary_section(data, findings),
         sections.map_section(data, routed),
         sections.findings_section(routed),
         sections.effects_section(data, effect_names),
@@ -165,9 +176,4 @@ def render_report(run_dir: str | Path, compare: Sequence[str | Path] | None = No
     """
     data = load_report_data(run_dir, compare or ())
     page = build_page(data, build_figures(data))
-    target = Path(out) if out is not None else data.results.root / REPORT_NAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return ReportPath(write_text(Path(out) if out is not None else data.results.root / REPORT, page))

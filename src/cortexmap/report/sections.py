@@ -3,8 +3,9 @@
 Section anchors (the nav links to them): ``summary``, ``map``, ``findings``, ``effects``, ``bands``, ``roles``,
 ``regulators``, ``compare``, ``prune``, ``manifest``. A section whose input was not measured says
 so and shows the command that would measure it, instead of disappearing. Every statement of a
-finding comes from :func:`cortexmap.analysis.summarize_findings` or carries its interval and
-baseline / p-value in the same way.
+finding is drawn from a :class:`~cortexmap.analysis.Finding` (its text, or its effect, interval,
+baseline and p-value), placed by its ``kind`` (:func:`~cortexmap.report.page.route_findings`);
+other numbers carry their interval and baseline / p-value in the same way.
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ from typing import Any
 
 import pandas as pd
 
+from cortexmap.analysis.findings import Finding, ci, num
 from cortexmap.report.data import ReportData
 from cortexmap.report.page import (
     card,
-    ci,
     esc,
     figure,
     findings_list,
     key_values,
     level_tag,
     note,
-    num,
     seconds,
     section,
     stat,
@@ -42,32 +42,36 @@ def _tone(p_value: Any, alpha: float = 0.05) -> str:
     return "" if p_value is None else ("good" if p_value < alpha else "bad")
 
 
-def summary_section(data: ReportData) -> str:
-    """Headline numbers, each with its evidence."""
+def _first(findings: list[Finding], kind: str) -> Finding | None:
+    return next((f for f in findings if f.kind == kind), None)
+
+
+def summary_section(data: ReportData, findings: list[Finding]) -> str:
+    """Headline numbers, each with its evidence: counts from the atlas, statistics from ``findings``."""
     f = data.findings
     atlas = data.atlas
     n_active = int((atlas["group"] != 0).sum())
-    groups, hyp, spec = f["groups"], f["bands"]["hypothesis"], f["specialization"]
     n_roles = int((atlas["roles"].astype(str) != "").sum())
     evaluated = [r for r, found in f["roles"]["evaluated"].items() if found]
-    stats = [
-        stat("active heads", f"{n_active} / {len(atlas)}", "some task |effect| ≥ 5% of clean with |z| ≥ 3"),
-        stat("functional groups", f"{groups['k']} groups", f"silhouette {num(groups['silhouette_best'])} vs null "
-             f"{num(groups['null_silhouette_mean'])}, p = {num(groups['silhouette_p_value'], 3)}",
-             _tone(groups["silhouette_p_value"])),
-        stat("depth order", hyp["verdict"], (f"ρ = {num(hyp.get('rho'))} {ci(hyp.get('ci_low'), hyp.get('ci_high'))}, "
-                                             f"p = {num(hyp.get('p_value'), 3)}") if hyp["verdict"] != "not evaluated"
-             else hyp.get("note", ""), _tone(hyp.get("p_value"))),
-        stat("heads with a role", str(n_roles), f"{len(evaluated)} of {len(f['roles']['evaluated'])} roles evaluated"),
-    ]
-    if spec.get("mean") is not None:
-        stats.append(stat("specialization", num(spec["mean"]), f"{ci(spec['ci_low'], spec['ci_high'])} vs null "
-                          f"{num(spec['null_mean'])}, p = {num(spec['p_value'], 3)}", _tone(spec.get("p_value"))))
+    groups, depth = _first(findings, "groups"), _first(findings, "depth_order")
+    stats = [stat("active heads", f"{n_active} / {len(atlas)}", "some task |effect| ≥ 5% of clean with |z| ≥ 3")]
+    if groups is not None:
+        stats.append(stat("functional groups", f"{f['groups']['k']} groups", f"silhouette {num(groups.effect)} vs null "
+                          f"{num(groups.baseline)}, p = {num(groups.p_value, 3)}", _tone(groups.p_value)))
+    if depth is not None:
+        stats.append(stat("depth order", depth.verdict or "", (f"ρ = {num(depth.effect)} {ci(depth.ci_low, depth.ci_high)}, "
+                                                               f"p = {num(depth.p_value, 3)}")
+                          if depth.verdict != "not evaluated" else depth.stats.get("note", ""), _tone(depth.p_value)))
+    stats.append(stat("heads with a role", str(n_roles), f"{len(evaluated)} of {len(f['roles']['evaluated'])} roles evaluated"))
+    spec = _first(findings, "specialization")
+    if spec is not None:
+        stats.append(stat("specialization", num(spec.effect), f"{ci(spec.ci_low, spec.ci_high)} vs null "
+                          f"{num(spec.baseline)}, p = {num(spec.p_value, 3)}", _tone(spec.p_value)))
     return section("summary", "Overview", "The model's attention heads, mapped by intervening on each one. Hover any "
                    "figure for the numbers behind it.", f'<div class="stats">{"".join(stats)}</div>')
 
 
-def findings_section(routed: dict[str, list[str]]) -> str:
+def findings_section(routed: dict[str, list[Finding]]) -> str:
     """Every headline finding line, and what was not evaluated."""
     caveats = routed.get("caveats", [])
     more = (f"<details><summary>Not evaluated and analysis settings ({len(caveats)})</summary>"
@@ -76,7 +80,7 @@ def findings_section(routed: dict[str, list[str]]) -> str:
                    "the sections below hold the details.", card(findings_list(routed.get("overview", [])) + more))
 
 
-def map_section(data: ReportData, routed: dict[str, list[str]]) -> str:
+def map_section(data: ReportData, routed: dict[str, list[Finding]]) -> str:
     """The cortex map and the functional groups table."""
     groups = pd.DataFrame(data.findings["groups"]["groups"])
     colors = group_colors(groups["group"].tolist()) if len(groups) else {}
@@ -102,20 +106,21 @@ def effects_section(data: ReportData, names: list[tuple[str, str]]) -> str:
     return section("effects", "Effects", "Per-task, per-intervention effects of every head.", body)
 
 
-def bands_section(data: ReportData, routed: dict[str, list[str]]) -> str:
-    """The depth-order verdict with its statistics and the layer-band figure."""
-    hyp = data.findings["bands"]["hypothesis"]
-    verdict = hyp["verdict"]
-    css = {"supported": "good", "not supported": "bad"}.get(verdict, "none")
-    if verdict == "not evaluated":
-        nums = esc(hyp.get("note", ""))
-    else:
-        nums = (f"Spearman ρ = <b>{num(hyp['rho'])}</b> {ci(hyp['ci_low'], hyp['ci_high'])} · layer-shuffle null mean "
-                f"{num(hyp['null_mean'])} (95th pct {num(hyp['null_p95'])}) · <b>p = {num(hyp['p_value'], 4)}</b> "
-                f"({hyp['n_perm']} permutations)")
-    verdict_html = (f'<div class="verdict"><div><span class="badge {css}">{esc(verdict)}</span>'
-                    f'<div class="what">{esc(hyp["hypothesis"])}</div><div class="nums">{nums}</div></div></div>')
-    details = [line for line in routed.get("bands", []) if not line.startswith("Depth order")]
+def bands_section(data: ReportData, routed: dict[str, list[Finding]]) -> str:
+    """The depth-order verdict with its statistics, its details and the layer-band figure."""
+    shown = routed.get("bands", [])
+    verdict_html = ""
+    for test in (f for f in shown if f.kind == "depth_order"):
+        css = {"supported": "good", "not supported": "bad"}.get(test.verdict or "", "none")
+        if test.verdict == "not evaluated":
+            nums = esc(test.stats.get("note", ""))
+        else:
+            nums = (f"Spearman ρ = <b>{num(test.effect)}</b> {ci(test.ci_low, test.ci_high)} · {esc(test.baseline_label)} "
+                    f"{num(test.baseline)} (95th pct {num(test.stats.get('null_p95'))}) · <b>p = {num(test.p_value, 4)}</b> "
+                    f"({test.stats.get('n_perm')} permutations)")
+        verdict_html += (f'<div class="verdict"><div><span class="badge {css}">{esc(test.verdict)}</span>'
+                         f'<div class="what">{esc(test.subject)}</div><div class="nums">{nums}</div></div></div>')
+    details = [f for f in shown if f.kind != "depth_order"]
     body = card(verdict_html + findings_list(details), "Depth-order hypothesis")
     body += card(figure("bands", "Top: each level's mean relative depth of importance with its 95% bootstrap interval "
                         "(dotted: uniform baseline 0.5). Middle: layer bands from the BIC segmentation with their dominant "
@@ -125,7 +130,7 @@ def bands_section(data: ReportData, routed: dict[str, list[str]]) -> str:
     return section("bands", "Layer bands", "Do lexical tasks live early and reasoning late?", body)
 
 
-def roles_section(data: ReportData, routed: dict[str, list[str]]) -> str:
+def roles_section(data: ReportData, routed: dict[str, list[Finding]]) -> str:
     """The sortable, filterable role table with its evidence."""
     roles = data.findings["roles"]
     colors = group_colors(data.atlas["group"].tolist())
@@ -153,7 +158,7 @@ def roles_section(data: ReportData, routed: dict[str, list[str]]) -> str:
                    "baseline. Click a column to sort.", card(body))
 
 
-def regulators_section(data: ReportData, routed: dict[str, list[str]], present: set[str]) -> str:
+def regulators_section(data: ReportData, routed: dict[str, list[Finding]], present: set[str]) -> str:
     """Regulator-head graph, scores and condition contrasts, or how to measure them."""
     if data.findings.get("regulators") is None:
         body = note("Regulator heads were not measured for this run.",

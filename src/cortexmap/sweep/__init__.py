@@ -1,6 +1,6 @@
-"""Sweeps: every head x task x intervention, exact (prefix reuse, heads on the batch axis) or attributed.
+"""Sweeps: every head x task x intervention, exact (prefix reuse, heads on the batch axis) or screened.
 
-Names load on first use, so ``cortexmap.sweep.store`` (pandas only) can be imported without torch.
+Names load on first use; the run directory a sweep writes is :mod:`cortexmap.results`.
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {"SweepConfig": "config", "SweepResult": "runner", "run_sweep": "runner", "Results": "store",
-            "load_results": "store"}
+_EXPORTS = {"SweepConfig": "config", "run_sweep": "runner", "measure_run": "measures"}
 
 __all__ = sorted(_EXPORTS)
 

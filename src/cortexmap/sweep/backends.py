@@ -13,11 +13,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from cortexmap.sweep.compute import attribution_matrix, clean_metrics, exact_matrix, prepare
+from cortexmap.sweep.compute import Tick, attribution_matrix, clean_metrics, exact_matrix, prepare
 from cortexmap.sweep.config import SweepConfig
 from cortexmap.sweep.plan import auto_rows
-
-Tick = Callable[[float], None]
 
 
 def _alpha(spec: Any) -> float:

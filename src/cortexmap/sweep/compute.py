@@ -24,6 +24,9 @@ import torch
 
 from cortexmap.errors import InterventionError
 from cortexmap.interventions.capture import head_outputs
+from cortexmap.interventions.context import derangement
+from cortexmap.models.hooks import register_head_hooks
+from cortexmap.tasks.core import EncodedBatch
 from cortexmap.sweep.engine import (
     CleanCache,
     clean_cache,
@@ -35,18 +38,13 @@ from cortexmap.sweep.engine import (
 
 log = logging.getLogger(__name__)
 
-Tick = Callable[[float], None]
+Tick = Callable[[float], None]  # progress callback: units of work just finished (heads x prompts / prompts)
 
 
 @dataclass
-class TaskBatch:
-    """One equal-length batch of a task with its clean cache."""
+class TaskBatch(EncodedBatch):
+    """An encoded batch on the model's device, with its clean cache (and, for patching, the corrupt run's)."""
 
-    input_ids: torch.Tensor
-    corrupt_ids: torch.Tensor | None
-    target_ids: torch.Tensor
-    foil_ids: torch.Tensor
-    indices: list[int]
     cache: CleanCache | None = None
     corrupt_z: dict[int, torch.Tensor] | None = None
     suffix: CleanCache | None = None  # for patching: the clean run past the prefix shared with the corrupt one
@@ -65,8 +63,9 @@ def prepare(handle: Any, batches: list[Any], need_corrupt: bool) -> list[TaskBat
     """Run the clean pass (and corrupt pass for patching) of every batch once."""
     prepared = []
     for b in batches:
-        tb = TaskBatch(b.input_ids.to(handle.device), None if b.corrupt_ids is None else b.corrupt_ids.to(handle.device),
-                       b.target_ids, b.foil_ids, list(b.indices))
+        tb = TaskBatch(input_ids=b.input_ids.to(handle.device),
+                       corrupt_ids=None if b.corrupt_ids is None else b.corrupt_ids.to(handle.device),
+                       target_ids=b.target_ids, foil_ids=b.foil_ids, indices=list(b.indices))
         tb.cache = clean_cache(handle, tb.input_ids)
         if need_corrupt:
             if tb.corrupt_ids is None:
@@ -98,16 +97,6 @@ def task_means(batches: list[TaskBatch]) -> dict[int, torch.Tensor]:
     return {l: sum(b.cache.z[l].sum((0, 1), keepdim=True) for b in batches) / tokens for l in layers}
 
 
-def resample_order(batch: int, seed: int) -> torch.Tensor | None:
-    """A seeded cyclic derangement of ``range(batch)``; None when the batch has one prompt."""
-    if batch < 2:
-        return None
-    perm = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
-    order = torch.empty_like(perm)
-    order[perm] = perm.roll(-1)
-    return order
-
-
 def replacement(kind: str, tb: TaskBatch, layer: int, means: dict[int, torch.Tensor] | None,
                 seed: int) -> torch.Tensor | None:
     """Replacement activations ``[batch or 1, seq or 1, n_heads, d_head]`` for one layer."""
@@ -116,8 +105,9 @@ def replacement(kind: str, tb: TaskBatch, layer: int, means: dict[int, torch.Ten
     if kind == "patch":
         return tb.corrupt_z[layer]
     if kind == "resample":
-        order = resample_order(len(tb.indices), seed)
-        return None if order is None else tb.cache.z[layer][order.to(tb.cache.z[layer].device)]
+        if len(tb.indices) < 2:  # a prompt alone in its length bucket has no partner
+            return None
+        return tb.cache.z[layer][derangement(len(tb.indices), seed).to(tb.cache.z[layer].device)]
     return None
 
 
@@ -214,19 +204,17 @@ def attribution_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: 
         hooks = []
 
         def make(layer: int):  # noqa: ANN202
-            def hook(module: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
-                x = a[0].detach().requires_grad_(True)  # HF calls the out-projection positionally
-                leaves[layer] = x
-                return (x,) + tuple(a[1:]), kw
+            def leaf(heads: torch.Tensor) -> torch.Tensor:  # the head outputs become leaves to differentiate
+                leaves[layer] = heads.detach().requires_grad_(True)
+                return leaves[layer]
 
-            return hook
+            return leaf
 
         params = [p for p in handle.model.parameters() if p.requires_grad]
         try:
             for p in params:  # gradients are wanted w.r.t. the head outputs only
                 p.requires_grad_(False)
-            for layer in range(handle.n_layers):
-                hooks.append(handle.out_proj(layer).register_forward_pre_hook(make(layer), with_kwargs=True))
+            hooks += register_head_hooks(handle, {layer: make(layer) for layer in range(handle.n_layers)})
             with torch.enable_grad():
                 logits = handle.model(input_ids=tb.input_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
                 metric = tb.metric(logits)
@@ -239,10 +227,8 @@ def attribution_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: 
             for p in params:
                 p.requires_grad_(True)
         clean = metric.detach()
-        for layer, grad in enumerate(grads):
-            b, s, w = grad.shape
-            g = grad.view(b, s, n_h, w // n_h)
-            z = leaves[layer].detach().view(b, s, n_h, w // n_h)
+        for layer, g in enumerate(grads):  # [batch, seq, n_heads, d_head]
+            z = leaves[layer].detach()
             if kind in ("zero", "amplify"):
                 delta = -z if kind == "zero" else alpha * z
             else:

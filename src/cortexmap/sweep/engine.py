@@ -33,6 +33,7 @@ import torch
 from transformers import Cache
 
 from cortexmap.interventions.edit import LayerEdit, edit_hook
+from cortexmap.models.hooks import register_head_hooks
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # last-position logits [rows, vocab] -> [rows]
 
@@ -86,20 +87,18 @@ def _record(handle: Any, z: dict[int, torch.Tensor] | None, run: Callable[[], An
 
         return hook
 
-    def z_hook(layer: int):  # noqa: ANN202
-        def hook(module: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
-            x = a[0] if a else next(iter(kw.values()))
-            b, s, w = x.shape
-            z[layer] = x.detach().view(b, s, handle.n_heads, w // handle.n_heads)  # type: ignore[index]
+    def z_store(layer: int):  # noqa: ANN202
+        def store(heads: torch.Tensor) -> None:
+            z[layer] = heads.detach()  # type: ignore[index]
 
-        return hook
+        return store
 
     blocks = handle.blocks()
     try:
         for layer in range(handle.n_layers):
             hooks.append(blocks[layer].register_forward_pre_hook(block_hook(layer), with_kwargs=True))
-            if z is not None:
-                hooks.append(handle.out_proj(layer).register_forward_pre_hook(z_hook(layer), with_kwargs=True))
+        if z is not None:
+            hooks += register_head_hooks(handle, {layer: z_store(layer) for layer in range(handle.n_layers)})
         out = run()
     finally:
         for h in hooks:

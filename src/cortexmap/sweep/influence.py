@@ -20,23 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cortexmap.heads import HeadId
 from cortexmap.interventions.capture import recording
 from cortexmap.interventions.context import intervene
+from cortexmap.models.hooks import eager_attention
 from cortexmap.sweep.engine import clean_cache, head_block_edit, run_from_layer
-
-
-@contextmanager
-def eager_attention(handle: Any) -> Iterator[None]:
-    """Switch the model to eager attention (attention weights are returned) and restore it."""
-    model = handle.model
-    previous = getattr(model.config, "_attn_implementation", None)
-    if previous != "eager":
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if previous not in (None, "eager"):
-            model.set_attn_implementation(previous)
 
 
 @contextmanager
@@ -166,6 +154,6 @@ def measure_pairs(handle: Any, batches: list[Any], task_name: str, heads: list[t
     rows = []
     for i, a in enumerate(heads):
         for b in heads[i + 1:]:
-            rows.append({"task": task_name, "head_a": f"L{a[0]}H{a[1]}", "head_b": f"L{b[0]}H{b[1]}",
+            rows.append({"task": task_name, "head_a": str(HeadId(*a)), "head_b": str(HeadId(*b)),
                          "effect_a": single[a], "effect_b": single[b], "effect_ab": effect([a, b])})
     return pd.DataFrame(rows)

@@ -6,7 +6,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-from cortexmap.sweep.store import SCHEMA_VERSION
+from cortexmap.results.layout import SCHEMA_VERSION
 
 _PACKAGES = ("cortexmap", "torch", "transformers", "numpy", "pandas", "pyarrow", "scipy", "gguf", "safetensors")
 

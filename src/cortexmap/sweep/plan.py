@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from cortexmap.errors import CortexmapError
+from cortexmap.sweep.config import SweepConfig
 
 MAX_BATCH = 64  # prompts per equal-length batch (LocalBackend encodes tasks with this)
 OVERHEAD = 1.10  # allocator slack on top of the estimated tensors
@@ -236,21 +237,58 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: str | list[str] = "zero",
-             method: str = "exact", device: str | torch.device | None = None, *, dtype: torch.dtype | None = None,
-             rows_per_pass: int | None = None, calibrated: bool = True, utilization: float = 0.35,
-             memory_bytes: int | None = None, host_bytes: int | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PlanMemory:
+    """Bytes: ``weights`` + ``caches`` (every task's clean caches) + one ``pass`` -> ``peak``, of ``budget``."""
+
+    weights: float
+    caches: float
+    pass_: float
+    peak: float
+    budget: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`plan_run` expects of a map: work, time, memory, and whether it fits (``message`` says why)."""
+
+    model: str
+    device: str
+    n_layers: int
+    n_heads: int
+    n_params: int
+    dtype_bytes: int
+    n_tasks: int
+    n_prompts: int
+    seq: int
+    interventions: list[str]
+    method: str
+    units: int
+    head_interventions: int
+    batches_per_task: int
+    rows_per_pass: int
+    forward_equivalents: float
+    flops: float
+    time_s: float | None  # None when unknown (not calibrated, and no known peak)
+    time_source: str
+    calibration: dict[str, float] | None
+    memory: PlanMemory
+    fits: bool
+    message: str
+
+
+def plan_run(model: Any, config: SweepConfig, n_tasks: int, seq: int, *, device: str | torch.device | None = None,
+             dtype: torch.dtype | None = None, rows_per_pass: int | None = None, calibrated: bool = True,
+             utilization: float = 0.35, memory_bytes: int | None = None, host_bytes: int | None = None) -> Plan:
     """Forward passes, expected time and peak memory of mapping ``model``, and whether it fits.
 
     Args:
         model: a loaded model handle (calibrated timings), a transformers config, or
             :class:`ModelFacts` (FLOP-based time on GPUs with a known peak; none on CPU).
+        config: the run's :class:`~cortexmap.sweep.config.SweepConfig` (prompts per task,
+            interventions, method; ``auto`` is resolved for ``device``).
         n_tasks: tasks mapped.
-        n_prompts: prompts per task.
         seq: prompt length in tokens (the longest bucket).
-        interventions: ``"zero,mean,patch,amplify:0.5"`` or a list of such labels.
-        method: ``auto`` (resolved for ``device``), ``exact``, ``screen``, ``attribution`` or
-            ``attribution+verify:K``.
         device: where the run goes (default: the handle's device, else ``cpu``).
         dtype: weight dtype when ``model`` is a config (default float32).
         rows_per_pass: rows (prompts x heads) per pass; default as ``--batch-size auto``.
@@ -260,12 +298,10 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
         host_bytes: host RAM to plan against (default: ``MemAvailable``).
 
     Returns:
-        A dict: ``forward_equivalents``, ``flops``, ``time_s`` (None when unknown) with
-        ``time_source``, ``memory`` (bytes by part and ``peak``), ``rows_per_pass``, ``fits`` and
-        ``message`` (one line, why it cannot fit or what was adjusted).
+        A :class:`Plan`: forward-pass equivalents, FLOPs, time (None when unknown) and its source,
+        memory by part, rows per pass, whether it fits and a one-line ``message`` (why it cannot
+        fit or what was adjusted).
     """
-    from cortexmap.sweep.config import SweepConfig
-
     is_handle = hasattr(model, "model") and hasattr(model, "n_heads")
     if isinstance(model, ModelFacts) or is_handle:
         facts = _facts(model)
@@ -275,9 +311,7 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
     if str(device) == "auto":
         device = shards[0] if shards else "cpu"
     device = torch.device(device if device is not None else (model.device if is_handle else "cpu"))
-    labels = ",".join(interventions) if isinstance(interventions, (list, tuple)) else interventions
-    config = SweepConfig(interventions=labels, method=method, n_prompts=n_prompts)  # validates both
-    _, verify = config.method_parts
+    n_prompts, verify = config.n_prompts, config.verify
     base = config.resolved_method(device.type == "cuda")
     kinds = [spec.kind for spec in config.specs]
     patch = "patch" in kinds
@@ -355,25 +389,23 @@ def plan_run(model: Any, n_tasks: int, n_prompts: int, seq: int, interventions: 
     elif peak_flops(device) is not None:
         time_s = flops / (peak_flops(device) * utilization)
         source = f"estimate: FLOPs at {utilization:.0%} of the bf16 peak"
-    return {
-        "model": facts.name, "device": ", ".join(map(str, shards)) if len(shards) > 1 else str(device), "n_layers": L, "n_heads": H, "n_params": facts.n_params,
-        "dtype_bytes": b, "n_tasks": n_tasks, "n_prompts": n_prompts, "seq": seq,
-        "interventions": [spec.label for spec in config.specs], "method": base, "units": units,
-        "head_interventions": units * L * H, "batches_per_task": n_batches, "rows_per_pass": rows_per_pass,
-        "forward_equivalents": fpe, "flops": flops, "time_s": time_s, "time_source": source,
-        "calibration": calibration,
-        "memory": {"weights": weights, "caches": cache, "pass": peak / OVERHEAD - fixed, "peak": peak,
-                   "budget": budget + resident},
-        "fits": fits, "message": message,
-    }
+    return Plan(
+        model=facts.name, device=", ".join(map(str, shards)) if len(shards) > 1 else str(device), n_layers=L,
+        n_heads=H, n_params=facts.n_params, dtype_bytes=b, n_tasks=n_tasks, n_prompts=n_prompts, seq=seq,
+        interventions=config.labels, method=base, units=units, head_interventions=units * L * H,
+        batches_per_task=n_batches, rows_per_pass=rows_per_pass, forward_equivalents=fpe, flops=flops, time_s=time_s,
+        time_source=source, calibration=calibration,
+        memory=PlanMemory(weights=weights, caches=cache, pass_=peak / OVERHEAD - fixed, peak=peak, budget=budget + resident),
+        fits=fits, message=message,
+    )
 
 
-def require_fit(plan: dict[str, Any]) -> dict[str, Any]:
+def require_fit(plan: Plan) -> Plan:
     """Return ``plan`` when it fits, else raise its one-line reason.
 
     Raises:
         CortexmapError: the run cannot fit in the device memory or host RAM it was planned for.
     """
-    if not plan["fits"]:
-        raise CortexmapError(plan["message"])
+    if not plan.fits:
+        raise CortexmapError(plan.message)
     return plan

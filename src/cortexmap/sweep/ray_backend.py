@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from cortexmap.errors import CortexmapError
-from cortexmap.sweep.backends import LocalBackend, Tick
+from cortexmap.sweep.backends import LocalBackend
+from cortexmap.sweep.compute import Tick
 from cortexmap.sweep.config import SweepConfig
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -15,14 +14,15 @@ from scipy.stats import spearmanr
 from cortexmap.errors import CortexmapError, TaskError
 from cortexmap.sweep.config import SweepConfig
 from cortexmap.sweep.manifest import base_manifest
-from cortexmap.sweep.store import PATTERNS, RunStore, unit_key, write_parquet
+from cortexmap.results import Results, RunStore, unit_key, write_card, write_parquet
+from cortexmap.results.layout import EXACT, PATTERNS, SCREEN
 from cortexmap.sweep.summary import effect_rows
 from cortexmap.sweep.verify import pooled_audit
 
 log = logging.getLogger(__name__)
 
 
-class Progress(Protocol):
+class SweepProgress(Protocol):
     """What the runner reports; the CLI renders it as a rich progress bar with an ETA."""
 
     def start(self, total: float, description: str) -> None: ...
@@ -41,16 +41,6 @@ class _Quiet:
         log.info(message)
 
 
-@dataclass
-class SweepResult:
-    """What a finished sweep produced."""
-
-    run_dir: Path
-    effects: pd.DataFrame
-    patterns: pd.DataFrame
-    manifest: dict[str, Any]
-
-
 def build_tasks(config: SweepConfig, tokenizer: Any, note: Callable[[str], None]) -> tuple[list[Any], dict[str, str]]:
     """Build the selected tasks; built-ins chosen by level or ``all`` that cannot be built are skipped."""
     from cortexmap.tasks import build_task, tasks_for
@@ -60,7 +50,7 @@ def build_tasks(config: SweepConfig, tokenizer: Any, note: Callable[[str], None]
 
         return [load_task_file(config.task_file, tokenizer)], {}
     names = tasks_for(config.tasks)
-    explicit = {part.strip() for part in config.tasks.split(",")}
+    explicit = set(config.tasks)
     tasks, skipped = [], {}
     for name in names:
         try:
@@ -91,8 +81,7 @@ def _require_fit(backend: Any, config: SweepConfig, tasks: list[Any]) -> None:
     from cortexmap.sweep.plan import plan_run, require_fit
 
     seq = longest_prompt(tasks, handle.tokenizer)
-    require_fit(plan_run(handle, len(tasks), config.n_prompts, seq, config.interventions, config.method,
-                         handle.device, calibrated=False))
+    require_fit(plan_run(handle, config, len(tasks), seq, device=handle.device, calibrated=False))
 
 
 def _units(config: SweepConfig, tasks: list[Any], base: str) -> list[tuple[Any, Any, str]]:
@@ -141,7 +130,7 @@ def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: 
     reuse = spec.kind not in ("mean", "resample")
     others = np.setdiff1d(np.arange(n), picked) if reuse else np.arange(n)
     rest = _with_pairs(task, others) if reuse else task
-    sub_matrix, sub_clean = backend.matrix(sub, spec, "exact", tick=lambda k: tick(k * len(picked) / n))
+    sub_matrix, sub_clean = backend.matrix(sub, spec, EXACT, tick=lambda k: tick(k * len(picked) / n))
     screen = np.full((n, n_cols), np.nan)
     screen[picked] = sub_matrix
     clean = np.full(n, np.nan)
@@ -151,7 +140,7 @@ def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: 
 
     def measure(cols: list[int]) -> dict[int, float]:
         heads = [divmod(int(c), n_heads) for c in cols]
-        matrix, rest_clean = backend.matrix(rest, spec, "exact", heads=heads, tick=lambda k: tick(k * len(others) / n))
+        matrix, rest_clean = backend.matrix(rest, spec, EXACT, heads=heads, tick=lambda k: tick(k * len(others) / n))
         clean[others] = rest_clean
         exact[np.ix_(others, cols)] = matrix[:, cols]
         if reuse:
@@ -167,8 +156,8 @@ def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: 
     result = adaptive_verify(order, measure, policy, seed=seed)
     screen_clean = np.full(n, np.nan)
     screen_clean[picked] = sub_clean
-    sc_eff, sc_prompts = effect_rows(screen, screen_clean, {**meta, "method": "screen"}, n_layers, n_heads, seed)
-    ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": "exact"}, n_layers, n_heads, seed)
+    sc_eff, sc_prompts = effect_rows(screen, screen_clean, {**meta, "method": SCREEN}, n_layers, n_heads, seed)
+    ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": EXACT}, n_layers, n_heads, seed)
     record = unit_record(result, n_cols, policy)
     merged = sc_eff.merge(ex_eff[["layer", "head", "effect"]], on=["layer", "head"], suffixes=("", "_exact"))
     rho = spearmanr(merged["effect"], merged["effect_exact"]).statistic if len(merged) > 2 else float("nan")
@@ -186,21 +175,21 @@ def unit_meta(facts: dict[str, Any], task: Any, spec: Any) -> dict[str, Any]:
 def unit_result(backend: Any, task: Any, spec: Any, base: str, config: SweepConfig,
                 tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Effects, per-prompt effects and manifest info of one unit, computed on ``backend``."""
-    _, verify_k = config.method_parts
+    verify_k = config.verify
     seed = config.seed
     facts = backend.describe()
     geometry = (facts["n_layers"], facts["n_heads"])
     meta = unit_meta(facts, task, spec)
-    if base == "screen":
+    if base == SCREEN:
         return _screen_unit(backend, task, spec, config, meta, tick)
     matrix, clean = backend.matrix(task, spec, base, tick=tick)
     eff, prompts = effect_rows(matrix, clean, {**meta, "method": base}, *geometry, seed)
-    if base == "exact" or not verify_k:
+    if base == EXACT or not verify_k:
         return eff, prompts, {}
     order = np.argsort(-np.abs(np.nanmean(matrix - clean[:, None], axis=0)))[:verify_k]
     heads = [divmod(int(c), geometry[1]) for c in order]
-    exact, _ = backend.matrix(task, spec, "exact", heads=heads, tick=tick)
-    ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": "exact"}, *geometry, seed)
+    exact, _ = backend.matrix(task, spec, EXACT, heads=heads, tick=tick)
+    ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": EXACT}, *geometry, seed)
     merged = eff.merge(ex_eff[["layer", "head", "effect"]], on=["layer", "head"], suffixes=("", "_exact"))
     rho = spearmanr(merged["effect"], merged["effect_exact"]).statistic if len(merged) > 2 else float("nan")
     info = {"verified_heads": len(merged), "spearman": None if np.isnan(rho) else float(rho),
@@ -210,17 +199,16 @@ def unit_result(backend: Any, task: Any, spec: Any, base: str, config: SweepConf
 
 def unit_weight(base: str, config: SweepConfig, n_heads_total: int) -> float:
     """Expected cost of one unit, in exact head measurements on every prompt."""
-    _, verify_k = config.method_parts
-    if base == "exact":
+    if base == EXACT:
         return float(n_heads_total)
-    if base == "screen":
+    if base == SCREEN:
         policy = config.policy
         return n_heads_total * policy.screen_share(config.n_prompts) + policy.expected_heads(n_heads_total)
-    return n_heads_total * 0.05 + verify_k
+    return n_heads_total * 0.05 + config.verify
 
 
 def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dict[str, Any] | None,
-               progress: Progress) -> list[tuple[Any, Any, str]]:
+               progress: SweepProgress) -> list[tuple[Any, Any, str]]:
     """Compute and store every unfinished unit; return all units of the run."""
     tasks, skipped = build_tasks(config, backend.tokenizer, progress.note)
     facts = backend.describe()
@@ -230,7 +218,7 @@ def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dic
     _require_fit(backend, config, tasks)
     manifest = base_manifest(config, facts, tasks, skipped)
     manifest["method"] = base
-    if base == "screen":
+    if base == SCREEN:
         manifest["verify_policy"] = config.policy.to_dict()
     if previous:
         manifest.update(previous)
@@ -261,14 +249,14 @@ def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dic
         if getattr(backend, "stats", None):
             manifest["ray"] = backend.stats
         if info:
-            manifest["verification" if base == "screen" else "attribution"][key] = info
-        if base == "screen":
+            manifest["verification" if base == SCREEN else "attribution"][key] = info
+        if base == SCREEN:
             manifest["audit"] = pooled_audit(manifest["verification"])
         store.write_manifest(manifest)
     return units
 
 
-def _in_turn(backend: Any, todo: list[tuple[Any, Any, str]], config: SweepConfig, progress: Progress) -> Any:
+def _in_turn(backend: Any, todo: list[tuple[Any, Any, str]], config: SweepConfig, progress: SweepProgress) -> Any:
     """Units one after another in this process: ``(task, spec, base, effects, prompts, info, seconds)``."""
     for task, spec, base in todo:
         t0 = time.time()
@@ -278,7 +266,7 @@ def _in_turn(backend: Any, todo: list[tuple[Any, Any, str]], config: SweepConfig
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False, handle: Any = None,
-              progress: Progress | None = None) -> SweepResult:
+              progress: SweepProgress | None = None) -> Results:
     """Map every head of a model on a task battery and store the run in ``out_dir``.
 
     Args:
@@ -286,7 +274,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False,
         out_dir: the run directory; must not hold another run unless ``resume``.
         resume: continue a killed run, redoing only its unfinished units (same numbers).
         handle: an already-loaded model handle (else ``config.model`` is loaded).
-        progress: a :class:`Progress` sink (the CLI passes a rich progress bar).
+        progress: a :class:`SweepProgress` (the CLI passes a rich progress bar).
 
     Raises:
         CortexmapError: bad arguments, an existing run without ``resume``, or a mismatched resume.
@@ -318,5 +306,6 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False,
     timings["total_s"] = round(timings.get("total_s", 0) + time.time() - started, 2)
     manifest["complete"] = True
     store.write_manifest(manifest)
+    write_card(store.root, manifest)
     patterns = pd.read_parquet(store.root / PATTERNS) if (store.root / PATTERNS).exists() else pd.DataFrame()
-    return SweepResult(store.root, effects, patterns, manifest)
+    return Results(store.root, effects, patterns, manifest)

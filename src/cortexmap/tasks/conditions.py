@@ -27,8 +27,6 @@ from cortexmap.errors import TaskError
 from cortexmap.tasks.core import prompt_ids
 from cortexmap.tasks.templates import draw, load_yaml, parse_list
 
-DEMANDING_SIDE = "b"
-
 
 @lru_cache(maxsize=1)
 def _condition_data() -> tuple[dict[str, tuple[Any, ...]], dict[str, list[dict[str, Any]]]]:
@@ -41,6 +39,19 @@ def _condition_data() -> tuple[dict[str, tuple[Any, ...]], dict[str, list[dict[s
 def condition_names() -> list[str]:
     """Names of the condition contrasts."""
     return list(_condition_data()[1])
+
+
+# What each contrast varies, easy side first (listed by ``cortexmap tasks list``).
+DESCRIPTIONS = {
+    "reasoning": 'One-step vs multi-step problems over the same items ("3 + 4 =" vs "3 + 4 + 2 - 1 =").',
+    "ambiguity": "Clear vs ambiguous or contradictory input (a repeated name vs a pronoun that fits two people).",
+    "length": "A fact right before its question vs six unrelated sentences in between.",
+}
+
+
+def condition_descriptions() -> dict[str, str]:
+    """Each condition contrast's one-line description (empty for a contrast without one)."""
+    return {name: DESCRIPTIONS.get(name, "") for name in condition_names()}
 
 
 def _draw_pair(

@@ -22,7 +22,7 @@ Conventions fixed here and used by every other module of :mod:`cortexmap.tasks`:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -167,11 +167,6 @@ def require_pairs(name: str, pairs: list[Pair], dropped: dict[str, int], minimum
             f"task {name!r} has {len(pairs)} usable pairs, fewer than the {minimum} needed "
             f"(dropped: {counts}); use a tokenizer that keeps its answers as single tokens or add more pairs"
         )
-
-
-def strip_corrupt(task: Task) -> Task:
-    """Return a copy of ``task`` without corrupt prompts (for metrics that do not patch)."""
-    return replace(task, pairs=[replace(p, corrupt=None) for p in task.pairs])
 
 
 def encode_task(task: Task, tokenizer: Any, max_batch: int | None = None) -> list[EncodedBatch]:

@@ -35,6 +35,7 @@ import torch
 
 from cortexmap.errors import TaskError
 from cortexmap.heads import HeadId
+from cortexmap.models.hooks import eager_attention
 from cortexmap.tasks.core import single_token
 from cortexmap.tasks.stats import bootstrap_cis
 from cortexmap.tasks.templates import load_sequences
@@ -229,11 +230,12 @@ def ordinal_sequences(tokenizer: Any, n: int, members: int = 6, seed: int = 0) -
 
 @dataclass(frozen=True)
 class Probe:
-    """A probe: its input generator and its scoring function."""
+    """A probe: its input generator, its scoring function and one line on what it measures."""
 
     name: str
     inputs: str  # key of INPUTS
     score: Callable[[torch.Tensor, ProbeBatch], torch.Tensor]
+    description: str
 
 
 INPUTS: dict[str, Callable[[Any, int, int], ProbeBatch]] = {
@@ -244,12 +246,18 @@ INPUTS: dict[str, Callable[[Any, int, int], ProbeBatch]] = {
 PROBES: dict[str, Probe] = {
     p.name: p
     for p in (
-        Probe("previous_token", "repeat", lambda a, b: previous_token_score(a)),
-        Probe("induction", "repeat", lambda a, b: induction_score(a, b.input_ids)),
-        Probe("duplicate_token", "repeat", lambda a, b: duplicate_token_score(a, b.input_ids)),
-        Probe("sink", "repeat", lambda a, b: sink_score(a)),
-        Probe("local_window", "repeat", lambda a, b: local_window_score(a)),
-        Probe("successor", "sequence", lambda a, b: successor_score(a, b.members)),  # type: ignore[arg-type]
+        Probe("previous_token", "repeat", lambda a, b: previous_token_score(a),
+              "Attention from each token to the one just before it."),
+        Probe("induction", "repeat", lambda a, b: induction_score(a, b.input_ids),
+              "Attention from a repeated token to the token after its earlier occurrence (copying a seen sequence)."),
+        Probe("duplicate_token", "repeat", lambda a, b: duplicate_token_score(a, b.input_ids),
+              "Attention from a token to earlier copies of the same token."),
+        Probe("sink", "repeat", lambda a, b: sink_score(a),
+              "Attention parked on the first position (BOS or first token: the attention sink)."),
+        Probe("local_window", "repeat", lambda a, b: local_window_score(a),
+              f"Attention to the {LOCAL_WINDOW} tokens before the query (a local window)."),
+        Probe("successor", "sequence", lambda a, b: successor_score(a, b.members),  # type: ignore[arg-type]
+              'Attention from an item of an ordinal list to the item before it (" Tuesday" -> " Monday").'),
     )
 }
 
@@ -296,11 +304,8 @@ def run_probes(
     if n < 1:
         raise TaskError(f"n must be at least 1, got {n}")
     model = handle.model
-    previous = model.config._attn_implementation
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    if previous != "eager":
-        model.set_attn_implementation("eager")
-    try:
+    with eager_attention(model):
         with torch.no_grad():
             for group in dict.fromkeys(PROBES[name].inputs for name in names):
                 batch = INPUTS[group](handle.tokenizer, n, seed)
@@ -314,9 +319,6 @@ def run_probes(
                     for name in members:
                         per_layer = [PROBES[name].score(a, part) for a in layers]
                         scores[name].append(torch.stack(per_layer, dim=1))  # [b, n_layers, n_heads]
-    finally:
-        if previous != "eager":
-            model.set_attn_implementation(previous)
     rows = []
     for name in names:
         values = torch.cat(scores[name]).numpy()  # [n, n_layers, n_heads]

@@ -2,7 +2,8 @@
 
 A selection spec (CLI ``--tasks``) is a task name, a level name, a comma list of those, or
 ``all``; :func:`tasks_for` expands it to task names in battery order (level order, then file
-order), without repeats.
+order), without repeats. :func:`list_battery` lists everything a map and its analysis can
+measure: these tasks, the mechanistic probes and the condition sets.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 import pandas as pd
 
 from cortexmap.errors import TaskError
+from cortexmap.tasks.conditions import condition_descriptions
 from cortexmap.tasks.core import LEVELS, MIN_PAIRS, Task, require_pairs
+from cortexmap.tasks.probes import PROBES
 from cortexmap.tasks.templates import TaskSpec, builtin_specs, generate_pairs
 
 
@@ -105,3 +108,21 @@ def list_tasks() -> pd.DataFrame:
         for s in builtin_specs().values()
     ]
     return pd.DataFrame(rows, columns=["name", "level", "description", "has_corrupt", "version"])
+
+
+BATTERY_COLUMNS = ["kind", "name", "level", "description"]
+
+
+def list_battery() -> pd.DataFrame:
+    """Everything a map and its analysis can measure, one row each: tasks, probes, condition sets.
+
+    Returns:
+        Columns ``kind, name, level, description``: ``kind`` is ``task`` (a built-in task),
+        ``probe`` (a mechanistic attention probe) or ``condition`` (a condition set of the
+        regulator analysis); ``level`` is a task's level (empty otherwise); ``description`` is
+        one line on what the row measures.
+    """
+    rows = [("task", s.name, s.level, s.description) for s in builtin_specs().values()]
+    rows += [("probe", p.name, "", p.description) for p in PROBES.values()]
+    rows += [("condition", name, "", text) for name, text in condition_descriptions().items()]
+    return pd.DataFrame(rows, columns=BATTERY_COLUMNS)

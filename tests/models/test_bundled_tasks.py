@@ -1,4 +1,4 @@
-"""Slow tests on the bundled models' tokenizers (SmolLM2, Gemma-3) and on SmolLM2 itself."""
+"""Slow tests of the task battery on the bundled models' tokenizers (SmolLM2, Gemma-3) and on SmolLM2 itself."""
 
 from __future__ import annotations
 

@@ -6,17 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from cortexmap.cli import app
+from tests.cli.invoke import assert_ok, assert_one_line_error, invoke
 
 
 def test_compare_prints_statistics_and_writes_records(rich_runs: tuple[Path, Path], tmp_path: Path) -> None:
     run_a, run_b = (shutil.copytree(r, tmp_path / r.name) for r in rich_runs)
-    result = CliRunner().invoke(app, ["compare", str(run_a), str(run_b)])
-    assert result.exit_code == 0, result.output
-    assert "profile conservation" in result.output and "p = " in result.output and "95% CI" in result.output
-    assert "scale comparison" in result.output
+    out = assert_ok(invoke("compare", run_a, run_b))
+    assert "profile conservation" in out and "p = " in out and "95% CI" in out
+    assert "scale comparison" in out
     saved = json.loads((run_a / "compare.json").read_text())
     comp = saved["comparisons"][0]
     assert comp["b"] == "synthetic-b" and 0 <= comp["p_value"] <= 1
@@ -25,5 +22,8 @@ def test_compare_prints_statistics_and_writes_records(rich_runs: tuple[Path, Pat
 
 
 def test_compare_needs_two_runs(rich_runs: tuple[Path, Path]) -> None:
-    result = CliRunner().invoke(app, ["compare", str(rich_runs[0])])
-    assert result.exit_code == 1 and "at least two run directories" in result.output
+    assert_one_line_error(invoke("compare", rich_runs[0]), "at least two run directories")
+
+
+def test_compare_refuses_a_directory_that_is_not_a_run(rich_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    assert_one_line_error(invoke("compare", rich_runs[0], tmp_path), "is not a cortexmap run")
