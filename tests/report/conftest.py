@@ -62,9 +62,39 @@ def _prune_curve() -> pd.DataFrame:
     return curve
 
 
+def _circuit(n_layers: int, n_heads: int, model: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """A schema-valid traced circuit of task ioi on the synthetic model (see docs/schema.md)."""
+    from cortexmap.circuits.graph import Graph
+
+    rng = np.random.default_rng(seed)
+    edges = Graph(n_layers, n_heads, n_heads).edges
+    picked = sorted(rng.choice(len(edges), 40, replace=False))
+    effect = rng.normal(0, 0.3, len(picked))
+    exact = np.arange(len(picked)) < 15
+    table = pd.DataFrame({
+        "task": "ioi", "sender": [edges[i].sender for i in picked], "receiver": [edges[i].receiver for i in picked],
+        "kind": [edges[i].kind for i in picked], "score": effect * 0.9, "effect": effect,
+        "ci_low": np.where(exact, effect - 0.05, np.nan), "ci_high": np.where(exact, effect + 0.05, np.nan),
+        "method": np.where(exact, "exact", "estimated"), "rank": np.arange(len(picked)),
+        "in_circuit": np.arange(len(picked)) < 25, "model": model, "ablation": "corrupt", "screen": "eap-ig"})
+    fractions = [0.001, 0.01, 0.1, 0.5, 1.0]
+    curves = []
+    for method, draws in (("verified", 1), ("eap-ig", 1), ("eap", 1), ("random", 3)):
+        for draw in range(draws):
+            for f in fractions:
+                faith = min(1.0, f ** (0.2 if method != "random" else 0.8) + rng.normal(0, 0.02))
+                curves += [{"task": "ioi", "method": method, "draw": draw, "fraction": f, "n_edges": int(f * len(edges)),
+                            "prompt": p, "metric": faith * 2.0, "faithfulness": faith, "ablation": "corrupt",
+                            "model": model} for p in range(4)]
+    summary = [{"method": m, "draw": 0, "cpr": 0.8, "cpr_low": 0.7, "cpr_high": 0.9, "cmd": 0.2, "cmd_low": 0.1,
+                "cmd_high": 0.3, "smallest": 0.01, "smallest_n_edges": 11, "smallest_n_edges_low": 11,
+                "smallest_n_edges_high": 110} for m in ("verified", "eap-ig", "eap")]
+    return table, pd.DataFrame(curves), {"ioi": {"summary": summary}}
+
+
 def write_synthetic_run(root: Path, *, model: str = "synthetic-a", n_layers: int = 6, n_heads: int = 4, seed: int = 0,
                         interventions: tuple[str, ...] = ("zero",), influence: bool = False, prune: bool = False,
-                        n_tasks: int = 6) -> Path:
+                        n_tasks: int = 6, circuit: bool = False) -> Path:
     """Write a schema-valid, finished run directory with planted layer bands; return ``root``."""
     tasks = dict(list(TASKS.items())[:: max(1, len(TASKS) // n_tasks)][:n_tasks])
     planted = plant_bands(n_layers, n_heads, per_task=2, seed=seed, tasks=tasks)
@@ -85,6 +115,10 @@ def write_synthetic_run(root: Path, *, model: str = "synthetic-a", n_layers: int
         (root / "prune").mkdir(exist_ok=True)
         _prune_curve().to_parquet(root / "prune" / "curve.parquet", index=False)
     manifest = _manifest(model, n_layers, n_heads, tasks, list(interventions))
+    if circuit:
+        table, curves, manifest["circuits"] = _circuit(n_layers, n_heads, model, seed)
+        table.to_parquet(root / "circuit.parquet", index=False)
+        curves.to_parquet(root / "circuit_curves.parquet", index=False)
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root
 
@@ -114,7 +148,7 @@ def small_report(small_run: Path) -> Path:
 def rich_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A synthetic run with regulators, a pruning curve and two interventions, plus a second model."""
     base = tmp_path_factory.mktemp("rich")
-    run_a = write_synthetic_run(base / "a", interventions=("zero", "mean"), influence=True, prune=True)
+    run_a = write_synthetic_run(base / "a", interventions=("zero", "mean"), influence=True, prune=True, circuit=True)
     run_b = write_synthetic_run(base / "b", model="synthetic-b", n_layers=8, n_heads=3, seed=1)
     return run_a, run_b
 

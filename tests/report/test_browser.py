@@ -47,4 +47,4 @@ def test_screenshot_without_height_captures_the_whole_page(tmp_path: Path) -> No
 
 def test_rich_report_renders_offline_without_errors(rich_report: Path) -> None:
     names = _check_rendered(rich_report)
-    assert {"regulator_graph", "contrasts", "compare_0", "pruning"} <= set(names)
+    assert {"regulator_graph", "contrasts", "compare_0", "pruning", "circuit_0", "circuit_curves_0"} <= set(names)

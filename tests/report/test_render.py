@@ -74,6 +74,14 @@ def test_rich_run_shows_regulators_comparison_and_pruning(rich_report: Path) -> 
     assert "synthetic-a vs synthetic-b" in page
     assert "Regulator candidate L1H2" in page  # the planted regulator, stated with its interval
     assert "--regulators" not in page
+    circuit = figures["circuit_0"]["data"]  # the circuit view: one line per drawn edge, hover at its middle
+    table = __import__("pandas").read_parquet(rich_report.parent / "circuit.parquet")
+    drawn = table[table["in_circuit"]]
+    assert sum(t.get("mode") == "lines" for t in circuit) == len(drawn)
+    hover = next(t for t in circuit if t.get("mode") == "markers" and t.get("text"))["text"]
+    strongest = drawn.loc[drawn["effect"].abs().idxmax()]
+    assert any(f"{strongest.sender} → {strongest.receiver}" in h and f"{strongest.effect:+.3f}" in h for h in hover)
+    assert "Circuit of ioi" in page and "CPR (higher better)" in page and "circuit_curves_0" in figures
 
 
 def test_report_out_path_and_existing_atlas_is_reused(small_run: Path, small_report: Path, tmp_path: Path) -> None:

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from cortexmap.cli import apply_cmds, map_cmds, model_cmds, plan_cmds, task_cmds, use_cmds  # noqa: F401  (register commands)
+from cortexmap.cli import (  # noqa: F401  (register commands)
+    apply_cmds,
+    circuit_cmds,
+    map_cmds,
+    model_cmds,
+    plan_cmds,
+    task_cmds,
+    use_cmds,
+)
 from cortexmap.cli.app import app, err
 from cortexmap.errors import CortexmapError
 

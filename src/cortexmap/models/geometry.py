@@ -11,15 +11,42 @@ transformers). Intervening on one query head touches only its own slice, so the 
 sharing its KV head are unchanged.
 
 To register an architecture, add a :class:`HeadGeometry` row to ``GEOMETRY`` (or call
-:func:`register_geometry`) and a tiny-config test in ``tests/models/test_geometry.py``.
+:func:`register_geometry`) and its tiny config to ``tests/tiny.py`` (``ARCHS``), which
+``tests/models/test_loading.py`` checks row by row.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cortexmap.errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How a decoder block reads and writes the residual stream (what edge-level circuits hook).
+
+    Attributes:
+        attn_norm: block attribute normalizing the residual that the q/k/v projections read.
+        mlp_norm: block attribute normalizing the residual that the MLP reads.
+        mlp: block attribute whose output is the MLP's whole contribution to the residual.
+        k_proj: attribute of the attention module projecting keys (queries: ``HeadGeometry.q_proj``).
+        v_proj: attribute of the attention module projecting values.
+        residual: ``"pre_norm"``: ``x += attn(attn_norm(x)); x += mlp(mlp_norm(x))``, every head
+            adds its own term to the residual; ``"sandwich"``: each sublayer's output is normalized
+            again before it is added (Gemma 2/3), so head outputs are not added one by one.
+        pre_norm_flag: config attribute that must be true for the pre-norm order (OPT's
+            ``do_layer_norm_before``), or None.
+    """
+
+    attn_norm: str
+    mlp_norm: str
+    mlp: str
+    k_proj: str = "k_proj"
+    v_proj: str = "v_proj"
+    residual: str = "pre_norm"
+    pre_norm_flag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +64,7 @@ class HeadGeometry:
         n_kv_heads: config attribute with the number of key/value heads (None: no GQA).
         out_proj_is_conv1d: GPT-2's ``Conv1D`` stores the weight as ``[in, out]``.
         qkv_fused: attribute of the fused query/key/value projection, if any.
+        block: the decoder block's residual layout, for circuits (None: not described).
     """
 
     layers: str
@@ -48,9 +76,13 @@ class HeadGeometry:
     n_kv_heads: str | None = "num_key_value_heads"
     out_proj_is_conv1d: bool = False
     qkv_fused: str | None = None
+    block: BlockLayout | None = None
 
 
-_LLAMA_LIKE = HeadGeometry("model.layers", "self_attn", "o_proj", ("model.norm",))
+_LLAMA_LIKE = HeadGeometry("model.layers", "self_attn", "o_proj", ("model.norm",),
+                           block=BlockLayout("input_layernorm", "post_attention_layernorm", "mlp"))
+_GEMMA_SANDWICH = replace(_LLAMA_LIKE, block=BlockLayout("input_layernorm", "pre_feedforward_layernorm", "mlp",
+                                                         residual="sandwich"))
 
 GEOMETRY: dict[str, HeadGeometry] = {
     "llama": _LLAMA_LIKE,
@@ -58,8 +90,8 @@ GEOMETRY: dict[str, HeadGeometry] = {
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
+    "gemma2": _GEMMA_SANDWICH,
+    "gemma3_text": _GEMMA_SANDWICH,
     "gpt2": HeadGeometry(
         "transformer.h", "attn", "c_proj", ("transformer.ln_f",),
         q_proj=None, n_heads="n_head", n_kv_heads=None, out_proj_is_conv1d=True, qkv_fused="c_attn",
@@ -71,6 +103,7 @@ GEOMETRY: dict[str, HeadGeometry] = {
     "opt": HeadGeometry(
         "model.decoder.layers", "self_attn", "out_proj",
         ("model.decoder.final_layer_norm", "model.decoder.project_out"), n_kv_heads=None,
+        block=BlockLayout("self_attn_layer_norm", "final_layer_norm", "fc2", pre_norm_flag="do_layer_norm_before"),
     ),
 }
 

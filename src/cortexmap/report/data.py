@@ -22,7 +22,7 @@ import pandas as pd
 from cortexmap.errors import CortexmapError
 from cortexmap.analysis.run import analyze_run
 from cortexmap.results import Results, load_results
-from cortexmap.results.layout import INFLUENCE, PRUNE_CURVE, SCREEN_CONDITION
+from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, INFLUENCE, PRUNE_CURVE, SCREEN_CONDITION
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class ReportData:
     influence: pd.DataFrame | None = None
     prune_curve: pd.DataFrame | None = None
     comparisons: list[Comparison] = field(default_factory=list)
+    circuits: pd.DataFrame | None = None  # circuit.parquet (cortexmap circuit)
+    circuit_curves: pd.DataFrame | None = None  # circuit_curves.parquet
 
     @property
     def model_name(self) -> str:
@@ -125,4 +127,5 @@ def load_report_data(run_dir: str | Path, compare: Sequence[str | Path] = (), *,
     atlas, findings = ensure_atlas(run_dir, seed=seed)
     results = load_results(run_dir)
     comparisons = [_compare(results, other, seed) for other in compare]
-    return ReportData(results, atlas, findings, _influence(results.root), _prune_curve(results.root), comparisons)
+    return ReportData(results, atlas, findings, _influence(results.root), _prune_curve(results.root), comparisons,
+                      results.table(CIRCUIT), results.table(CIRCUIT_CURVES))

@@ -24,7 +24,7 @@ from cortexmap.analysis import list_findings
 from cortexmap.analysis.findings import num
 from cortexmap.atomic import write_text
 from cortexmap.results.layout import REPORT
-from cortexmap.report import charts, maps, sections
+from cortexmap.report import charts, circuits, maps, sections
 from cortexmap.report.data import ReportData, load_report_data
 from cortexmap.report.page import esc, header, nav, route_findings
 
@@ -83,6 +83,7 @@ def build_figures(data: ReportData) -> dict[str, go.Figure]:
     for i, comparison in enumerate(data.comparisons):
         figures[f"compare_{i}"] = charts.compare_figure(comparison)
     figures["pruning"] = charts.prune_figure(data.prune_curve)
+    figures.update(circuits.circuit_figures(data))
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 
@@ -142,6 +143,7 @@ def build_page(data: ReportData, figures: dict[str, go.Figure]) -> str:
         sections.bands_section(data, routed),
         sections.roles_section(data, routed),
         sections.regulators_section(data, routed, present),
+        circuits.circuit_section(data, present),
         sections.compare_section(data, compare_names),
         sections.prune_section(data, present),
         sections.manifest_section(data),

@@ -34,7 +34,8 @@ from cortexmap.report.theme import group_colors
 
 SECTIONS = (("summary", "Overview"), ("map", "Cortex map"), ("findings", "Findings"), ("effects", "Effects"),
             ("bands", "Layer bands"),
-            ("roles", "Roles"), ("regulators", "Regulators"), ("compare", "Cross-model"), ("prune", "Pruning"),
+            ("roles", "Roles"), ("regulators", "Regulators"), ("circuits", "Circuits"), ("compare", "Cross-model"),
+            ("prune", "Pruning"),
             ("manifest", "Run"))
 
 

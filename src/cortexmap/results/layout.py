@@ -22,6 +22,9 @@ PAIRS = "pairs.parquet"  # analyze --redundancy
 ATLAS = "atlas.parquet"
 FINDINGS = "atlas.json"
 COMPARE = "compare.json"
+# circuit
+CIRCUIT = "circuit.parquet"
+CIRCUIT_CURVES = "circuit_curves.parquet"
 # report and the dataset card
 REPORT = "report.html"
 CARD = "README.md"
@@ -39,4 +42,5 @@ EXACT, SCREEN, ATTRIBUTION = "exact", "screen", "attribution"
 SCREEN_CONDITION = "screen"
 
 TABLES = {"effects": EFFECTS, "prompt_effects": PROMPT_EFFECTS, "patterns": PATTERNS, "atlas": ATLAS,
-          "influence": INFLUENCE, "pairs": PAIRS}
+          "influence": INFLUENCE, "pairs": PAIRS, "circuit": CIRCUIT,
+          "circuit_curves": CIRCUIT_CURVES}

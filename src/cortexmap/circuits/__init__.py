@@ -1,0 +1,39 @@
+"""Edge-level circuits: the graph of heads, MLPs and their inputs, exact path patching, EAP / EAP-IG, faithfulness.
+
+:mod:`~cortexmap.circuits.graph` names nodes and edges (query heads' ``q`` inputs, KV groups'
+``k``/``v`` inputs, MLP and logits inputs), :mod:`~cortexmap.circuits.patching` measures edges and
+circuits exactly, :mod:`~cortexmap.circuits.attribution` estimates every edge at once,
+:mod:`~cortexmap.circuits.curves` evaluates rankings over circuit sizes and
+:mod:`~cortexmap.circuits.faithfulness` turns those into MIB's faithfulness, CPR and CMD.
+
+Names load their modules on first use, so ``graph`` and ``faithfulness`` (no torch) serve
+analysis and report code on a machine without torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Edge": "graph", "Graph": "graph",
+    "circuit_layout": "layout", "unsupported_reason": "layout",
+    "PathPatcher": "patching", "patch_edges": "patching", "circuit_metric": "patching",
+    "circuit_metrics": "patching", "edge_effects": "patching",
+    "edge_scores": "attribution", "attribute_edges": "attribution",
+    "faithfulness_curves": "curves",
+    "MIB_FRACTIONS": "faithfulness", "circuit_sizes": "faithfulness", "rank_edges": "faithfulness",
+    "random_orders": "faithfulness", "prefix_masks": "faithfulness", "circuit_faithfulness": "faithfulness",
+    "cpr": "faithfulness", "cmd": "faithfulness", "curve_summary": "faithfulness",
+    "curve_table": "faithfulness", "summarize_curves": "faithfulness",
+    "CircuitResult": "run", "trace_circuit": "run", "write_circuit": "store",
+    "Explanation": "explain", "explain_decision": "explain",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"cortexmap.circuits.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'cortexmap.circuits' has no attribute {name!r}")

@@ -1,0 +1,270 @@
+"""Edge attribution patching (EAP) and EAP with integrated gradients (EAP-IG): estimates of every edge's effect.
+
+Each estimates the exact path-patching effect ``M(e patched) - M(clean)`` of
+:mod:`~cortexmap.circuits.patching` for all edges at once. Write ``M(w)`` for the metric when
+every edge ``e = s -> r`` has weight ``w_e`` (receiver ``r`` reads ``resid_r + sum_s w_e
+(source_s - current_s)``, :mod:`~cortexmap.circuits.rewire`); then ``dM/dw_e = (source_s -
+current_s) . dM/d input_r``, a dot product over positions and ``d_model``.
+
+* **EAP** (Syed et al. 2023): the first-order term at the clean run, ``score_e = (source_s -
+  clean_s) . dM/d input_r`` at ``w = 0``: one source forward (recorded) and one clean forward +
+  backward.
+* **EAP-IG** (``"eap-ig"``): integrated gradients along ``w = alpha * 1``, i.e. every edge
+  patched with weight ``alpha``, so that each receiver's input moves on the straight line from its
+  value in the pass toward the source's (``(1 - alpha) resid_r + alpha source_resid_r``):
+  ``score_e = (1/steps) sum_j (source_s - current_s(alpha_j)) . dM/d input_r(alpha_j)`` at the
+  midpoints ``alpha_j = (j + 1/2) / steps``. These scores are complete: they sum to
+  ``M(source) - M(clean)`` up to the quadrature error, which shrinks as ``1 / steps**2``.
+  ``steps`` forward + backward passes.
+* **EAP-IG-inputs** (``"eap-ig-inputs"``, Hanna et al. 2024, MIB's "EAP-IG-inputs"): the
+  gradients are taken on runs whose *input embeddings* are interpolated, ``corrupt + (k / steps)
+  (clean - corrupt)`` for ``k = 0 .. steps - 1`` (hannamw/EAP-IG's points, corrupt end included,
+  clean end not), averaged and multiplied by the clean run's differences ``source_s - clean_s``.
+  Corrupt ablation only (it needs corrupt embeddings); not complete. MIB's
+  "EAP-IG-activations" (one layer's outputs interpolated at a time) is not provided.
+
+Scores are per prompt (the metric of row ``i`` depends only on row ``i``), estimating
+``patched - clean``: negative where an edge carries the clean answer. They are estimates, labelled
+``method`` wherever they go; :func:`~cortexmap.circuits.patching.edge_effects` verifies the top ones.
+
+How the per-receiver gradients are had without per-receiver copies. On every path above all
+attention receivers of a layer read the same input ``x`` (every edge has the same weight), so
+the pass runs with one copy, as the model does. ``dM/d input_r`` for query head ``h`` is the
+vector-Jacobian product of ``x -> q_proj(attn_norm(x))`` at ``x`` with the gradient at the
+projection output *restricted to head h's slice*; likewise for KV group ``g`` and the k or v
+projection. A backward hook on each projection output re-runs that norm and projection (the
+model's modules, on a detached ``x``) and takes all of the layer's slices at once as one batched
+VJP (``is_grads_batched``). MLP and logits receivers are one per input: a hook on the norm's input
+gives their gradient directly. Each gradient is contracted with the store of
+``source - current`` differences (:mod:`~cortexmap.circuits.senders`) at once and dropped.
+
+Memory: one forward + backward at the batch size (parameters get no gradients), plus the store
+(``n_senders x batch x seq x d_model``, i.e. ``H + 1`` residual-sized tensors per layer) and, at
+any moment, one layer's ``max(H, G)`` receiver gradients; no per-edge graph, no copies of the
+inputs. Only the ``[batch, n_edges]`` scores accumulate.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cortexmap.circuits.layout import Layout, circuit_layout
+from cortexmap.circuits.rewire import RewiredPass, replace_hidden
+from cortexmap.circuits.senders import (
+    Contributions,
+    difference_store,
+    hidden_arg,
+    record_contributions,
+    source_contributions,
+)
+from cortexmap.errors import CortexmapError
+from cortexmap.tasks.core import EncodedBatch, logit_diff
+
+METHODS: tuple[str, ...] = ("eap", "eap-ig", "eap-ig-inputs")
+
+
+class ScoringPass(RewiredPass):
+    """A differentiable pass at ``w = alpha * 1`` whose backward adds every edge's score to ``scores``.
+
+    Args:
+        layout: the model's hook points and graph.
+        source: the source run's contributions.
+        alpha: the weight of every edge (0: the clean run, EAP).
+        scores: ``[batch, n_edges]`` float32 accumulator.
+        scale: factor on what the backward pass adds (``1 / steps`` for EAP-IG).
+        frozen: fixed ``source - clean`` differences to score with (EAP-IG-inputs), with ``alpha = 0``.
+        embeddings: the first block's input to run on instead of the model's (EAP-IG-inputs).
+    """
+
+    grad_enabled = True
+
+    def __init__(self, layout: Layout, source: Contributions, alpha: float, scores: torch.Tensor,
+                 scale: float = 1.0, *, frozen: list[torch.Tensor] | None = None,
+                 embeddings: torch.Tensor | None = None) -> None:
+        super().__init__(layout, source, frozen=frozen)
+        self.embeddings = embeddings
+        self.alpha, self.scores, self.scale = alpha, scores, scale
+        self.attn_in: dict[int, torch.Tensor] = {}
+        self._sum: torch.Tensor | None = None
+        self._summed = 0  # store chunks in self._sum
+
+    def release(self) -> None:
+        super().release()
+        self.attn_in.clear()
+        self._sum = None
+
+    def _uniform_delta(self, n_up: int) -> torch.Tensor | None:
+        """``alpha * sum_s (source_s - current_s)`` over the first ``n_up`` senders: ``[1, batch, x]`` (None at 0).
+
+        Upstream sets are prefixes of the sender order and receivers come in that order, so a
+        running sum over the store serves every receiver (``O(n_senders)`` adds in all).
+        """
+        if self.alpha == 0.0:
+            return None
+        while self._summed < len(self.chunks) and self._span(self._summed)[0] < n_up:
+            part = self.chunks[self._summed].sum(0)  # [batch, x]
+            self._sum = part if self._sum is None else self._sum + part
+            self._summed += 1
+        return self.alpha * self._sum.unsqueeze(0)
+
+    def _register(self) -> list[Any]:
+        hooks = super()._register()
+        if self.frozen is not None:  # no live store: the input still becomes the leaf
+            hooks.append(self.layout.first_block.register_forward_pre_hook(self._input_hook, with_kwargs=True))
+        return hooks
+
+    def _input_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        hidden = hidden_arg(args, kwargs) if self.embeddings is None else self.embeddings
+        return replace_hidden(args, kwargs, hidden.detach().requires_grad_(True))
+
+    def _attention_hooks(self, layer: int, block: Any) -> list[Any]:
+        hooks = [block.attn_norm.register_forward_pre_hook(self._attn_input_hook(layer), with_kwargs=True)]
+        for kind, proj in (("q", block.q_proj), ("k", block.k_proj), ("v", block.v_proj)):
+            hooks.append(proj.register_forward_hook(self._proj_grad_hook(layer, kind, proj, block.attn_norm)))
+        return hooks
+
+    def _attn_input_hook(self, layer: int) -> Callable[..., Any]:
+        n_up = self.graph.n_before(layer)
+
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if self._inner:
+                return None
+            x = hidden_arg(args, kwargs)
+            delta = self._uniform_delta(n_up)
+            self.attn_in[layer] = x if delta is None else x + delta.reshape(x.shape)
+            return None if delta is None else replace_hidden(args, kwargs, self.attn_in[layer])
+
+        return hook
+
+    def _proj_grad_hook(self, layer: int, kind: str, proj: Any, norm: Any) -> Callable[..., None]:
+        h, g = self.graph.n_heads, self.graph.n_kv_heads
+        lo, n = {"q": (0, h), "k": (h, g), "v": (h + g, g)}[kind]
+        sl, n_up = self.graph.attention_slice(layer), self.graph.n_before(layer)
+
+        def on_grad(grad: torch.Tensor) -> None:  # [batch, seq, n * d_head]: dM / d projection output
+            x = self.attn_in[layer].detach().requires_grad_(True)
+            with torch.enable_grad():
+                y = self._call(proj, self._call(norm, x))
+            eye = torch.eye(n, dtype=grad.dtype, device=grad.device)
+            slots = grad.reshape(1, *grad.shape[:-1], n, -1) * eye.reshape(n, *[1] * (grad.dim() - 1), n, 1)
+            per_receiver, = torch.autograd.grad(y, x, slots.reshape(n, *grad.shape), is_grads_batched=True)
+            self._contract(sl, n_up, self.graph.n_attention_receivers, lo, per_receiver.reshape(n, self.batch, -1))
+
+        def hook(module: Any, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            if not self._inner:
+                out.register_hook(on_grad)
+
+        return hook
+
+    def _single_hook(self, sl: slice, n_up: int) -> Callable[..., Any]:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if self._inner:
+                return None
+            x = hidden_arg(args, kwargs)
+            delta = self._uniform_delta(n_up)
+            new = x.clone() if delta is None else x + delta.reshape(x.shape)  # this receiver's own input
+            new.register_hook(lambda grad: self._contract(sl, n_up, 1, 0, grad.reshape(1, self.batch, -1)))
+            return replace_hidden(args, kwargs, new)
+
+        return hook
+
+    def _contract(self, sl: slice, n_up: int, n_rec: int, lo: int, grad: torch.Tensor) -> None:
+        """``scores[:, edges into receivers lo..] += scale * <store, grad>``; ``grad [n, batch, seq * d]``."""
+        target = self.scores[:, sl].view(self.batch, n_rec, n_up)[:, lo:lo + len(grad)]
+        grad = grad.float()
+        for start, count, chunk in self._store(n_up):
+            target[:, :, start:start + count] += self.scale * torch.einsum("nbx,rbx->brn", chunk.detach().float(), grad)
+
+
+@contextmanager
+def _no_parameter_grads(model: Any) -> Iterator[None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def edge_scores(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps: int = 5,
+                ablation: str = "corrupt") -> np.ndarray:
+    """Per-prompt attribution scores of every edge, ``[batch, n_edges]`` in the graph's edge order.
+
+    Args:
+        handle: a :class:`~cortexmap.models.ModelHandle` of a supported architecture.
+        batch: prompts of one token length (``corrupt_ids`` needed for corrupt ablation).
+        method: ``"eap"``, ``"eap-ig"`` or ``"eap-ig-inputs"``.
+        steps: integration points of the EAP-IG methods (ignored by EAP).
+        ablation: ``"corrupt"`` or ``"mean"``: the source run the scores move toward.
+
+    Returns:
+        Estimated ``patched - clean`` metric per prompt and edge (float32).
+
+    Raises:
+        CortexmapError: an unknown method, ``steps < 1``, or eap-ig-inputs with mean ablation.
+        UnsupportedArchitectureError: see :mod:`cortexmap.circuits.layout`.
+        InterventionError: an unknown ablation, or corrupt ablation without corrupt prompts.
+    """
+    if method not in METHODS:
+        raise CortexmapError(f"unknown attribution method {method!r}: use one of {', '.join(METHODS)}")
+    if steps < 1:
+        raise CortexmapError(f"EAP-IG needs at least one integration step, got steps={steps}")
+    if method == "eap-ig-inputs" and ablation != "corrupt":
+        raise CortexmapError("eap-ig-inputs interpolates corrupt and clean embeddings: it needs ablation='corrupt'")
+    layout = circuit_layout(handle)
+    device = handle.device
+    ids = batch.input_ids.to(device)
+    corrupt = None if batch.corrupt_ids is None else batch.corrupt_ids.to(device)
+    clean = record_contributions(layout, ids) if method == "eap-ig-inputs" else None
+    source = source_contributions(layout, ids, corrupt, ablation, clean)
+    target, foil = batch.target_ids.to(device), batch.foil_ids.to(device)
+    scores = torch.zeros(ids.shape[0], layout.graph.n_edges, dtype=torch.float32, device=device)
+    if method == "eap-ig-inputs":
+        frozen = difference_store(layout, source, clean)
+        passes = [ScoringPass(layout, source, 0.0, scores, 1.0 / steps, frozen=frozen,
+                              embeddings=source.emb + (k / steps) * (clean.emb - source.emb)) for k in range(steps)]
+    else:
+        alphas = [0.0] if method == "eap" else [(j + 0.5) / steps for j in range(steps)]
+        passes = [ScoringPass(layout, source, alpha, scores, 1.0 / len(alphas)) for alpha in alphas]
+    with _no_parameter_grads(handle.model):
+        for rewired in passes:
+            try:
+                logit_diff(rewired.run(ids).float(), target, foil).sum().backward()
+            finally:
+                rewired.release()
+    return scores.cpu().numpy()
+
+
+def attribute_edges(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps: int = 5,
+                    ablation: str = "corrupt") -> pd.DataFrame:
+    """Attribution scores of every edge as a tidy table.
+
+    Args:
+        handle: a :class:`~cortexmap.models.ModelHandle` of a supported architecture.
+        batch: prompts of one token length.
+        method: ``"eap"``, ``"eap-ig"`` or ``"eap-ig-inputs"``.
+        steps: integration points of the EAP-IG methods.
+        ablation: ``"corrupt"`` or ``"mean"``.
+
+    Returns:
+        One row per edge, in the graph's edge order: ``sender, receiver, kind, sender_layer,
+        receiver_layer, score`` (mean over prompts of the estimated patched - clean metric),
+        ``score_sd`` (its standard deviation over prompts), ``n_prompts``, ``method``, ``steps``
+        (1 for EAP) and ``ablation``.
+    """
+    values = edge_scores(handle, batch, method, steps, ablation)
+    out = circuit_layout(handle).graph.frame()
+    out["score"] = values.mean(0)
+    out["score_sd"] = values.std(0, ddof=1) if len(values) > 1 else np.nan
+    out["n_prompts"] = len(values)
+    out["method"] = method
+    out["steps"] = 1 if method == "eap" else steps
+    out["ablation"] = ablation
+    return out

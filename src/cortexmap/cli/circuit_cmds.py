@@ -1,0 +1,167 @@
+"""`cortexmap circuit` (a task's circuit in a run) and `cortexmap explain` (one decision's edges and heads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cortexmap.cli.app import Model, _load, _say, app, console, run_guarded, table_of
+
+Screen = Annotated[str, typer.Option(help="edge screen: eap | eap-ig")]
+Steps = Annotated[int, typer.Option(help="integration steps of EAP-IG")]
+
+
+def parse_fractions(text: str | None) -> tuple[float, ...]:
+    """``--fractions 0.001,0.01,0.1,1`` (percent signs allowed: ``0.1%,1%,10%,100%``)."""
+    from cortexmap.circuits.run import DEFAULT_FRACTIONS
+    from cortexmap.errors import CortexmapError
+
+    if text is None:
+        return DEFAULT_FRACTIONS
+    values = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            values.append(float(part[:-1]) / 100 if part.endswith("%") else float(part))
+        except ValueError:
+            raise CortexmapError(f"bad circuit fraction {part!r}: use numbers in (0, 1] such as 0.001,0.01,0.1,1") from None
+    return tuple(values)
+
+
+def _task(results: Any, tokenizer: Any, name: str | None, task_file: str | None, prompts: int) -> Any:
+    from cortexmap.errors import TaskError
+    from cortexmap.tasks import build_task, builtin_task_names, load_task_file
+
+    args = results.manifest.get("arguments", {})
+    run_file = args.get("task_file")
+    if task_file is None and name not in builtin_task_names() and run_file and Path(run_file).stem == name:
+        task_file = run_file  # the run's own task file
+    if task_file is not None:
+        task = load_task_file(task_file, tokenizer, name=name, min_pairs=1)
+        task.pairs = task.pairs[:prompts]
+        return task
+    if name is None:
+        raise TaskError("name a task with --task NAME (a built-in task of the run) or give --task-file")
+    if name not in builtin_task_names():
+        raise TaskError(f"unknown task {name!r}: give a built-in task name or --task-file with its JSONL pairs")
+    return build_task(name, tokenizer, n=prompts, seed=int(args.get("seed", 0)), min_pairs=1)
+
+
+def _interval(value: float, low: float, high: float, fmt: str = "{:.3f}") -> str:
+    return f"{fmt.format(value)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def _size(n: int, lo: int, hi: int, total: int) -> str:
+    if n < 0:
+        return "not reached"
+    bound = lambda k: "never" if k < 0 else str(k)
+    return f"{n} edges ({n / total:.2%}) [{bound(lo)}, {bound(hi)}]"
+
+
+def summary_rows(result: Any) -> Any:
+    """Per ranking: CPR, CMD and the smallest circuit reaching the target, each with its interval."""
+    import pandas as pd
+
+    total = int(result.arguments["n_edges"])
+    return pd.DataFrame([{
+        "ranking": r.method + (f" #{r.draw}" if r.method == "random" else ""),
+        "CPR (higher better)": _interval(r.cpr, r.cpr_low, r.cpr_high),
+        "CMD (lower better)": _interval(r.cmd, r.cmd_low, r.cmd_high),
+        f"smallest {r.target:.0%} circuit": _size(r.smallest_n_edges, r.smallest_n_edges_low, r.smallest_n_edges_high,
+                                                  total),
+    } for r in result.summary.itertuples()])
+
+
+def _edge(row: Any) -> str:
+    return f"{row.sender} -> {row.receiver}.{row.kind}"
+
+
+@app.command()
+def circuit(
+    run_dir: Annotated[str, typer.Argument(help="a run directory written by cortexmap map")],
+    task: Annotated[str | None, typer.Option(help="task name (a built-in task, or the run's task file)")] = None,
+    task_file: Annotated[str | None, typer.Option(help="JSONL file of your own pairs")] = None,
+    verify: Annotated[int, typer.Option(help="top screened edges to measure exactly")] = 32,
+    screen: Screen = "eap-ig",
+    steps: Steps = 5,
+    fractions: Annotated[str | None, typer.Option(
+        help="circuit sizes as fractions of edges (default 0.001,0.005,0.01,0.05,0.1,0.5,1: 7 of MIB's 10)")] = None,
+    ablation: Annotated[str, typer.Option(help="what a patched edge carries: corrupt | mean")] = "corrupt",
+    prompts: Annotated[int | None, typer.Option(help="prompts (default: the run's n_prompts)")] = None,
+    random: Annotated[int, typer.Option("--random", help="random rankings for the baseline")] = 1,
+    top: Annotated[int, typer.Option(help="verified edges to print")] = 10,
+) -> None:
+    """Trace a task's circuit: screen every edge, verify the top ones, faithfulness curves; writes circuit.parquet."""
+    from cortexmap.circuits.run import trace_circuit
+    from cortexmap.circuits.store import write_circuit
+    from cortexmap.errors import CortexmapError
+    from cortexmap.results import load_results
+
+    def go():
+        grid = parse_fractions(fractions)
+        results = load_results(run_dir)
+        n = prompts if prompts is not None else int(results.manifest.get("arguments", {}).get("n_prompts", 32))
+        if n < 1:
+            raise CortexmapError(f"--prompts must be at least 1, got {n}")
+        model = results.manifest["model"]
+        handle = _load(results.model, results.manifest.get("device", "cpu"), model.get("dtype", "float32"))
+        the_task = _task(results, handle.tokenizer, task, task_file, n)
+        result = trace_circuit(handle, the_task, ablation=ablation, screen=screen, steps=steps, verify=verify,
+                               fractions=grid, n_random=random, seed=int(results.manifest.get("seed", 0)),
+                               progress=_say)
+        return the_task.name, result, write_circuit(run_dir, the_task.name, result)
+
+    name, result, paths = run_guarded(go)
+    args = result.arguments
+    console.print(table_of(summary_rows(result), title=f"{name}: faithfulness of edge rankings over "
+                           f"{args['n_prompts']} prompts, {args['n_edges']} edges, {args['ablation']} ablation "
+                           f"(95% bootstrap intervals)"))
+    edges = result.edges[result.edges["method"] == "exact"].sort_values("effect", key=abs, ascending=False).head(top)
+    table = edges.assign(edge=[_edge(r) for r in edges.itertuples()],
+                         effect=[_interval(r.effect, r.ci_low, r.ci_high) for r in edges.itertuples()])
+    console.print(table_of(table[["edge", "score", "effect"]].rename(columns={"score": args["screen"]}),
+                           title="strongest verified edges: exact effect (patched - clean) [95% CI]"))
+    if result.circuit_method is None:
+        console.print(f"no ranking reached {args['target']:.0%} faithfulness on this grid; try larger --fractions")
+    else:
+        n = int(result.edges["in_circuit"].sum())
+        ends = ", ".join(result.end_heads[:8]) or "no head (only emb / MLPs write to the logits)"
+        console.print(f"circuit ({result.circuit_method} ranking, {n} edges, {len(result.top_heads)} nodes) "
+                      f"ends in {ends}", soft_wrap=True)
+    console.print(f"took {result.timings['total_s']:.0f} s; wrote {paths[0]} and {paths[1].name}")
+
+
+@app.command()
+def explain(
+    model: Model,
+    prompt: Annotated[str, typer.Option(help="the prompt")],
+    target: Annotated[str, typer.Option(help="the answer the model gives (one token, e.g. ' Mary')")],
+    foil: Annotated[str, typer.Option(help="the competing answer (one token)")],
+    corrupt: Annotated[str | None, typer.Option(
+        help="same-length prompt whose answer is the foil (default: the prompt with target and foil swapped)")] = None,
+    verify: Annotated[int, typer.Option(help="top screened edges to measure exactly")] = 16,
+    screen: Screen = "eap-ig",
+    steps: Steps = 5,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps")] = "cpu",
+    top: Annotated[int, typer.Option(help="edges to print")] = 10,
+) -> None:
+    """Explain one decision: which heads and paths carried the target over the foil (edges verified exactly)."""
+    from cortexmap.circuits.explain import explain_decision
+
+    def go():
+        handle = _load(model, device)
+        _say("scoring every edge on this prompt, then verifying the top ones")
+        return explain_decision(handle, prompt, target, foil, corrupt, screen=screen, steps=steps, verify=verify)
+
+    ex = run_guarded(go)
+    console.print(f"logit({ex.pair.target!r}) - logit({ex.pair.foil!r}): {ex.clean:.2f} on the prompt, "
+                  f"{ex.corrupt:.2f} on {ex.pair.corrupt!r}", soft_wrap=True, markup=False)
+    edges = ex.edges.head(top)
+    table = edges.assign(edge=[_edge(r) for r in edges.itertuples()])[["edge", "score", "effect", "share"]]
+    console.print(table_of(table.rename(columns={"score": screen}),
+                           title="edges that carried it (exact effect of patching each alone; share of the flip)"))
+    heads = ex.heads[ex.heads["node"].str.contains("H")].head(5)
+    console.print("heads: " + ", ".join(f"{r.node} (out {r.effect_out:+.2f}, in {r.effect_in:+.2f})"
+                                        for r in heads.itertuples()), soft_wrap=True)
+    console.print(f"took {sum(ex.timings.values()):.0f} s")

@@ -1,0 +1,168 @@
+"""The report's circuit view: a task's circuit as a layered graph, and its faithfulness curves.
+
+Read from ``circuit.parquet`` / ``circuit_curves.parquet`` (written by ``cortexmap circuit``; see
+docs/schema.md). Layers run left to right: the embeddings at the far left, each layer's heads at
+their head index and its MLP one row below them, the logits at the far right; a key or value edge
+ends at the middle of its KV group's query heads. Only the circuit's strongest edges are drawn
+(``N_EDGES``, by |effect|), width proportional to |effect|, orange where patching the edge lowers
+the metric and blue where it raises it; hovering an edge's midpoint gives its numbers, with the
+95% interval of an exact (path-patched) effect. Heads carry their atlas roles in the hover text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import plotly.graph_objects as go
+
+from cortexmap.analysis.findings import ci, num
+from cortexmap.report.data import ReportData
+from cortexmap.report.page import card, esc, figure, note, section, table
+from cortexmap.report.theme import ACCENT, MUTED, NEUTRAL, base_layout
+
+N_EDGES = 60
+LOWERS, RAISES = "#d97706", "#2563eb"  # patching the edge lowers / raises the target - foil difference
+RANKING_COLORS = {"verified": ACCENT, "eap-ig": "#059669", "eap": "#d97706", "random": MUTED}
+_HEAD = re.compile(r"^L(\d+)H(\d+)$")
+_KV = re.compile(r"^L(\d+)KV(\d+)$")
+_MLP = re.compile(r"^M(\d+)$")
+
+
+def _position(node: str, n_layers: int, n_heads: int, group: int) -> tuple[float, float]:
+    """Where a node is drawn: x = layer (emb -1, logits n_layers), y = head row (MLP below the heads)."""
+    if node == "emb":
+        return -1.0, (n_heads - 1) / 2
+    if node == "logits":
+        return float(n_layers), (n_heads - 1) / 2
+    if m := _HEAD.match(node):
+        return float(m.group(1)), float(m.group(2))
+    if m := _KV.match(node):
+        return float(m.group(1)), int(m.group(2)) * group + (group - 1) / 2
+    if m := _MLP.match(node):
+        return float(m.group(1)) + 0.3, float(n_heads)
+    raise ValueError(f"unknown circuit node {node!r}")
+
+
+def _tasks(data: ReportData) -> list[str]:
+    return [] if data.circuits is None else sorted(data.circuits["task"].unique())
+
+
+def circuit_graph(data: ReportData, task: str) -> go.Figure | None:
+    """The task's circuit: its ``N_EDGES`` strongest edges on the layer x head grid."""
+    edges = data.circuits[(data.circuits["task"] == task) & data.circuits["in_circuit"]]
+    if edges.empty:
+        return None
+    edges = edges.reindex(edges["effect"].abs().sort_values(ascending=False).index).head(N_EDGES)
+    n_layers, n_heads = data.results.n_layers, data.results.n_heads
+    n_kv = int(data.results.manifest["model"].get("n_kv_heads") or n_heads)
+    group = max(1, n_heads // n_kv)
+    roles = dict(zip(data.atlas["head_id"], data.atlas["roles"].fillna(""))) if "roles" in data.atlas else {}
+    top = float(edges["effect"].abs().max()) or 1.0
+    fig = go.Figure()
+    mid_x, mid_y, mid_text = [], [], []
+    for r in edges.itertuples():
+        (x0, y0), (x1, y1) = (_position(r.sender, n_layers, n_heads, group),
+                              _position(r.receiver, n_layers, n_heads, group))
+        color = LOWERS if r.effect < 0 else RAISES
+        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
+                                 line={"width": 0.8 + 7 * abs(r.effect) / top, "color": color}, opacity=0.75))
+        interval = (f" [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+                    if isinstance(r.ci_low, float) and math.isfinite(r.ci_low) else "")
+        mid_x.append((x0 + x1) / 2)
+        mid_y.append((y0 + y1) / 2)
+        mid_text.append(f"{r.sender} → {r.receiver} ({r.kind})<br>effect {r.effect:+.3f}{interval}<br>{r.method}")
+    fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", text=mid_text, hovertemplate="%{text}<extra></extra>",
+                             marker={"size": 7, "color": "rgba(0,0,0,0)"}, showlegend=False))
+    nodes = sorted(set(edges["sender"]) | set(edges["receiver"]))
+    xy = [_position(n, n_layers, n_heads, group) for n in nodes]
+    labels = [f"{n}<br>roles: {roles[n].replace(';', ', ')}" if roles.get(n) else n for n in nodes]
+    fig.add_trace(go.Scatter(x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", showlegend=False,
+                             text=[n if _HEAD.match(n) or n in ("emb", "logits") else "" for n in nodes],
+                             textposition="top center", textfont={"size": 9}, customdata=labels,
+                             hovertemplate="%{customdata}<extra></extra>",
+                             marker={"size": 10, "color": "#ffffff", "line": {"width": 1.5, "color": "#374151"}}))
+    fig.update_layout(**base_layout(
+        height=max(320, 26 * (n_heads + 3)),
+        xaxis={"title": {"text": "layer (emb left, logits right)"}, "range": [-1.6, n_layers + 0.6], "zeroline": False,
+               "showgrid": False},
+        yaxis={"title": {"text": "head (MLP below)"}, "range": [n_heads + 0.8, -1.0], "zeroline": False,
+               "showgrid": False}))
+    return fig
+
+
+def curves_figure(data: ReportData, task: str) -> go.Figure | None:
+    """Faithfulness against circuit size for every ranking; random circuits as their mean and range."""
+    curves = data.circuit_curves
+    if curves is None:
+        return None
+    rows = curves[(curves["task"] == task) & ~curves["method"].isin(["full", "empty"])]
+    if rows.empty:
+        return None
+    per = rows.groupby(["method", "draw", "fraction"], as_index=False)["faithfulness"].first()
+    fig = go.Figure()
+    for method, part in per.groupby("method"):
+        color = RANKING_COLORS.get(method, NEUTRAL)
+        stats = part.groupby("fraction")["faithfulness"].agg(["mean", "min", "max"]).reset_index()
+        if method == "random" and part["draw"].nunique() > 1:
+            fig.add_trace(go.Scatter(x=list(stats["fraction"]) + list(stats["fraction"][::-1]),
+                                     y=list(stats["max"]) + list(stats["min"][::-1]), fill="toself", hoverinfo="skip",
+                                     line={"width": 0}, fillcolor="rgba(107,114,128,0.15)", showlegend=False))
+        fig.add_trace(go.Scatter(x=stats["fraction"], y=stats["mean"], mode="lines+markers", name=method,
+                                 line={"color": color, "dash": "dot" if method == "random" else "solid"},
+                                 hovertemplate=f"{method}: %{{y:.2f}} at %{{x:.3%}} of edges<extra></extra>"))
+    fig.add_hline(y=0.8, line={"dash": "dash", "color": MUTED, "width": 1})
+    fig.update_layout(**base_layout(height=320, xaxis={"title": {"text": "circuit size (share of edges)"},
+                                                       "type": "log", "tickformat": ".1%"},
+                                    yaxis={"title": {"text": "faithfulness (0 = empty, 1 = full model)"}}))
+    return fig
+
+
+def circuit_figures(data: ReportData) -> dict[str, go.Figure | None]:
+    """``circuit_<i>`` and ``circuit_curves_<i>`` for every traced task, in task order."""
+    out: dict[str, go.Figure | None] = {}
+    for i, task in enumerate(_tasks(data)):
+        out[f"circuit_{i}"] = circuit_graph(data, task)
+        out[f"circuit_curves_{i}"] = curves_figure(data, task)
+    return out
+
+
+def _summary_rows(entry: dict[str, Any]) -> list[list[Any]]:
+    """Rows of the manifest's circuit summary: one per ranking (and random draw), with intervals over prompts."""
+    rows = []
+    for s in entry.get("summary") or []:
+        name = s["method"] + (f" #{s['draw']}" if s["method"] == "random" else "")
+        smallest = ("not reached" if s.get("smallest") is None else
+                    f"{s['smallest_n_edges']} edges ({s['smallest']:.1%}) [{s.get('smallest_n_edges_low')}, "
+                    f"{s.get('smallest_n_edges_high')}]")
+        rows.append([name, f"{num(s['cpr'], 3)} {ci(s.get('cpr_low'), s.get('cpr_high'), 3)}",
+                     f"{num(s['cmd'], 3)} {ci(s.get('cmd_low'), s.get('cmd_high'), 3)}", smallest])
+    return rows
+
+
+def circuit_section(data: ReportData, present: set[str]) -> str:
+    """One card per traced task: the circuit graph, its faithfulness curves and their summary."""
+    tasks = _tasks(data)
+    if not tasks:
+        body = note("No circuit was traced for this run.", f"cortexmap circuit {data.results.root} --task ioi")
+        return section("circuits", "Circuits", "Which heads feed which, for one decision or task.", body)
+    parts = []
+    entries = data.results.manifest.get("circuits", {})
+    for i, task in enumerate(tasks):
+        inner = []
+        if f"circuit_{i}" in present:
+            inner.append(figure(f"circuit_{i}", f"The {N_EDGES} strongest edges of the smallest circuit reaching 80% "
+                                "faithfulness; width = |effect| of patching the edge alone (orange lowers, blue raises "
+                                "the target - foil logit difference); hover an edge's middle for its interval."))
+        if f"circuit_curves_{i}" in present:
+            inner.append(figure(f"circuit_curves_{i}", "Faithfulness of the circuit keeping each ranking's top edges "
+                                "(every other edge patched), with random circuits of the same sizes (mean and range); "
+                                "dashed: 80%."))
+        rows = _summary_rows(entries.get(task, {}))
+        if rows:
+            inner.append(table(["ranking", "CPR (higher better) [95% CI]", "CMD (lower better) [95% CI]",
+                                "smallest 80% circuit"], rows))
+        parts.append(card("".join(inner) or note("No circuit edges to draw."), f"Circuit of {esc(task)}"))
+    return section("circuits", "Circuits", "Which heads feed which: path-patched edges, MIB faithfulness.",
+                   "".join(parts))

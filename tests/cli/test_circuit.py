@@ -1,0 +1,89 @@
+"""`cortexmap circuit` on a tiny run and `cortexmap explain` on the tiny model: tables, files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, MANIFEST
+from tests.cli.invoke import assert_ok, assert_one_line_error, invoke
+
+PROMPT = "when anna and bert went to the store bert gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny, tmp_path_factory):
+    model, tasks, _ = tiny
+    out = tmp_path_factory.mktemp("circuit") / "run"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a module fixture runs before the per-test one-thread fixture
+    try:
+        assert_ok(invoke("map", "--model", model, "--task-file", tasks, "--method", "exact", "--no-probes",
+                         "--interventions", "zero", "--out", out))
+    finally:
+        torch.set_num_threads(before)
+    return out, tasks
+
+
+def _documented_columns(heading: str) -> set[str]:
+    text = (Path(__file__).parents[2] / "docs" / "schema.md").read_text(encoding="utf-8")
+    section = re.split(rf"^#+ {re.escape(heading)}\n", text, maxsplit=1, flags=re.MULTILINE)[1]
+    section = re.split(r"^#", section, maxsplit=1, flags=re.MULTILINE)[0]
+    return {name for cell in re.findall(r"^\| ([^|]+) \|", section, re.MULTILINE) for name in re.findall(r"`([a-z_]+)`", cell)}
+
+
+def test_circuit_writes_documented_tables_and_prints_rankings(tiny_run):
+    run, _ = tiny_run
+    out = assert_ok(invoke("circuit", run, "--task", "ioi_tiny", "--verify", "8", "--fractions", "5%,0.2,1",
+                           "--prompts", "8", "--steps", "2"))
+    for word in ("verified", "eap-ig", "random #0", "CPR", "CMD", "smallest 80% circuit", "strongest verified edges"):
+        assert word in out
+    edges = pd.read_parquet(run / CIRCUIT)
+    assert set(edges.columns) == _documented_columns("circuit.parquet")
+    assert (edges["method"] == "exact").sum() == 8 and set(edges["task"]) == {"ioi_tiny"}
+    curves = pd.read_parquet(run / CIRCUIT_CURVES)
+    assert set(curves.columns) == _documented_columns("circuit_curves.parquet")
+    assert {"verified", "eap", "eap-ig", "random", "full", "empty"} == set(curves["method"])
+    entry = json.loads((run / MANIFEST).read_text())["circuits"]["ioi_tiny"]
+    assert entry["arguments"]["n_prompts"] == 8 and entry["arguments"]["fractions"] == [0.05, 0.2, 1.0]
+    assert any(row["method"] == "random" for row in entry["summary"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--task", "no_such_task"], "unknown task 'no_such_task'"),
+    (["--task", "ioi_tiny", "--screen", "acdc"], "unknown screen"),
+    (["--task", "ioi_tiny", "--fractions", "0.5,0.1"], "must increase"),
+    (["--task", "ioi_tiny", "--fractions", "a,b"], "bad circuit fraction"),
+    (["--task", "ioi_tiny", "--prompts", "0"], "--prompts must be at least 1"),
+])
+def test_circuit_bad_input_is_one_line(tiny_run, extra, message):
+    run, _ = tiny_run
+    assert_one_line_error(invoke("circuit", run, *extra), message)
+
+
+def test_circuit_on_a_directory_that_is_no_run(tmp_path):
+    assert_one_line_error(invoke("circuit", tmp_path, "--task", "ioi"), "is not a cortexmap run")
+
+
+def test_explain_prints_a_table(tiny):
+    model, _, _ = tiny
+    out = assert_ok(invoke("explain", "--model", model, "--prompt", PROMPT, "--target", " anna", "--foil", " bert",
+                           "--verify", "6", "--steps", "2"))
+    assert "edges that carried it" in out and "share" in out and "heads:" in out
+    assert "when bert and anna went to the store anna gave a drink to" in out  # the swapped corrupt prompt
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--target", " anna carl", "--foil", " bert"], "give a single-token target"),
+    (["--target", " anna", "--foil", " anna"], "same token"),
+    (["--target", " anna", "--foil", " bert", "--corrupt", "when bert and anna went"], "same length"),
+    (["--target", " carl", "--foil", " dora"], "pass --corrupt"),
+])
+def test_explain_bad_input_is_one_line(tiny, extra, message):
+    model, _, _ = tiny
+    assert_one_line_error(invoke("explain", "--model", model, "--prompt", PROMPT, *extra), message)
