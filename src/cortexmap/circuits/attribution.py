@@ -38,14 +38,19 @@ VJP (``is_grads_batched``). MLP and logits receivers are one per input: a hook o
 gives their gradient directly. Each gradient is contracted with the store of
 ``source - current`` differences (:mod:`~cortexmap.circuits.senders`) at once and dropped.
 
-Memory: one forward + backward at the batch size (parameters get no gradients), plus the store
-(``n_senders x batch x seq x d_model``, i.e. ``H + 1`` residual-sized tensors per layer) and, at
-any moment, one layer's ``max(H, G)`` receiver gradients; no per-edge graph, no copies of the
-inputs. Only the ``[batch, n_edges]`` scores accumulate.
+Memory: one forward + backward at the batch size (parameters get no gradients), plus a compact
+store: each layer's head senders keep their ``source - current`` *z* differences (``batch x seq
+x H x d_head``, one residual-sized tensor per layer where residual-space chunks would take
+``H``), projected to residual space one layer's chunk at a time when a receiver's gradient is
+contracted with them; at any moment one layer's ``max(H, G)`` receiver gradients; no per-edge
+graph, no copies of the inputs. Only the ``[batch, n_edges]`` scores accumulate. The price is
+compute: every contraction re-projects the upstream head chunks (``O(n_layers^2)`` small matmuls
+per pass).
 """
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -58,6 +63,7 @@ from cortexmap.circuits.rewire import RewiredPass, replace_hidden
 from cortexmap.circuits.senders import (
     Contributions,
     difference_store,
+    head_chunk,
     hidden_arg,
     record_contributions,
     source_contributions,
@@ -107,10 +113,36 @@ class ScoringPass(RewiredPass):
         if self.alpha == 0.0:
             return None
         while self._summed < len(self.chunks) and self._span(self._summed)[0] < n_up:
-            part = self.chunks[self._summed].sum(0)  # [batch, x]
+            part = self._chunk_total(self._summed, self.chunks[self._summed])  # [batch, x]
             self._sum = part if self._sum is None else self._sum + part
             self._summed += 1
         return self.alpha * self._sum.unsqueeze(0)
+
+    # ---- a compact store: head senders keep their z differences, projected when read ----------
+    def _z_hook(self, layer: int) -> Callable[[torch.Tensor], None]:
+        def hook(z: torch.Tensor) -> None:  # [batch, seq, n_heads, d_head] (one group: no weights)
+            self.chunks.append(self.source.z[layer] - z)
+
+        return hook
+
+    def _chunk_total(self, c: int, chunk: torch.Tensor) -> torch.Tensor:
+        """Store chunk ``c`` summed over its senders, ``[batch, x]`` (a head chunk: the heads' joint write)."""
+        if chunk.dim() == 3:
+            return chunk.sum(0)
+        out = torch.einsum("bshd,Dhd->bsD", chunk, self.layout.out_weight((c - 1) // 2).to(chunk.dtype))
+        return out.reshape(chunk.shape[0], -1)
+
+    def _store(self, n_up: int) -> Iterator[tuple[int, int, torch.Tensor]]:  # type: ignore[override]
+        """The store's chunks below sender ``n_up``, head chunks projected to residual space one at a time."""
+        chunks = self.frozen if self.frozen is not None else self.chunks
+        for c, chunk in enumerate(chunks):
+            start, n = self._span(c)
+            if start >= n_up:
+                return
+            if chunk.dim() == 4:
+                with torch.no_grad():
+                    chunk = head_chunk(self.layout, (c - 1) // 2, chunk.detach())
+            yield start, n, chunk
 
     def _register(self) -> list[Any]:
         hooks = super()._register()
@@ -227,7 +259,7 @@ def edge_scores(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps:
     target, foil = batch.target_ids.to(device), batch.foil_ids.to(device)
     scores = torch.zeros(ids.shape[0], layout.graph.n_edges, dtype=torch.float32, device=device)
     if method == "eap-ig-inputs":
-        frozen = difference_store(layout, source, clean)
+        frozen = difference_store(layout, source, clean, compact=True)
         passes = [ScoringPass(layout, source, 0.0, scores, 1.0 / steps, frozen=frozen,
                               embeddings=source.emb + (k / steps) * (clean.emb - source.emb)) for k in range(steps)]
     else:
@@ -239,6 +271,7 @@ def edge_scores(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps:
                 logit_diff(rewired.run(ids).float(), target, foil).sum().backward()
             finally:
                 rewired.release()
+                gc.collect()  # the hooks on the pass's tensors hold it in cycles: free it before the next pass
     return scores.cpu().numpy()
 
 

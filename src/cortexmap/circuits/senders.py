@@ -139,10 +139,17 @@ def residual_chunk(diff: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def difference_store(layout: Layout, source: Contributions, current: Contributions) -> list[torch.Tensor]:
-    """``source - current`` for every sender, as store chunks (see the module docstring)."""
+def difference_store(layout: Layout, source: Contributions, current: Contributions,
+                     compact: bool = False) -> list[torch.Tensor]:
+    """``source - current`` for every sender, as store chunks (see the module docstring).
+
+    ``compact``: keep each layer's head differences as z differences ``[rows, seq, H, d_head]``
+    (``d_model / (H * d_head)``, typically ``1 / H``, of the residual-space chunk), for a reader
+    that projects them with :func:`head_chunk` when it needs them.
+    """
     chunks = [residual_chunk(source.emb - current.emb)]
     for layer in range(layout.handle.n_layers):
-        chunks.append(head_chunk(layout, layer, source.z[layer] - current.z[layer]))
+        dz = source.z[layer] - current.z[layer]
+        chunks.append(dz if compact else head_chunk(layout, layer, dz))
         chunks.append(residual_chunk(source.mlp[layer] - current.mlp[layer]))
     return chunks
