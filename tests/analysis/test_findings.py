@@ -19,9 +19,14 @@ from cortexmap.analysis import (
     summarize_findings,
 )
 from cortexmap.analysis.findings import PARENT_OF, ci, num
+from cortexmap.analysis.regulation import regulation_test
+from cortexmap.analysis.mistakes import edge_rows, error_contrasts, error_summary, head_rows
 from cortexmap.errors import UnknownHeadError
 
 from .conftest import N_HEADS, N_LAYERS
+from tests.circuits.test_regulation import planted_regulation_table
+
+from .test_mistakes import planted_error_effects
 
 AUDIT = {"audited": 16, "important": 1, "unverified": 300, "rate": 0.0625, "ci_low": 0.0016, "ci_high": 0.30,
          "missed_estimate": 18.75, "missed_ci_low": 0.47, "missed_ci_high": 90.8}
@@ -37,7 +42,14 @@ def variants(banded: tuple[pd.DataFrame, pd.DataFrame], patterns: pd.DataFrame, 
     _, full = build_atlas(effects, shape=(N_LAYERS, N_HEADS), patterns=patterns, influence=influence, pairs=pairs,
                                   prompt_effects=prompt_effects, options=AtlasOptions(n_boot=100, n_perm=200, seed=0))
     _, null = build_atlas(null_effects, shape=(N_LAYERS, N_HEADS), options=AtlasOptions(n_boot=50, n_perm=200))
-    full = {**full, "audit": AUDIT}
+    two = planted_error_effects(24, 8, planted=1.5, heads=((1, 0), (1, 1)))  # two heads differ: a headline + a detail
+    differs, _ = error_contrasts(head_rows(two, "zero")[0], seed=0)
+    edges = planted_error_effects(24, 8, planted=0.0, seed=5).assign(sender="L0H1", receiver="L2KV0", kind="k")
+    same, _ = error_contrasts(edge_rows(edges[edges["layer"] == 0]), seed=0)
+    regulation = [regulation_test(planted_regulation_table(0.15), n_boot=200),
+                  regulation_test(planted_regulation_table(0.0, n_random=0), n_boot=200)]  # supported; no baseline
+    full = {**full, "audit": AUDIT, "errors": error_summary(differs, "head") + error_summary(same, "edge"),
+            "regulation": regulation}
     flipped = copy.deepcopy(full)  # no regulator candidate, a contrast that differs, no task that leans
     for row in flipped["regulators"]["top"]:
         row["candidate"] = False

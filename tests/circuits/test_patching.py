@@ -17,6 +17,7 @@ import torch
 from cortexmap.circuits.graph import Edge, Graph
 from cortexmap.circuits.patching import PathPatcher, circuit_metric, circuit_metrics, edge_effects, patch_edges
 from cortexmap.errors import InterventionError
+from cortexmap.interventions import intervene
 from cortexmap.tasks.core import logit_diff
 from tests.circuits.tiny_circuits import SUPPORTED, circuit_handle, task_batch
 
@@ -85,6 +86,8 @@ def independent_metric(handle, batch, edge: Edge, ablation: str = "corrupt"):  #
     here = contribution(handle, clean, edge.sender, shape)
     if ablation == "corrupt":
         source = contribution(handle, cache_run(handle, batch.corrupt_ids)[0], edge.sender, shape)
+    elif ablation == "zero":
+        source = torch.zeros_like(here)
     else:
         source = here.mean(0, keepdim=True)
     delta = source - here
@@ -155,6 +158,22 @@ def test_mean_ablation_edge_equals_independent_computation(arch):  # noqa: ANN00
     for i, edge in enumerate(edges):
         reference = independent_metric(handle, batch, edge, "mean") - patcher.clean_metric
         np.testing.assert_allclose(effects[:, i], reference, atol=ATOL, err_msg=str(edge))
+
+
+@pytest.mark.parametrize("arch", ["llama_gqa", "opt"])
+def test_zero_ablation_edges_in_a_head_ablated_model_equal_independent_computation(arch):  # noqa: ANN001
+    """The edge regulator test's measurement: zero-ablated edges while another head is zero-ablated."""
+    handle, batch = circuit_handle(arch), task_batch()
+    intact = PathPatcher(handle, batch, ablation="zero")
+    edges = sample_edges(intact.graph, n_random=4, seed=2)
+    with intervene(handle, ablate=["L0H1"]):
+        patcher = PathPatcher(handle, batch, ablation="zero")
+        effects = patcher.edge_effects(edges)
+        for i, edge in enumerate(edges):
+            reference = independent_metric(handle, batch, edge, "zero") - patcher.clean_metric
+            np.testing.assert_allclose(effects[:, i], reference, atol=ATOL, err_msg=str(edge))
+    assert np.abs(patcher.clean_metric - intact.clean_metric).max() > 1e-3  # the ablation changed the model
+    assert np.abs(effects - intact.edge_effects(edges)).max() > 1e-3  # ... and the edges
 
 
 @pytest.mark.parametrize("arch", ["llama", "llama_gqa", "mistral", "qwen2"])

@@ -11,10 +11,11 @@ import torch
 
 from cortexmap.circuits.faithfulness import rank_edges
 from cortexmap.circuits.patching import edge_effects
-from cortexmap.circuits.run import trace_circuit
+from cortexmap.circuits.run import DEFAULT_FRACTIONS, default_verify, trace_circuit
 from cortexmap.circuits.store import write_circuit
 from cortexmap.errors import CortexmapError
-from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, MANIFEST, SCHEMA_VERSION
+from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, CIRCUIT_PROMPTS, MANIFEST, SCHEMA_VERSION
+from cortexmap.tasks.core import logit_diff
 from tests.circuits.tiny_circuits import circuit_handle, task_batch
 
 FRACTIONS = (0.05, 0.2, 0.5, 1.0)
@@ -70,6 +71,30 @@ def test_curves_summary_and_circuit_heads(traced):
     assert result.end_heads == sorted(result.end_heads, key=lambda n: into_logits[n])
 
 
+def test_prompt_rows_are_the_verified_effects_per_prompt(traced):
+    handle, batch, result = traced
+    exact = result.edges[result.edges["method"] == "exact"].set_index(["sender", "receiver", "kind"])
+    prompts = result.prompts
+    assert len(prompts) == 6 * len(batch) and set(prompts["prompt"]) == set(range(len(batch)))
+    means = prompts.groupby(["sender", "receiver", "kind"])["effect"].mean()
+    np.testing.assert_allclose(means.reindex(exact.index), exact["effect"], atol=1e-6)
+    with torch.no_grad():
+        logits = handle.model(input_ids=batch.input_ids, use_cache=False).logits[:, -1].float()
+    clean = logit_diff(logits, batch.target_ids, batch.foil_ids).numpy()
+    for _, rows in prompts.groupby(["sender", "receiver", "kind"]):
+        np.testing.assert_allclose(rows.sort_values("prompt")["clean"], clean, atol=1e-5)
+
+
+def test_default_verification_reaches_past_the_smallest_circuit():
+    assert default_verify(70651, DEFAULT_FRACTIONS) == 140  # SmolLM2: the 0.1% circuit keeps 70 edges
+    assert default_verify(1000, (0.01, 1.0)) == 32
+    handle, batch = circuit_handle("llama"), task_batch(batch=3)
+    result = trace_circuit(handle, [batch], screen="eap", fractions=(0.05, 1.0), n_random=0, steps=1)
+    n_smallest = int(0.05 * result.arguments["n_edges"])
+    assert result.arguments["verify"] == max(32, 2 * n_smallest) > n_smallest
+    assert (result.edges["method"] == "exact").sum() == result.arguments["verify"]
+
+
 def test_two_length_groups_concatenate_prompts():
     handle = circuit_handle("llama")
     a, b = task_batch(batch=3, seq=7), task_batch(batch=3, seq=5, seed=4)
@@ -103,6 +128,8 @@ def test_write_circuit_replaces_a_task_and_records_the_manifest(traced, tmp_path
             "model", "ablation", "screen"} <= set(edges)
     curves = pd.read_parquet(tmp_path / CIRCUIT_CURVES)
     assert set(curves["task"]) == {"a", "b"} and "faithfulness" in curves
+    prompts = pd.read_parquet(tmp_path / CIRCUIT_PROMPTS)
+    assert prompts.groupby("task").size().to_dict() == {"a": len(result.prompts), "b": len(result.prompts)}
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     entry = manifest["circuits"]["a"]
     assert entry["arguments"]["verify"] == 6 and "total_s" in entry["timings"]

@@ -1,4 +1,4 @@
-"""`cortexmap circuit` on a tiny run and `cortexmap explain` on the tiny model: tables, files, one-line errors."""
+"""`cortexmap circuit` on a tiny run and `cortexmap explain` on the tiny model: tables, files, figures, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, MANIFEST
+from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, CIRCUIT_PROMPTS, MANIFEST, REGULATION
 from tests.cli.invoke import assert_ok, assert_one_line_error, invoke
 
 PROMPT = "when anna and bert went to the store bert gave a drink to"
@@ -49,6 +49,9 @@ def test_circuit_writes_documented_tables_and_prints_rankings(tiny_run):
     curves = pd.read_parquet(run / CIRCUIT_CURVES)
     assert set(curves.columns) == _documented_columns("circuit_curves.parquet")
     assert {"verified", "eap", "eap-ig", "random", "full", "empty"} == set(curves["method"])
+    prompts = pd.read_parquet(run / CIRCUIT_PROMPTS)
+    assert set(prompts.columns) == _documented_columns("circuit_prompts.parquet") and len(prompts) == 8 * 8
+    assert "why the model errs" in out
     entry = json.loads((run / MANIFEST).read_text())["circuits"]["ioi_tiny"]
     assert entry["arguments"]["n_prompts"] == 8 and entry["arguments"]["fractions"] == [0.05, 0.2, 1.0]
     assert any(row["method"] == "random" for row in entry["summary"])
@@ -78,12 +81,52 @@ def test_explain_prints_a_table(tiny):
     assert "when bert and anna went to the store anna gave a drink to" in out  # the swapped corrupt prompt
 
 
+def test_explain_out_draws_every_verified_edge(tiny, tmp_path):
+    from cortexmap.circuits import explain_decision
+    from cortexmap.models import load_model
+
+    model, _, _ = tiny
+    path = tmp_path / "explain.html"
+    out = assert_ok(invoke("explain", "--model", model, "--prompt", PROMPT, "--target", " anna", "--foil", " bert",
+                           "--verify", "6", "--steps", "2", "--out", path))
+    assert f"wrote {path}" in out
+    page = path.read_text(encoding="utf-8")
+    ex = explain_decision(load_model(str(model)), PROMPT, " anna", " bert", verify=6, steps=2)  # the same numbers
+    for r in ex.edges.itertuples():
+        assert f"{r.sender} → {r.receiver} ({r.kind})" in page and f"effect {r.effect:+.3f} (exact)" in page
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--target", " anna carl", "--foil", " bert"], "give a single-token target"),
     (["--target", " anna", "--foil", " anna"], "same token"),
     (["--target", " anna", "--foil", " bert", "--corrupt", "when bert and anna went"], "same length"),
     (["--target", " carl", "--foil", " dora"], "pass --corrupt"),
+    (["--target", " anna", "--foil", " bert", "--out", "explain.gif"], "give a path ending in .svg, .png, .pdf, .html"),
 ])
 def test_explain_bad_input_is_one_line(tiny, extra, message):
     model, _, _ = tiny
     assert_one_line_error(invoke("explain", "--model", model, "--prompt", PROMPT, *extra), message)
+
+
+def test_regulate_writes_its_table_and_analyze_states_it(tiny_run):
+    run, _ = tiny_run
+    out = assert_ok(invoke("regulate", run, "--head", "L1H0", "--condition", "ambiguity", "--prompts", "3",
+                           "--edges", "3", "--random", "2"))
+    assert "Regulator test on edges, L1H0 on ambiguity" in out and "random heads" in out
+    table = pd.read_parquet(run / REGULATION)
+    assert set(table.columns) == _documented_columns("regulation.parquet")
+    assert len(table) == 3 * 2 * 3 and set(table["role"]) == {"candidate", "baseline"}
+    entry = json.loads((run / MANIFEST).read_text())["regulation"]["L1H0:ambiguity"]
+    assert len(entry["edges"]) == 3 and entry["arguments"]["n_random"] == 2
+    analyzed = assert_ok(invoke("analyze", run))
+    assert "Regulator test on edges, L1H0 on ambiguity" in analyzed
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--head", "L9H0"], "L9H0 is not a head of this model"),
+    (["--head", "L1H0", "--condition", "mood"], "unknown condition 'mood'"),
+    (["--head", "L2H1"], "no query or key edge lies above L2H1"),
+])
+def test_regulate_bad_input_is_one_line(tiny_run, extra, message):
+    run, _ = tiny_run
+    assert_one_line_error(invoke("regulate", run, *extra, "--prompts", "2", "--random", "0"), message)

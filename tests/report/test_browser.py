@@ -48,3 +48,21 @@ def test_screenshot_without_height_captures_the_whole_page(tmp_path: Path) -> No
 def test_rich_report_renders_offline_without_errors(rich_report: Path) -> None:
     names = _check_rendered(rich_report)
     assert {"regulator_graph", "contrasts", "compare_0", "pruning", "circuit_0", "circuit_curves_0"} <= set(names)
+
+
+def test_explain_figure_renders_offline_without_errors(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from cortexmap.report.circuits import decision_graph
+    from cortexmap.report.export import write_figure
+
+    edges = pd.DataFrame({"sender": ["emb", "L0H1", "M0", "L1H2"], "receiver": ["L0KV1", "M0", "L1H2", "logits"],
+                          "kind": ["v", "in", "q", "in"], "score": [0.4, -0.1, 0.3, 0.9],
+                          "effect": [0.5, -0.2, 0.3, 1.1], "share": [0.25, -0.1, 0.15, 0.55]})
+    heads = pd.DataFrame({"node": ["L0KV1", "L0H1", "M0", "L1H2"], "effect_out": [0.0, -0.2, 0.3, 1.1],
+                          "effect_in": [0.5, 0.0, -0.2, 0.3]})
+    page = write_figure(decision_graph(edges, heads, 2, 4, 2, title="one decision"), tmp_path / "explain.html")
+    run = rendered_dom(page, width=1100, height=600)
+    assert run.console == [], run.console
+    assert run.requests == [], run.requests
+    assert 'class="main-svg"' in run.dom and re.search(r">L0KV1</text>", run.dom)  # the nodes were drawn

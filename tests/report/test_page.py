@@ -30,8 +30,8 @@ def test_rewording_a_sentence_does_not_move_it() -> None:
     routed = _kinds(route_findings(reworded))
     assert routed["bands"] == ["depth_order", "depth_step", "level_depth", "layer_bands", "band"]
     assert routed["overview"] == ["audit", "depth_order", "groups", "specialization", "adaptivity", "regulator",
-                                  "redundancy"]
-    assert routed["regulators"] == ["regulator", "contrast"] and routed["caveats"] == ["not_evaluated", "note"]
+                                  "regulation", "redundancy", "errs", "errs_unit"]
+    assert routed["regulators"] == ["regulator", "contrast", "regulation"] and routed["caveats"] == ["not_evaluated", "note"]
 
 
 def test_reworded_findings_stay_in_their_report_sections(rich_runs: tuple[Path, Path], rich_report: Path) -> None:

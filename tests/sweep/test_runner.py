@@ -161,3 +161,21 @@ def test_a_passed_handle_is_the_model_recorded(tiny, tmp_path):  # noqa: ANN001
     result = run_sweep(config("not-this-model", tasks, interventions=["zero"]), tmp_path / "run", handle=handle)
     assert result.manifest["model"]["spec"] == "my-own-handle"
     assert set(result.effects["model"]) == {"my-own-handle"}
+
+
+def test_prompt_effects_carry_each_prompts_clean_metric(tiny, tmp_path):  # noqa: ANN001
+    import cortexmap
+    from cortexmap.tasks import load_task_file
+    from cortexmap.tasks.evaluate import evaluate_task
+
+    model, tasks, _ = tiny
+    result = run_sweep(config(model, tasks, interventions=["zero"]), tmp_path / "run")
+    handle = cortexmap.load_model(str(model))
+    prompts = result.prompt_effects()
+    for name, rows in prompts.groupby("task"):
+        reference = evaluate_task(handle, load_task_file(tasks, handle.tokenizer, name=name)).set_index("pair")
+        clean = rows.groupby("prompt")["clean"].agg(["min", "max"])
+        np.testing.assert_allclose(clean["min"], clean["max"])  # one clean value per prompt, whatever the head
+        np.testing.assert_allclose(clean["min"], reference.loc[clean.index, "logit_diff"], atol=1e-4)
+        means = result.effects[result.effects["task"] == name]["clean"]
+        np.testing.assert_allclose(means, reference["logit_diff"].mean(), atol=1e-4)

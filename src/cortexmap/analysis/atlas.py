@@ -26,14 +26,16 @@ import pandas as pd
 from cortexmap.analysis.adaptivity import task_depths
 from cortexmap.analysis.bands import DEFAULT_LEVEL_ORDER, band_hypothesis, layer_bands, level_depths
 from cortexmap.analysis.groups import functional_groups
+from cortexmap.analysis.mistakes import MIN_GROUP, edge_rows, error_contrasts, error_summary, head_rows
 from cortexmap.analysis.profiles import probe_matrix
+from cortexmap.analysis.regulation import regulation_tests
 from cortexmap.analysis.regulators import condition_contrasts, regulator_scores
 from cortexmap.analysis.roles import closest_candidates, evaluated_roles, passing_roles, role_evidence
 from cortexmap.analysis.selection import effect_arrays, importance_of, important_mask, select_effects
 from cortexmap.analysis.summary import list_findings
 from cortexmap.analysis.specialization import pairwise_interactions, redundancy_summary, specialization_index, specialization_summary
 from cortexmap.errors import ResultsError
-from cortexmap.results.layout import INFLUENCE, PAIRS, SCREEN_CONDITION
+from cortexmap.results.layout import CIRCUIT_PROMPTS, INFLUENCE, PAIRS, REGULATION, SCREEN_CONDITION
 
 ATLAS_COLUMNS = ("head_id", "layer", "head", "rel_depth", "group", "group_name", "dominant_level", "top_task",
                  "top_effect", "top_ci_low", "top_ci_high", "top_significant", "roles", "specialization",
@@ -119,6 +121,20 @@ class Atlas(NamedTuple):
         return f"<div><b>cortexmap atlas: {len(self.table)} heads</b><ul>{items}</ul></div>"
 
 
+def _error_contrasts(prompt_effects: pd.DataFrame | None, circuit_prompts: pd.DataFrame | None, selection: dict,
+                     n_boot: int, n_perm: int, seed: int) -> tuple[list[dict], list[str]]:
+    """Why the model errs: per task, the exact heads' right/wrong contrasts, then the traced circuits' edges'."""
+    heads, reason = head_rows(prompt_effects, selection["intervention"], selection["alpha"])
+    out, notes = [], [reason] if reason else []
+    for kind, rows in (("head", heads), ("edge", edge_rows(circuit_prompts))):
+        contrasts, thin = error_contrasts(rows, n_boot=n_boot, n_perm=n_perm, seed=seed)
+        out += error_summary(contrasts, kind)
+        if thin:
+            notes.append(f"why the model errs ({kind}s): fewer than {MIN_GROUP} right or wrong prompts on "
+                         + ", ".join(thin))
+    return out, notes
+
+
 def build_atlas(
     run: Any,
     *,
@@ -158,7 +174,9 @@ def build_atlas(
         if shape is None:
             raise ResultsError("build_atlas needs shape=(n_layers, n_heads) with an effects table: pass the "
                                "manifest's shape, or pass the loaded run")
-    else:
+    circuit_prompts = regulation = None  # the traced circuits' verified edges per prompt; the edge regulator test
+    if not isinstance(run, pd.DataFrame):
+        circuit_prompts, regulation = run.table(CIRCUIT_PROMPTS), run.table(REGULATION)
         effects, shape = run.effects, shape or run.shape
         patterns = patterns if patterns is not None else (run.patterns if len(run.patterns) else None)
         prompt_effects = prompt_effects if prompt_effects is not None else run.prompt_effects()
@@ -240,6 +258,9 @@ def build_atlas(
         redundancy["pairs"] = pairwise_interactions(pairs)
     else:
         notes.append("redundancy not evaluated: no joint-ablation pairs were given")
+    errors, error_notes = _error_contrasts(prompt_effects, circuit_prompts, selection, n_boot, min(n_perm, 1000),
+                                           seed + 7)
+    notes += error_notes
 
     atlas = atlas.reset_index().loc[:, list(ATLAS_COLUMNS)]
     atlas = pd.concat([atlas, probe_matrix(patterns, n_layers, n_heads).reset_index(drop=True)], axis=1)
@@ -255,6 +276,8 @@ def build_atlas(
         "adaptivity": adaptivity,
         "regulators": regulators,
         "redundancy": redundancy,
+        "errors": errors,
+        "regulation": regulation_tests(regulation, n_boot=n_boot, seed=seed + 8),
         "not_evaluated": notes,
         "notes": method_notes,
         "audit": audit,

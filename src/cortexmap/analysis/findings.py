@@ -41,12 +41,15 @@ KINDS = (
     "adaptivity",      # a task whose importance leans early or late, or the largest difference
     "regulator",       # a regulator candidate, or the top scores when none passes
     "contrast",        # a regulator score that differs between conditions, or the smallest p
+    "regulation",      # the edge test: ablating a head changes q/k composition more on demanding inputs
     "redundancy",      # joint ablations: redundant share and mean relative interaction
+    "errs",            # why the model errs: a task's heads or edges whose effects differ on wrong prompts (headline)
+    "errs_unit",       # one more differing head or edge (detail of errs)
     "not_evaluated",   # an analysis that could not run, and why
     "note",            # a setting every number depends on
 )
 
-PARENT_OF = {"depth_step": "depth_order", "level_depth": "depth_order", "band": "layer_bands"}
+PARENT_OF = {"depth_step": "depth_order", "level_depth": "depth_order", "band": "layer_bands", "errs_unit": "errs"}
 
 VERDICTS = ("supported", "not supported", "not evaluated", "passes", "no head passes", "candidate", "no candidate",
             "differs", "no difference", "leans early", "leans late")

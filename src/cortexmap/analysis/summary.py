@@ -255,6 +255,29 @@ def _contrast_findings(contrasts: list[dict]) -> list[Finding]:
     return out
 
 
+def regulation_finding(t: dict) -> Finding:
+    """The edge regulator test of one candidate and condition (:func:`cortexmap.analysis.regulation.regulation_test`)."""
+    if t["p_random"] is None:
+        baseline = "no baseline heads were measured, so no verdict against them"
+    else:
+        baseline = (f"vs {t['n_random']} random heads at or below its layer: mean {num(t['baseline_mean'], 3)}, "
+                    f"95th pct {num(t['baseline_p95'], 3)}, rank p = {num(t['p_random'], 3)}")
+    text = (f"Regulator test on edges, {t['candidate']} on {t['condition']}: {t['verdict']}: ablating it moves "
+            f"{num(100 * t['demanding'], 1)}% of {t['n_edges']} query/key edges' exact effect on demanding prompts "
+            f"{ci(100 * t['demanding_ci_low'], 100 * t['demanding_ci_high'], 1)} vs {num(100 * t['easy'], 1)}% on easy "
+            f"ones {ci(100 * t['easy_ci_low'], 100 * t['easy_ci_high'], 1)}: difference {num(t['diff'], 3)} "
+            f"{ci(t['ci_low'], t['ci_high'], 3)} over {t['n_pairs']} matched pairs, {baseline}.")
+    stats = {k: t[k] for k in ("easy", "easy_ci_low", "easy_ci_high", "demanding", "demanding_ci_low",
+                               "demanding_ci_high", "baseline_p95", "n_random", "n_pairs", "n_edges")}
+    measured = t["p_random"] is not None
+    return Finding(kind="regulation", head=t["candidate"], subject=t["condition"], effect=t["diff"],
+                   ci_low=t["ci_low"], ci_high=t["ci_high"], baseline=t["baseline_mean"] if measured else 0.0,
+                   baseline_label=("mean difference of random heads at or below its layer" if measured
+                                   else "no difference between the sides (no random heads measured)"),
+                   p_value=t["p_random"],
+                   verdict=t["verdict"], method="exact", stats=stats, text=text)
+
+
 def _redundancy_findings(red: dict | None) -> list[Finding]:
     if red is None:
         return []
@@ -269,6 +292,44 @@ def _redundancy_findings(red: dict | None) -> list[Finding]:
                            "fraction_redundant_ci_high": frac_high, "n_pairs": red["n_pairs"]}, text=text)]
 
 
+ERRS_BASELINE = "no difference (p from shuffled right/wrong labels)"
+
+
+def _errs_unit(e: dict, row: dict) -> str:
+    return (f"{row['unit']} wrong - right = {num(row['diff'])} {ci(row['ci_low'], row['ci_high'])} "
+            f"(mean {num(row['mean_right'])} on right, {num(row['mean_wrong'])} on wrong prompts), "
+            f"p = {num(row['p_value'], 3)}, q = {num(row['q_value'], 3)}")
+
+
+def _errs_finding(kind: str, e: dict, row: dict, verdict: str | None, text: str) -> Finding:
+    head = row["unit"] if e["kind"] == "head" else None
+    return Finding(kind=kind, subject=f"{e['kind']} {row['unit']}", head=head, task=e["task"], effect=row["diff"],
+                   ci_low=row["ci_low"], ci_high=row["ci_high"], baseline=0.0, baseline_label=ERRS_BASELINE,
+                   p_value=row["p_value"], verdict=verdict, method="exact",
+                   stats={"q_value": row["q_value"], "mean_right": row["mean_right"], "mean_wrong": row["mean_wrong"],
+                          "n_right": e["n_right"], "n_wrong": e["n_wrong"], "n_units": e["n_units"],
+                          "n_differ": e["n_differ"]}, text=text)
+
+
+def _errs_findings(errors: list[dict] | None) -> list[Finding]:
+    out = []
+    for e in errors or []:
+        if not e["rows"]:
+            continue
+        where = f"Why the model errs on {e['task']} ({e['n_right']} right, {e['n_wrong']} wrong prompts, exact {e['kind']}s)"
+        first, rest = e["rows"][0], e["rows"][1:]
+        if e["n_differ"]:
+            text = (f"{where}: {e['n_differ']} of {e['n_units']} {e['kind']}s' effects differ at q < {e['q']}; "
+                    f"strongest {_errs_unit(e, first)}.")
+            out.append(_errs_finding("errs", e, first, "differs", text))
+            out += [_errs_finding("errs_unit", e, row, "differs", f"{_errs_unit(e, row)}.") for row in rest]
+        else:
+            text = (f"{where}: no {e['kind']}'s effect differs at q < {e['q']} ({e['n_units']} tested); "
+                    f"smallest p: {_errs_unit(e, first)}.")
+            out.append(_errs_finding("errs", e, first, "no difference", text))
+    return out
+
+
 def list_findings(findings: dict) -> list[Finding]:
     """Every finding of an atlas as a typed record, in the order the CLI prints them.
 
@@ -278,8 +339,9 @@ def list_findings(findings: dict) -> list[Finding]:
     Returns:
         Findings in a fixed order: screen audit, depth-order test (with its steps and level
         depths as details), layer bands (with each band as a detail), groups, roles,
-        specialization, task adaptivity, regulators and condition contrasts, redundancy, what was
-        not evaluated, notes. ``[f.to_dict() for f in ...]`` is their JSON form.
+        specialization, task adaptivity, regulators, condition contrasts and the edge regulator test,
+        redundancy, why the model errs (per task: heads, then circuit edges), what was not
+        evaluated, notes. ``[f.to_dict() for f in ...]`` is their JSON form.
     """
     method = findings.get("selection", {}).get("method")
     out = _audit_findings(findings.get("audit"))
@@ -289,7 +351,9 @@ def list_findings(findings: dict) -> list[Finding]:
     out += _specialization_findings(findings["specialization"], method)
     out += _adaptivity_findings(findings["adaptivity"], method)
     out += _regulator_findings(findings["regulators"])
+    out += [regulation_finding(t) for t in findings.get("regulation") or []]
     out += _redundancy_findings(findings["redundancy"])
+    out += _errs_findings(findings.get("errors"))
     out += [Finding(kind="not_evaluated", verdict="not evaluated", text=f"Not evaluated: {note}.")
             for note in findings["not_evaluated"]]
     out += [Finding(kind="note", text=f"Note: {note}.") for note in findings.get("notes", [])]

@@ -4,7 +4,9 @@
 ``k``/``v`` inputs, MLP and logits inputs), :mod:`~cortexmap.circuits.patching` measures edges and
 circuits exactly, :mod:`~cortexmap.circuits.attribution` estimates every edge at once,
 :mod:`~cortexmap.circuits.curves` evaluates rankings over circuit sizes and
-:mod:`~cortexmap.circuits.faithfulness` turns those into MIB's faithfulness, CPR and CMD.
+:mod:`~cortexmap.circuits.faithfulness` turns those into MIB's faithfulness, CPR and CMD;
+:mod:`~cortexmap.circuits.explain` explains one decision and :mod:`~cortexmap.circuits.regulation`
+measures the regulator test on edges.
 
 Names load their modules on first use, so ``graph`` and ``faithfulness`` (no torch) serve
 analysis and report code on a machine without torch.
@@ -28,6 +30,7 @@ _EXPORTS = {
     "curve_table": "faithfulness", "summarize_curves": "faithfulness",
     "CircuitResult": "run", "trace_circuit": "run", "write_circuit": "store",
     "Explanation": "explain", "explain_decision": "explain",
+    "RegulationResult": "regulation", "measure_regulation": "regulation", "write_regulation": "store",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -234,7 +234,7 @@ def edge_scores(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps:
         batch: prompts of one token length (``corrupt_ids`` needed for corrupt ablation).
         method: ``"eap"``, ``"eap-ig"`` or ``"eap-ig-inputs"``.
         steps: integration points of the EAP-IG methods (ignored by EAP).
-        ablation: ``"corrupt"`` or ``"mean"``: the source run the scores move toward.
+        ablation: ``"corrupt"``, ``"mean"`` or ``"zero"``: the source run the scores move toward.
 
     Returns:
         Estimated ``patched - clean`` metric per prompt and edge (float32).
@@ -284,7 +284,7 @@ def attribute_edges(handle: Any, batch: EncodedBatch, method: str = "eap-ig", st
         batch: prompts of one token length.
         method: ``"eap"``, ``"eap-ig"`` or ``"eap-ig-inputs"``.
         steps: integration points of the EAP-IG methods.
-        ablation: ``"corrupt"`` or ``"mean"``.
+        ablation: ``"corrupt"``, ``"mean"`` or ``"zero"``.
 
     Returns:
         One row per edge, in the graph's edge order: ``sender, receiver, kind, sender_layer,

@@ -10,6 +10,10 @@ edges are then measured exactly with path patching (patch the edge alone from th
 everything else clean). Their effects are single-prompt numbers, so there are no intervals; ``share``
 is the effect over the whole clean-to-corrupt change of the metric (1: patching that edge alone
 flips the decision as far as the corrupt prompt does).
+
+:meth:`Explanation.figure` draws the verified edges as the report's circuit view does (layers left
+to right, width = |effect|, hover = numbers) and :meth:`Explanation.save` writes that drawing;
+both load :mod:`cortexmap.report` on first use, which holds all drawing code (and no torch).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +29,7 @@ import pandas as pd
 import torch
 
 from cortexmap.circuits.attribution import edge_scores
-from cortexmap.circuits.graph import node_layer
+from cortexmap.circuits.graph import Graph, node_layer
 from cortexmap.circuits.patching import PathPatcher
 from cortexmap.errors import TaskError
 from cortexmap.tasks.core import (
@@ -52,6 +57,8 @@ class Explanation:
             ``effect`` (exact, patched - clean), ``share`` (effect / (corrupt - clean)), ``method``.
         heads: per node on a verified edge (heads, KV groups, MLPs): ``node, layer, effect_out``
             (sum of its outgoing verified edges' effects), ``effect_in`` (incoming), ``n_edges``.
+        graph: the model's edge graph (its layers, heads and KV groups place the nodes when drawn).
+        screen: the screen that scored the edges (``"eap"`` or ``"eap-ig"``).
         timings: seconds per stage.
     """
 
@@ -60,7 +67,40 @@ class Explanation:
     corrupt: float
     edges: pd.DataFrame
     heads: pd.DataFrame
+    graph: Graph
+    screen: str
     timings: dict[str, float] = field(default_factory=dict)
+
+    def figure(self) -> Any:
+        """The verified edges drawn on the layer x head grid.
+
+        Returns:
+            A plotly ``Figure``: every verified edge, width proportional to |effect|, orange where
+            patching it lowers the target - foil difference and blue where it raises it; hovering an
+            edge gives its screen score, exact effect and share of the flip.
+        """
+        from cortexmap.report.circuits import decision_graph
+
+        title = (f"logit({self.pair.target!r}) − logit({self.pair.foil!r}): {self.clean:+.2f} on the prompt, "
+                 f"{self.corrupt:+.2f} on the corrupt one; width = |exact effect|")
+        return decision_graph(self.edges, self.heads, self.graph.n_layers, self.graph.n_heads,
+                              self.graph.n_kv_heads, screen=self.screen, title=title)
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`figure` atomically: ``.html`` self-contained and interactive, ``.svg``/``.png``/``.pdf`` static.
+
+        Args:
+            path: the file to write; its suffix picks the format.
+
+        Returns:
+            ``path``.
+
+        Raises:
+            CortexmapError: another suffix, or a static format without kaleido and Chromium.
+        """
+        from cortexmap.report.export import write_figure
+
+        return write_figure(self.figure(), path)
 
 
 def swap_answers(prompt: str, target: str, foil: str) -> str | None:
@@ -161,4 +201,5 @@ def explain_decision(handle: Any, prompt: str, target: str, foil: str, corrupt: 
                           "kind": [e.kind for e in picked], "score": scores[top].astype(float), "effect": effects,
                           "share": effects / gap if gap else np.nan, "method": "exact"})
     edges = edges.iloc[np.argsort(-np.abs(effects), kind="stable")].reset_index(drop=True)
-    return Explanation(pair, clean, corrupt_metric, edges, _heads(edges, patcher.graph.n_layers), timings)
+    return Explanation(pair, clean, corrupt_metric, edges, _heads(edges, patcher.graph.n_layers), patcher.graph,
+                       screen, timings)

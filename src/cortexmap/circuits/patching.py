@@ -44,7 +44,7 @@ class PathPatcher:
     Args:
         handle: a :class:`~cortexmap.models.ModelHandle` of a supported architecture.
         batch: prompts of one token length (``corrupt_ids`` needed for ``ablation="corrupt"``).
-        ablation: ``"corrupt"`` (the corrupt prompts' run) or ``"mean"`` (the batch mean).
+        ablation: ``"corrupt"`` (the corrupt prompts' run), ``"mean"`` (the batch mean) or ``"zero"``.
 
     Raises:
         UnsupportedArchitectureError: the model's heads do not add to the residual stream one by one.
@@ -136,7 +136,7 @@ def circuit_metric(handle: Any, batch: EncodedBatch, edges_kept: Iterable[Edge] 
         handle: a :class:`~cortexmap.models.ModelHandle` of a supported architecture.
         batch: prompts of one token length.
         edges_kept: the circuit, as edges or a boolean mask over ``Graph.for_model(handle).edges``.
-        ablation: ``"corrupt"`` or ``"mean"``: what the edges outside the circuit carry.
+        ablation: ``"corrupt"``, ``"mean"`` or ``"zero"``: what the edges outside the circuit carry.
 
     Returns:
         ``[batch]`` float64 logit differences.
@@ -163,7 +163,7 @@ def edge_effects(handle: Any, batch: EncodedBatch, edges: Iterable[Edge] | np.nd
         handle: a :class:`~cortexmap.models.ModelHandle` of a supported architecture.
         batch: prompts of one token length.
         edges: edges (or their integer positions in the graph's edge order); None: every edge.
-        ablation: ``"corrupt"`` or ``"mean"``.
+        ablation: ``"corrupt"``, ``"mean"`` or ``"zero"``.
         rows_per_pass: prompt rows per forward pass.
         n_boot: bootstrap resamples of the prompts for the 95% interval.
         seed: seed of the resampling.

@@ -5,7 +5,8 @@ across batches, prompts named by their pair index):
 
 1. **screen**: EAP and EAP-IG scores of every edge (:mod:`~cortexmap.circuits.attribution`); both
    are rankings of their own, and the ``screen`` one orders the edges that are not verified;
-2. **verify**: the exact path-patching effect of the top ``verify`` edges by ``|screen score|``,
+2. **verify**: the exact path-patching effect of the top ``verify`` edges by ``|screen score|``
+   (default: twice the smallest evaluated circuit, so that exact effects re-rank what it keeps),
    per prompt, with 95% bootstrap intervals over all prompts (:class:`~cortexmap.circuits.patching.PathPatcher`);
 3. **curves**: MIB faithfulness curves (:mod:`~cortexmap.circuits.curves`) of four rankings:
    ``verified`` (the verified edges first, by ``|exact effect|``, then the rest by ``|screen score|``),
@@ -51,6 +52,7 @@ from cortexmap.tasks.stats import bootstrap_cis
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
 SCREENS: tuple[str, ...] = ("eap", "eap-ig")
+MIN_VERIFY = 32
 RANKINGS: tuple[str, ...] = ("verified", "eap", "eap-ig")  # plus "random"
 EXACT, ESTIMATED = "exact", "estimated"
 
@@ -77,6 +79,9 @@ class CircuitResult:
         circuit_method: the ranking the circuit comes from, or None when none reached the target.
         arguments: what was asked (JSON-ready).
         timings: seconds per stage and ``total_s``.
+        prompts: the verified edges' exact effects per prompt: ``sender, receiver, kind, prompt,
+            effect, clean`` (the prompt's clean metric; > 0: the model gets it right), the input of
+            :func:`cortexmap.analysis.mistakes.error_contrasts` (why the model errs).
     """
 
     edges: pd.DataFrame
@@ -86,6 +91,7 @@ class CircuitResult:
     circuit_method: str | None
     arguments: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    prompts: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def end_heads(self) -> list[str]:
@@ -94,10 +100,10 @@ class CircuitResult:
         return list(rows.sort_values("logits_weight", ascending=False, kind="stable")["node"])
 
 
-def _check(ablation: str, screen: str, verify: int, fractions: Sequence[float], n_random: int) -> None:
+def _check(ablation: str, screen: str, verify: int | None, fractions: Sequence[float], n_random: int) -> None:
     if screen not in SCREENS:
         raise CortexmapError(f"unknown screen {screen!r}: use one of {', '.join(SCREENS)}")
-    if verify < 0 or n_random < 0:
+    if (verify is not None and verify < 0) or n_random < 0:
         raise CortexmapError(f"verify and n_random must be >= 0, got verify={verify}, n_random={n_random}")
     if len(fractions) < 2:
         raise CortexmapError(f"a faithfulness curve needs at least two circuit sizes, got {list(fractions)}")
@@ -167,6 +173,16 @@ def _pick_circuit(summary: pd.DataFrame) -> tuple[str | None, int]:
     return str(row["method"]), int(row["smallest_n_edges"])
 
 
+def _prompt_rows(graph: Graph, verified: np.ndarray, per_prompt: np.ndarray, clean: np.ndarray) -> pd.DataFrame:
+    n_prompts = len(clean)
+    frame = graph.frame().iloc[verified][["sender", "receiver", "kind"]]
+    out = frame.loc[frame.index.repeat(n_prompts)].reset_index(drop=True)
+    out["prompt"] = np.tile(np.arange(n_prompts), len(verified))
+    out["effect"] = per_prompt.T.reshape(-1).astype(np.float32)
+    out["clean"] = np.tile(clean, len(verified)).astype(np.float32)
+    return out
+
+
 def _top_heads(graph: Graph, kept: np.ndarray, weights: np.ndarray) -> pd.DataFrame:
     rows: dict[str, dict[str, Any]] = {}
     for i in kept:
@@ -184,8 +200,17 @@ def _top_heads(graph: Graph, kept: np.ndarray, weights: np.ndarray) -> pd.DataFr
     return out.sort_values(["weight", "layer"], ascending=[False, False], ignore_index=True)
 
 
+def default_verify(n_edges: int, fractions: Sequence[float]) -> int:
+    """Edges to verify when not told: twice the smallest evaluated circuit, at least :data:`MIN_VERIFY`.
+
+    Verifying more edges than the smallest circuit holds is what lets the exact effects re-rank
+    what that circuit keeps; with fewer, the verified ranking's circuits equal the screen's.
+    """
+    return int(max(MIN_VERIFY, 2 * circuit_sizes(n_edges, fractions)[0]))
+
+
 def trace_circuit(handle: Any, task: Task | Sequence[EncodedBatch], *, ablation: str = "corrupt",
-                  screen: str = "eap-ig", steps: int = 5, verify: int = 32,
+                  screen: str = "eap-ig", steps: int = 5, verify: int | None = None,
                   fractions: Sequence[float] = DEFAULT_FRACTIONS, n_random: int = 1, target: float = 0.8,
                   seed: int = 0, max_batch: int | None = None,
                   progress: Callable[[str], None] | None = None) -> CircuitResult:
@@ -198,7 +223,8 @@ def trace_circuit(handle: Any, task: Task | Sequence[EncodedBatch], *, ablation:
         ablation: ``"corrupt"`` or ``"mean"``: what a patched edge carries.
         screen: ``"eap"`` or ``"eap-ig"``: the estimate that picks the edges to verify.
         steps: integration points of EAP-IG.
-        verify: edges to measure exactly (the top ones by ``|screen score|``).
+        verify: edges to measure exactly (the top ones by ``|screen score|``); None:
+            :func:`default_verify` (for SmolLM2's 70,651 edges on the default grid, 140).
         fractions: circuit sizes as fractions of edges, increasing, at least two.
         n_random: random rankings for the baseline.
         target: faithfulness the smallest circuit must reach.
@@ -230,11 +256,15 @@ def trace_circuit(handle: Any, task: Task | Sequence[EncodedBatch], *, ablation:
         scores[method] = np.concatenate([edge_scores(handle, b, method, steps, ablation) for b in batches])
         timings[f"{method}_s"] = round(time.perf_counter() - tic, 3)
     screen_mean = scores[screen].mean(0)
+    verify = default_verify(graph.n_edges, fractions) if verify is None else verify
 
     tic = time.perf_counter()
     verified = rank_edges(screen_mean)[:min(verify, graph.n_edges)]
     say(f"verifying the top {len(verified)} edges exactly")
-    per_prompt = np.concatenate([PathPatcher(handle, b, ablation).edge_effects(verified) for b in batches])
+    patchers = [PathPatcher(handle, b, ablation) for b in batches]
+    per_prompt = np.concatenate([patcher.edge_effects(verified) for patcher in patchers])
+    clean = np.concatenate([patcher.clean_metric for patcher in patchers])
+    del patchers
     low, high = bootstrap_cis(per_prompt, seed=seed) if len(verified) else (np.zeros(0), np.zeros(0))
     timings["verify_s"] = round(time.perf_counter() - tic, 3)
 
@@ -265,8 +295,10 @@ def trace_circuit(handle: Any, task: Task | Sequence[EncodedBatch], *, ablation:
     edges["rank"] = np.argsort(rank_edges(rankings["verified"]))
     edges["in_circuit"] = False
     edges.loc[kept, "in_circuit"] = True
+    prompts = _prompt_rows(graph, verified, per_prompt, clean)
     timings["total_s"] = round(time.perf_counter() - start, 3)
     arguments = {"ablation": ablation, "screen": screen, "steps": steps, "verify": int(verify),
                  "fractions": [float(f) for f in fractions], "n_random": n_random, "target": target, "seed": seed,
                  "n_prompts": n_prompts, "n_edges": graph.n_edges}
-    return CircuitResult(edges, curves, summary, _top_heads(graph, kept, weights), method, arguments, timings)
+    return CircuitResult(edges, curves, summary, _top_heads(graph, kept, weights), method, arguments, timings,
+                         prompts)

@@ -29,7 +29,7 @@ from cortexmap.circuits.layout import Layout
 from cortexmap.errors import InterventionError
 from cortexmap.models.hooks import register_head_hooks
 
-ABLATIONS: tuple[str, ...] = ("corrupt", "mean")
+ABLATIONS: tuple[str, ...] = ("corrupt", "mean", "zero")
 
 
 @dataclass
@@ -52,6 +52,11 @@ class Contributions:
         """Per-position means over the batch, ``[1, seq, ...]``."""
         return Contributions(self.emb.mean(0, keepdim=True), [z.mean(0, keepdim=True) for z in self.z],
                              [m.mean(0, keepdim=True) for m in self.mlp])
+
+    def zeros(self) -> "Contributions":
+        """Zeros of the per-position shapes, ``[1, seq, ...]``: a patched edge carries nothing."""
+        return Contributions(torch.zeros_like(self.emb[:1]), [torch.zeros_like(z[:1]) for z in self.z],
+                             [torch.zeros_like(m[:1]) for m in self.mlp])
 
 
 def hidden_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
@@ -97,21 +102,23 @@ def record_contributions(layout: Layout, input_ids: torch.Tensor) -> Contributio
 
 def source_contributions(layout: Layout, input_ids: torch.Tensor, corrupt_ids: torch.Tensor | None,
                          ablation: str, clean: Contributions | None = None) -> Contributions:
-    """The source run an ablated edge carries: the corrupt prompts' run, or the clean batch mean.
+    """The source run an ablated edge carries: the corrupt prompts' run, the clean batch mean, or zeros.
 
     Args:
         layout: the model's hook points.
         input_ids: the clean prompts ``[batch, seq]``.
         corrupt_ids: the corrupt prompts, same shape (needed for ``"corrupt"``).
-        ablation: ``"corrupt"`` or ``"mean"``.
-        clean: the clean run's contributions, if already recorded (saves a pass for ``"mean"``).
+        ablation: ``"corrupt"``, ``"mean"`` or ``"zero"`` (the edge carries nothing: the sender's
+            direct contribution to the receiver is removed; needs no other prompts of the same length).
+        clean: the clean run's contributions, if already recorded (saves a pass for ``"mean"`` / ``"zero"``).
 
     Raises:
         InterventionError: an unknown ablation, or ``"corrupt"`` without corrupt prompts of the
             clean prompts' shape.
     """
-    if ablation == "mean":
-        return (clean if clean is not None else record_contributions(layout, input_ids)).mean()
+    if ablation in ("mean", "zero"):
+        recorded = clean if clean is not None else record_contributions(layout, input_ids)
+        return recorded.mean() if ablation == "mean" else recorded.zeros()
     if ablation != "corrupt":
         raise InterventionError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
     if corrupt_ids is None:

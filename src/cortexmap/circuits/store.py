@@ -1,6 +1,10 @@
-"""A task's circuit in a run directory: ``circuit.parquet``, ``circuit_curves.parquet`` and the manifest's ``circuits``.
+"""A task's circuit and the edge regulator test in a run directory: their tables and manifest entries.
 
-Both tables hold every traced task; tracing a task again replaces its rows (each file is rewritten
+``circuit.parquet``, ``circuit_curves.parquet`` and ``circuit_prompts.parquet`` with the manifest's
+``circuits`` (:func:`write_circuit`); ``regulation.parquet`` with its ``regulation``
+(:func:`write_regulation`).
+
+The tables hold every traced task; tracing a task again replaces its rows (each file is rewritten
 whole and atomically). The manifest's ``circuits`` entry maps the task to the arguments, timings,
 the circuit's ranking and the summary rows of :class:`~cortexmap.circuits.run.CircuitResult`.
 Columns are documented in docs/schema.md. Pandas only: no torch.
@@ -16,7 +20,7 @@ import pandas as pd
 
 from cortexmap.atomic import write_json, write_parquet
 from cortexmap.results.card import write_card
-from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, MANIFEST
+from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, CIRCUIT_PROMPTS, MANIFEST, REGULATION
 from cortexmap.results.load import read_manifest
 
 
@@ -45,7 +49,7 @@ def write_circuit(run_dir: str | Path, task_name: str, result: Any) -> list[Path
         result: a :class:`~cortexmap.circuits.run.CircuitResult`.
 
     Returns:
-        The two tables' paths.
+        The three tables' paths.
 
     Raises:
         ResultsError: not a run directory, or one of another schema version.
@@ -57,6 +61,7 @@ def write_circuit(run_dir: str | Path, task_name: str, result: Any) -> list[Path
                                 screen=result.arguments.get("screen"))
     _replace(root / CIRCUIT, task_name, edges)
     _replace(root / CIRCUIT_CURVES, task_name, result.curves.assign(model=model))
+    _replace(root / CIRCUIT_PROMPTS, task_name, result.prompts.assign(model=model))
     summary = [{k: _json_ready(v) for k, v in row.items()} for row in result.summary.to_dict("records")]
     manifest.setdefault("circuits", {})[task_name] = {
         "arguments": result.arguments, "timings": result.timings, "circuit_method": result.circuit_method,
@@ -64,4 +69,38 @@ def write_circuit(run_dir: str | Path, task_name: str, result: Any) -> list[Path
     }
     write_json(manifest, root / MANIFEST)
     write_card(root, manifest)
-    return [root / CIRCUIT, root / CIRCUIT_CURVES]
+    return [root / CIRCUIT, root / CIRCUIT_CURVES, root / CIRCUIT_PROMPTS]
+
+
+def write_regulation(run_dir: str | Path, result: Any) -> Path:
+    """Write (or replace) one candidate and condition's edge regulator test in a run directory.
+
+    Rows go to ``regulation.parquet`` (a candidate and condition measured again replace theirs);
+    the manifest's ``regulation`` entry ``"{candidate}:{condition}"`` keeps the arguments, timings
+    and the edges measured.
+
+    Args:
+        run_dir: a run directory written by ``cortexmap map``.
+        result: a :class:`~cortexmap.circuits.regulation.RegulationResult`.
+
+    Returns:
+        The table's path.
+
+    Raises:
+        ResultsError: not a run directory, or one of another schema version.
+    """
+    root = Path(run_dir)
+    manifest = read_manifest(root)
+    candidate, condition = result.arguments["head"], result.arguments["condition"]
+    rows = result.prompts.assign(model=str(manifest.get("model", {}).get("spec", "")))
+    path = root / REGULATION
+    if path.exists():
+        old = pd.read_parquet(path)
+        rows = pd.concat([old[(old["candidate"] != candidate) | (old["condition"] != condition)], rows],
+                         ignore_index=True)
+    write_parquet(rows, path)
+    manifest.setdefault("regulation", {})[f"{candidate}:{condition}"] = {
+        "arguments": result.arguments, "timings": result.timings, "edges": result.edges}
+    write_json(manifest, root / MANIFEST)
+    write_card(root, manifest)
+    return path

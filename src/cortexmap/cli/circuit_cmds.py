@@ -82,7 +82,8 @@ def circuit(
     run_dir: Annotated[str, typer.Argument(help="a run directory written by cortexmap map")],
     task: Annotated[str | None, typer.Option(help="task name (a built-in task, or the run's task file)")] = None,
     task_file: Annotated[str | None, typer.Option(help="JSONL file of your own pairs")] = None,
-    verify: Annotated[int, typer.Option(help="top screened edges to measure exactly")] = 32,
+    verify: Annotated[int | None, typer.Option(
+        help="top screened edges to measure exactly (default: twice the smallest circuit on the grid, at least 32)")] = None,
     screen: Screen = "eap-ig",
     steps: Steps = 5,
     fractions: Annotated[str | None, typer.Option(
@@ -129,7 +130,29 @@ def circuit(
         ends = ", ".join(result.end_heads[:8]) or "no head (only emb / MLPs write to the logits)"
         console.print(f"circuit ({result.circuit_method} ranking, {n} edges, {len(result.top_heads)} nodes) "
                       f"ends in {ends}", soft_wrap=True)
-    console.print(f"took {result.timings['total_s']:.0f} s; wrote {paths[0]} and {paths[1].name}")
+    _print_errs(name, result.prompts)
+    console.print(f"took {result.timings['total_s']:.0f} s; wrote {paths[0]}, {paths[1].name} and {paths[2].name}")
+
+
+def _print_errs(task: str, prompts: Any) -> None:
+    """Why the model errs: the verified edges whose effects differ between right and wrong prompts."""
+    from cortexmap.analysis.mistakes import MIN_GROUP, edge_rows, error_contrasts
+
+    if prompts.empty:
+        return
+    contrasts, thin = error_contrasts(edge_rows(prompts.assign(task=task)))
+    if thin:
+        console.print(f"why the model errs: not evaluated, {thin[0]} (needs {MIN_GROUP} of each)")
+        return
+    n_right, n_wrong = int(contrasts["n_right"].iloc[0]), int(contrasts["n_wrong"].iloc[0])
+    differ = contrasts[contrasts["q_value"] < 0.05].sort_values("p_value", kind="stable")
+    shown = differ.head(5) if len(differ) else contrasts.sort_values("p_value", kind="stable").head(1)
+    table = shown.assign(edge=shown["unit"], **{"wrong - right": [_interval(r.diff, r.ci_low, r.ci_high)
+                                                                  for r in shown.itertuples()]})
+    title = (f"why the model errs ({n_right} right, {n_wrong} wrong prompts): {len(differ)} of {len(contrasts)} "
+             f"verified edges differ at q < 0.05" + ("" if len(differ) else "; the smallest p"))
+    console.print(table_of(table[["edge", "mean_right", "mean_wrong", "wrong - right", "p_value", "q_value"]],
+                           title=title))
 
 
 @app.command()
@@ -145,16 +168,23 @@ def explain(
     steps: Steps = 5,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps")] = "cpu",
     top: Annotated[int, typer.Option(help="edges to print")] = 10,
+    out: Annotated[str | None, typer.Option(
+        help="also draw the verified edges: .html (interactive, self-contained) or .svg / .png / .pdf")] = None,
 ) -> None:
     """Explain one decision: which heads and paths carried the target over the foil (edges verified exactly)."""
     from cortexmap.circuits.explain import explain_decision
 
     def go():
+        if out is not None:
+            from cortexmap.report.export import figure_format
+
+            figure_format(out)  # a bad suffix fails before the model loads
         handle = _load(model, device)
         _say("scoring every edge on this prompt, then verifying the top ones")
-        return explain_decision(handle, prompt, target, foil, corrupt, screen=screen, steps=steps, verify=verify)
+        ex = explain_decision(handle, prompt, target, foil, corrupt, screen=screen, steps=steps, verify=verify)
+        return ex, None if out is None else ex.save(out)
 
-    ex = run_guarded(go)
+    ex, path = run_guarded(go)
     console.print(f"logit({ex.pair.target!r}) - logit({ex.pair.foil!r}): {ex.clean:.2f} on the prompt, "
                   f"{ex.corrupt:.2f} on {ex.pair.corrupt!r}", soft_wrap=True, markup=False)
     edges = ex.edges.head(top)
@@ -164,4 +194,40 @@ def explain(
     heads = ex.heads[ex.heads["node"].str.contains("H")].head(5)
     console.print("heads: " + ", ".join(f"{r.node} (out {r.effect_out:+.2f}, in {r.effect_in:+.2f})"
                                         for r in heads.itertuples()), soft_wrap=True)
-    console.print(f"took {sum(ex.timings.values()):.0f} s")
+    console.print(f"took {sum(ex.timings.values()):.0f} s" + (f"; wrote {path}" if path else ""), soft_wrap=True)
+
+
+@app.command()
+def regulate(
+    run_dir: Annotated[str, typer.Argument(help="a run directory written by cortexmap map")],
+    head: Annotated[str, typer.Option(help="the candidate regulator, e.g. L12H4")],
+    condition: Annotated[str, typer.Option(help="condition contrast: reasoning | ambiguity | length")] = "reasoning",
+    prompts: Annotated[int, typer.Option(help="matched easy / demanding pairs")] = 16,
+    edges: Annotated[int, typer.Option(help="query/key edges to measure exactly")] = 16,
+    random: Annotated[int, typer.Option("--random", help="random baseline heads (19 lets p reach 0.05)")] = 19,
+) -> None:
+    """The regulator test on edges: does ablating HEAD change other heads' q/k composition more on demanding prompts?"""
+    from cortexmap.analysis.regulation import regulation_test
+    from cortexmap.analysis.summary import regulation_finding
+    from cortexmap.circuits.regulation import measure_regulation
+    from cortexmap.circuits.store import write_regulation
+    from cortexmap.errors import CortexmapError
+    from cortexmap.heads import HeadId
+    from cortexmap.results import load_results
+    from cortexmap.tasks import condition_names, condition_sets
+
+    def go():
+        if condition not in condition_names():
+            raise CortexmapError(f"unknown condition {condition!r}: use one of {', '.join(condition_names())}")
+        candidate = HeadId.parse(head)
+        results = load_results(run_dir)
+        model = results.manifest["model"]
+        handle = _load(results.model, results.manifest.get("device", "cpu"), model.get("dtype", "float32"))
+        easy, demanding = condition_sets(handle.tokenizer, n=prompts, seed=int(results.manifest.get("seed", 0)))[condition]
+        result = measure_regulation(handle, easy, demanding, candidate, n_random=random, n_edges=edges,
+                                    seed=int(results.manifest.get("seed", 0)), condition=condition, progress=_say)
+        return result, regulation_test(result.prompts), write_regulation(run_dir, result)
+
+    result, test, path = run_guarded(go)
+    console.print(regulation_finding(test).text, soft_wrap=True, markup=False)
+    console.print(f"took {result.timings['total_s']:.0f} s; wrote {path} (cortexmap analyze states it with the findings)")

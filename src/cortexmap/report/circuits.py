@@ -7,14 +7,18 @@ ends at the middle of its KV group's query heads. Only the circuit's strongest e
 (``N_EDGES``, by |effect|), width proportional to |effect|, orange where patching the edge lowers
 the metric and blue where it raises it; hovering an edge's midpoint gives its numbers, with the
 95% interval of an exact (path-patched) effect. Heads carry their atlas roles in the hover text.
+:func:`decision_graph` draws one decision (``cortexmap explain``) the same way from its verified
+edges, with hover numbers for a single prompt (screen score, exact effect, share; no intervals).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 import plotly.graph_objects as go
 
 from cortexmap.analysis.findings import ci, num
@@ -49,38 +53,49 @@ def _tasks(data: ReportData) -> list[str]:
     return [] if data.circuits is None else sorted(data.circuits["task"].unique())
 
 
-def circuit_graph(data: ReportData, task: str) -> go.Figure | None:
-    """The task's circuit: its ``N_EDGES`` strongest edges on the layer x head grid."""
-    edges = data.circuits[(data.circuits["task"] == task) & data.circuits["in_circuit"]]
-    if edges.empty:
-        return None
-    edges = edges.reindex(edges["effect"].abs().sort_values(ascending=False).index).head(N_EDGES)
-    n_layers, n_heads = data.results.n_layers, data.results.n_heads
-    n_kv = int(data.results.manifest["model"].get("n_kv_heads") or n_heads)
-    group = max(1, n_heads // n_kv)
-    roles = dict(zip(data.atlas["head_id"], data.atlas["roles"].fillna(""))) if "roles" in data.atlas else {}
+def edge_graph(edges: pd.DataFrame, hover: Sequence[str], n_layers: int, n_heads: int, n_kv_heads: int,
+               node_hover: Mapping[str, str] | None = None, *, label_all: bool = False) -> go.Figure:
+    """Edges on the layer x head grid, width proportional to |effect| (see the module docstring).
+
+    Args:
+        edges: ``sender, receiver, kind, effect`` per edge; every row is drawn.
+        hover: one hover text per edge (HTML), shown at the edge's midpoint.
+        n_layers: layers of the model.
+        n_heads: query heads per layer.
+        n_kv_heads: KV groups per layer (a ``k``/``v`` edge ends at the middle of its group).
+        node_hover: extra hover text per node name (e.g. its atlas roles).
+        label_all: write every node's name beside it (KV groups and MLPs to their right), not only
+            the heads', emb's and the logits' above them.
+
+    Returns:
+        One line trace per edge (named ``sender → receiver.kind``, in the rows' order), then the
+        midpoint markers carrying ``hover``, then the nodes (the edges' endpoints).
+    """
+    group = max(1, n_heads // max(1, n_kv_heads))
+    extra = node_hover or {}
     top = float(edges["effect"].abs().max()) or 1.0
     fig = go.Figure()
-    mid_x, mid_y, mid_text = [], [], []
+    mid_x, mid_y = [], []
     for r in edges.itertuples():
         (x0, y0), (x1, y1) = (_position(r.sender, n_layers, n_heads, group),
                               _position(r.receiver, n_layers, n_heads, group))
         color = LOWERS if r.effect < 0 else RAISES
         fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
+                                 name=f"{r.sender} → {r.receiver}.{r.kind}",
                                  line={"width": 0.8 + 7 * abs(r.effect) / top, "color": color}, opacity=0.75))
-        interval = (f" [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}]"
-                    if isinstance(r.ci_low, float) and math.isfinite(r.ci_low) else "")
         mid_x.append((x0 + x1) / 2)
         mid_y.append((y0 + y1) / 2)
-        mid_text.append(f"{r.sender} → {r.receiver} ({r.kind})<br>effect {r.effect:+.3f}{interval}<br>{r.method}")
-    fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", text=mid_text, hovertemplate="%{text}<extra></extra>",
+    fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", text=list(hover),
+                             hovertemplate="%{text}<extra></extra>",
                              marker={"size": 7, "color": "rgba(0,0,0,0)"}, showlegend=False))
     nodes = sorted(set(edges["sender"]) | set(edges["receiver"]))
     xy = [_position(n, n_layers, n_heads, group) for n in nodes]
-    labels = [f"{n}<br>roles: {roles[n].replace(';', ', ')}" if roles.get(n) else n for n in nodes]
+    labels = [f"{n}<br>{extra[n]}" if extra.get(n) else n for n in nodes]
+    above = [bool(_HEAD.match(n)) or n in ("emb", "logits") for n in nodes]
     fig.add_trace(go.Scatter(x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", showlegend=False,
-                             text=[n if _HEAD.match(n) or n in ("emb", "logits") else "" for n in nodes],
-                             textposition="top center", textfont={"size": 9}, customdata=labels,
+                             text=[n if label_all or above[i] else "" for i, n in enumerate(nodes)],
+                             textposition=["top center" if a else "middle right" for a in above],
+                             textfont={"size": 9}, customdata=labels,
                              hovertemplate="%{customdata}<extra></extra>",
                              marker={"size": 10, "color": "#ffffff", "line": {"width": 1.5, "color": "#374151"}}))
     fig.update_layout(**base_layout(
@@ -89,6 +104,54 @@ def circuit_graph(data: ReportData, task: str) -> go.Figure | None:
                "showgrid": False},
         yaxis={"title": {"text": "head (MLP below)"}, "range": [n_heads + 0.8, -1.0], "zeroline": False,
                "showgrid": False}))
+    return fig
+
+
+def circuit_graph(data: ReportData, task: str) -> go.Figure | None:
+    """The task's circuit: its ``N_EDGES`` strongest edges on the layer x head grid."""
+    edges = data.circuits[(data.circuits["task"] == task) & data.circuits["in_circuit"]]
+    if edges.empty:
+        return None
+    edges = edges.reindex(edges["effect"].abs().sort_values(ascending=False).index).head(N_EDGES)
+    n_heads = data.results.n_heads
+    n_kv = int(data.results.manifest["model"].get("n_kv_heads") or n_heads)
+    roles = dict(zip(data.atlas["head_id"], data.atlas["roles"].fillna(""))) if "roles" in data.atlas else {}
+    hover = []
+    for r in edges.itertuples():
+        interval = (f" [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+                    if isinstance(r.ci_low, float) and math.isfinite(r.ci_low) else "")
+        hover.append(f"{r.sender} → {r.receiver} ({r.kind})<br>effect {r.effect:+.3f}{interval}<br>{r.method}")
+    return edge_graph(edges, hover, data.results.n_layers, n_heads, n_kv,
+                      {n: f"roles: {v.replace(';', ', ')}" for n, v in roles.items() if v})
+
+
+def decision_graph(edges: pd.DataFrame, heads: pd.DataFrame, n_layers: int, n_heads: int, n_kv_heads: int, *,
+                   screen: str = "eap-ig", title: str | None = None) -> go.Figure:
+    """One decision's verified edges (``cortexmap explain``), every one drawn.
+
+    A single prompt has no intervals: an edge's hover gives its screen score, its exact effect
+    and its share of the flip; a node's hover the summed effects of its verified edges.
+
+    Args:
+        edges: ``sender, receiver, kind, score, effect, share`` per verified edge
+            (:attr:`~cortexmap.circuits.explain.Explanation.edges`).
+        heads: ``node, effect_out, effect_in`` per node (:attr:`~cortexmap.circuits.explain.Explanation.heads`).
+        n_layers: layers of the model.
+        n_heads: query heads per layer.
+        n_kv_heads: KV groups per layer.
+        screen: the screen that scored the edges, named in the hover text.
+        title: a title above the graph.
+
+    Returns:
+        The figure (see :func:`edge_graph` for its traces).
+    """
+    share = lambda r: f"share {r.share:.2f} of the flip" if math.isfinite(r.share) else "share n/a (no flip)"
+    hover = [f"{r.sender} → {r.receiver} ({r.kind})<br>{screen} score {r.score:+.3f}<br>effect {r.effect:+.3f} "
+             f"(exact)<br>{share(r)}" for r in edges.itertuples()]
+    nodes = {r.node: f"out {r.effect_out:+.3f}, in {r.effect_in:+.3f} (verified edges)" for r in heads.itertuples()}
+    fig = edge_graph(edges, hover, n_layers, n_heads, n_kv_heads, nodes, label_all=True)
+    if title:
+        fig.update_layout(title={"text": title, "x": 0, "font": {"size": 13}}, margin={"t": 70})
     return fig
 
 

@@ -6,6 +6,9 @@ Chromium it finds on the machine (Debian's ``chromium`` works; ``plotly_get_chro
 one). All figures are written in one browser session. Interactive parts (dropdowns, buttons) do
 not exist in a static image: each figure is exported as first shown (first task, functional
 groups), and the effect heatmaps are also exported once per task.
+
+``write_figure`` writes one figure (e.g. ``cortexmap explain --out``) to one file, atomically;
+its HTML inlines plotly.js instead, so the single file opens offline.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from cortexmap.atomic import write_with
 from cortexmap.errors import CortexmapError
 from cortexmap.report.data import load_report_data
 from cortexmap.report.render import build_figures
@@ -94,11 +98,7 @@ def export_figures(run_dir: str | Path, out_dir: str | Path, formats: Sequence[s
         raise CortexmapError(f"unknown figure format(s) {unknown}: use any of {list(FORMATS)}")
     static = [fmt for fmt in formats if fmt in STATIC]
     if static:
-        try:
-            import kaleido  # noqa: F401  (plotly's static-image engine)
-        except ImportError:
-            raise CortexmapError("SVG/PNG/PDF export needs kaleido: `pip install 'kaleido>=1'` (it uses the system "
-                                 "Chromium), or export formats=('html',)") from None
+        _need_kaleido("export formats=('html',)")
     data = load_report_data(run_dir, compare)
     built = build_figures(data)
     missing = sorted(set(names or ()) - set(built))
@@ -126,6 +126,59 @@ def export_figures(run_dir: str | Path, out_dir: str | Path, formats: Sequence[s
         with _quiet_browser_driver():
             pio.write_images(figs, paths, width=WIDTH, height=heights, scale=SCALE)
     except Exception as err:  # noqa: BLE001 - kaleido raises several types when no browser starts
-        raise CortexmapError(f"kaleido could not render figures ({type(err).__name__}: {str(err)[:160]}): install "
-                             "Chromium (`apt-get install chromium`) or run `plotly_get_chrome`") from None
+        raise _kaleido_failed(err) from None
     return written + paths
+
+
+def figure_format(path: str | Path) -> str:
+    """The format of a figure file, from its suffix (one of :data:`FORMATS`).
+
+    Raises:
+        CortexmapError: any other suffix.
+    """
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise CortexmapError(f"cannot write a figure to {Path(path).name!r}: give a path ending in "
+                             + ", ".join(f".{f}" for f in FORMATS))
+    return fmt
+
+
+def write_figure(fig: go.Figure, path: str | Path) -> Path:
+    """Write one figure atomically, in the format its suffix names.
+
+    Args:
+        fig: the plotly figure.
+        path: ``.html`` (self-contained and interactive: plotly.js inlined, opens offline) or
+            ``.svg`` / ``.png`` / ``.pdf`` (static, kaleido + Chromium; menus dropped, white background).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        CortexmapError: another suffix, kaleido missing, or no Chrome/Chromium for kaleido.
+    """
+    fmt = figure_format(path)
+    if fmt == "html":
+        return write_with(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True,
+                                                           config={"displaylogo": False, "responsive": True}))
+    _need_kaleido("write a .html file")
+    image = _static(fig)
+    try:
+        with _quiet_browser_driver():
+            return write_with(path, lambda tmp: pio.write_image(image, tmp, format=fmt, width=WIDTH,
+                                                                height=int(image.layout.height or 500), scale=SCALE))
+    except Exception as err:  # noqa: BLE001 - kaleido raises several types when no browser starts
+        raise _kaleido_failed(err) from None
+
+
+def _need_kaleido(instead: str) -> None:
+    try:
+        import kaleido  # noqa: F401  (plotly's static-image engine)
+    except ImportError:
+        raise CortexmapError("SVG/PNG/PDF export needs kaleido: `pip install 'kaleido>=1'` (it uses the system "
+                             f"Chromium), or {instead}") from None
+
+
+def _kaleido_failed(err: Exception) -> CortexmapError:
+    return CortexmapError(f"kaleido could not render figures ({type(err).__name__}: {str(err)[:160]}): install "
+                          "Chromium (`apt-get install chromium`) or run `plotly_get_chrome`")

@@ -21,8 +21,9 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "audit": ("overview",), "depth_order": ("bands", "overview"), "depth_step": ("bands",),
     "level_depth": ("bands",), "layer_bands": ("bands",), "band": ("bands",), "groups": ("map", "overview"),
     "role": ("roles",), "specialization": ("overview",), "adaptivity": ("overview",),
-    "regulator": ("regulators", "overview"), "contrast": ("regulators",), "redundancy": ("overview",),
-    "not_evaluated": ("caveats",), "note": ("caveats",),
+    "regulator": ("regulators", "overview"), "contrast": ("regulators",),
+    "regulation": ("regulators", "overview"), "redundancy": ("overview",),
+    "errs": ("overview",), "errs_unit": ("overview",), "not_evaluated": ("caveats",), "note": ("caveats",),
 }
 
 

@@ -22,6 +22,8 @@ _ABOUT = {
     "pairs": "joint ablation of head pairs (analyze --redundancy)",
     "circuit": "one row per edge of each traced task: screen score, exact effect where verified (cortexmap circuit)",
     "circuit_curves": "faithfulness curves of each traced task's edge rankings (cortexmap circuit)",
+    "regulation": "the edge regulator test: per ablated head, side and matched pair, how much the q/k edges moved (cortexmap regulate)",
+    "circuit_prompts": "each verified edge's exact effect per prompt, with the prompt's clean metric (cortexmap circuit)",
 }
 
 

@@ -25,6 +25,8 @@ COMPARE = "compare.json"
 # circuit
 CIRCUIT = "circuit.parquet"
 CIRCUIT_CURVES = "circuit_curves.parquet"
+REGULATION = "regulation.parquet"  # cortexmap regulate: the edge regulator test's per-prompt rows
+CIRCUIT_PROMPTS = "circuit_prompts.parquet"  # the verified edges' effects per prompt, with its clean metric
 # report and the dataset card
 REPORT = "report.html"
 CARD = "README.md"
@@ -43,4 +45,5 @@ SCREEN_CONDITION = "screen"
 
 TABLES = {"effects": EFFECTS, "prompt_effects": PROMPT_EFFECTS, "patterns": PATTERNS, "atlas": ATLAS,
           "influence": INFLUENCE, "pairs": PAIRS, "circuit": CIRCUIT,
-          "circuit_curves": CIRCUIT_CURVES}
+          "circuit_curves": CIRCUIT_CURVES, "circuit_prompts": CIRCUIT_PROMPTS,
+          "regulation": REGULATION}

@@ -47,7 +47,8 @@ def effect_rows(intervened: np.ndarray, clean: np.ndarray, meta: dict[str, Any],
         prompt_rows.append(pd.DataFrame({"task": meta["task"], "intervention": meta["intervention"],
                                          "alpha": meta["alpha"], "method": meta["method"], "layer": layer,
                                          "head": head, "prompt": prompts,
-                                         "effect": delta[prompts, col].astype(np.float32)}))
+                                         "effect": delta[prompts, col].astype(np.float32),
+                                         "clean": clean[prompts].astype(np.float32)}))
     effects = pd.DataFrame(rows)
     prompt_effects = pd.concat(prompt_rows, ignore_index=True) if prompt_rows else pd.DataFrame()
     return effects, prompt_effects

@@ -1,0 +1,179 @@
+"""The regulator test on edges: does ablating a head change other heads' query/key composition more on demanding inputs?
+
+A *regulator* (the seed's "metacognitive" heads) is a claim about edges: ablating it should change
+how other heads read each other (their query and key inputs), and more so when the input is
+demanding. :func:`measure_regulation` measures exactly that, on matched easy / demanding prompts
+(:func:`~cortexmap.tasks.conditions.condition_sets`: the ``i``-th prompts of the two sides are a pair):
+
+1. **The decision.** Condition prompts carry no answers, so each prompt's metric is the model's
+   own decision: the logit difference between its top-1 and top-2 next tokens on the intact model
+   (kept fixed when heads are ablated). Prompts are run in groups of one token length, often of
+   one prompt, so patched edges carry zero (a batch mean would be the prompt itself).
+2. **The composition edges** ``E``: the ``n_edges`` query and key edges (``kind`` ``q`` / ``k``)
+   with the largest mean ``|EAP score|`` over both sides (zero ablation), among those whose receiver
+   lies above the candidate's layer and whose sender is not the candidate.
+3. **Exact effects.** Every edge of ``E`` is path-patched alone (zero ablation: the receiver loses
+   the sender's direct contribution), per prompt, on the intact model and again with the head zero-ablated
+   (:func:`~cortexmap.interventions.intervene`); for prompt ``i`` the head's *change* is
+   ``sum_e |effect_ablated(e, i) - effect_intact(e, i)|`` and its *scale* ``sum_e |effect_intact(e, i)|``.
+4. **Baseline heads**: ``n_random`` heads drawn (seeded) from the layers at or below the candidate's,
+   excluding it and every sender of ``E`` (ablating a sender would change its own edges trivially),
+   measured the same way on the same edges.
+
+The statistics (relative change per side, demanding - easy with a paired bootstrap interval, the
+candidate against the baseline heads) are :mod:`cortexmap.analysis.regulation`'s; the per-prompt
+rows are stored as ``regulation.parquet`` (docs/schema.md).
+
+Cost: ``(1 + n_random)`` ablated runs of ``n_edges`` single-edge patches per side, plus one intact
+run; each single-edge patch is one rewired forward of the batch rows it shares a pass with.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cortexmap.circuits.attribution import edge_scores
+from cortexmap.circuits.graph import Graph
+from cortexmap.circuits.patching import PathPatcher
+from cortexmap.errors import CortexmapError
+from cortexmap.heads import HeadId, as_head
+from cortexmap.interventions import intervene
+from cortexmap.tasks.core import EncodedBatch
+from cortexmap.tasks.evaluate import last_logits
+
+SIDES = ("easy", "demanding")
+CANDIDATE, BASELINE = "candidate", "baseline"
+
+
+@dataclass
+class RegulationResult:
+    """What :func:`measure_regulation` measured.
+
+    Attributes:
+        prompts: one row per (ablated head, side, pair): ``candidate, condition, head, role``
+            (``candidate`` or ``baseline``), ``side`` (``easy`` / ``demanding``), ``pair`` (index of
+            the matched pair), ``change`` and ``scale`` (module docstring) and ``n_edges``: the
+            input of :func:`cortexmap.analysis.regulation.regulation_test`.
+        edges: the composition edges measured, ``"S -> R.kind"``.
+        arguments: what was asked (JSON-ready).
+        timings: seconds per stage and ``total_s``.
+    """
+
+    prompts: pd.DataFrame
+    edges: list[str]
+    arguments: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def decision_batches(handle: Any, prompts: list[str]) -> list[EncodedBatch]:
+    """Prompts grouped by token length, each row's target / foil its top-1 / top-2 next token on the model."""
+    groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    for i, text in enumerate(prompts):
+        ids = handle.tokenizer(text, return_tensors="pt")["input_ids"][0]
+        groups.setdefault(len(ids), []).append((i, ids))
+    out = []
+    for _, rows in sorted(groups.items()):
+        ids = torch.stack([r[1] for r in rows]).to(handle.device)
+        with torch.no_grad():
+            top = last_logits(handle.model, ids).topk(2, dim=-1).indices.cpu()
+        out.append(EncodedBatch(ids.cpu(), None, top[:, 0], top[:, 1], [r[0] for r in rows]))
+    return out
+
+
+def composition_edges(graph: Graph, scores: np.ndarray, head: HeadId, n_edges: int) -> np.ndarray:
+    """Positions of the ``n_edges`` q / k edges above ``head``'s layer, not sent by it, by ``|score|``."""
+    frame = graph.frame()
+    eligible = (frame["kind"].isin(["q", "k"]) & (frame["receiver_layer"] > head.layer)
+                & (frame["sender"] != str(head))).to_numpy()
+    index = np.flatnonzero(eligible)
+    if len(index) == 0:
+        raise CortexmapError(f"no query or key edge lies above {head}: pick a head below the last layer")
+    order = np.argsort(-np.abs(scores[index]), kind="stable")
+    return index[order[:n_edges]]
+
+
+def baseline_heads(graph: Graph, head: HeadId, senders: set[str], n: int, seed: int) -> list[HeadId]:
+    """``n`` heads (seeded) at or below ``head``'s layer, other than it and the edges' senders."""
+    pool = [HeadId(layer, h) for layer in range(head.layer + 1) for h in range(graph.n_heads)]
+    pool = [h for h in pool if h != head and str(h) not in senders]
+    return random.Random(f"regulation:{head}:{seed}").sample(pool, min(n, len(pool)))
+
+
+def _effects(handle: Any, batches: list[EncodedBatch], edges: np.ndarray, ablate: HeadId | None) -> np.ndarray:
+    """``[n_prompts, n_edges]`` exact single-edge effects (zero ablation), rows in prompt order."""
+    n = sum(len(b) for b in batches)
+    out = np.empty((n, len(edges)))
+    for batch in batches:
+        if ablate is None:
+            out[batch.indices] = PathPatcher(handle, batch, "zero").edge_effects(edges)
+        else:
+            with intervene(handle, ablate=[ablate]):
+                out[batch.indices] = PathPatcher(handle, batch, "zero").edge_effects(edges)
+    return out
+
+
+def measure_regulation(handle: Any, easy: list[str], demanding: list[str], head: Any, *, n_random: int = 19,
+                       n_edges: int = 16, seed: int = 0, condition: str = "custom",
+                       progress: Callable[[str], None] | None = None) -> RegulationResult:
+    """Measure how ablating ``head`` (and ``n_random`` baseline heads) changes the composition edges per side.
+
+    Args:
+        handle: a :class:`~cortexmap.models.ModelHandle` of a supported architecture.
+        easy: the easy prompts; ``easy[i]`` is matched to ``demanding[i]``.
+        demanding: the demanding prompts.
+        head: the candidate regulator (``"L12H4"`` or ``(12, 4)``).
+        n_random: baseline heads.
+        n_edges: composition edges to measure.
+        seed: seed of the baseline draw.
+        condition: a name for the prompts' contrast (``reasoning``, ... for the built-in sets).
+        progress: called with a short note as each stage starts.
+
+    Returns:
+        The :class:`RegulationResult`.
+
+    Raises:
+        CortexmapError: unequal or empty sides, ``n_edges < 1``, or no edge above the head.
+        UnsupportedArchitectureError: see :mod:`cortexmap.circuits.layout`.
+    """
+    say = progress or (lambda message: None)
+    if not easy or len(easy) != len(demanding):
+        raise CortexmapError(f"easy and demanding prompts must be matched pairs: got {len(easy)} and {len(demanding)}")
+    if n_edges < 1 or n_random < 0:
+        raise CortexmapError(f"n_edges must be >= 1 and n_random >= 0, got {n_edges} and {n_random}")
+    head = as_head(head)
+    graph = Graph.for_model(handle)
+    if not (0 <= head.layer < graph.n_layers and 0 <= head.head < graph.n_heads):
+        raise CortexmapError(f"{head} is not a head of this model ({graph.n_layers} layers x {graph.n_heads} heads)")
+    start = time.perf_counter()
+    sides = {"easy": decision_batches(handle, easy), "demanding": decision_batches(handle, demanding)}
+    say(f"scoring {graph.n_edges} edges with EAP on {2 * len(easy)} prompts")
+    scores = np.concatenate([edge_scores(handle, b, "eap", 1, "zero") for bs in sides.values() for b in bs])
+    edges = composition_edges(graph, scores.mean(0), head, n_edges)
+    names = [f"{graph.edges[i].sender} -> {graph.edges[i].receiver}.{graph.edges[i].kind}" for i in edges]
+    heads = [(head, CANDIDATE)] + [(h, BASELINE) for h in
+                                   baseline_heads(graph, head, {graph.edges[i].sender for i in edges}, n_random, seed)]
+    timings = {"screen_s": round(time.perf_counter() - start, 3)}
+    tic = time.perf_counter()
+    frames = []
+    for side, batches in sides.items():
+        intact = _effects(handle, batches, edges, None)
+        scale = np.abs(intact).sum(1)
+        for i, (ablated, role) in enumerate(heads, 1):
+            say(f"{side} prompts: ablating {ablated} ({role}, {i}/{len(heads)}), {len(edges)} edges exactly")
+            change = np.abs(_effects(handle, batches, edges, ablated) - intact).sum(1)
+            frames.append(pd.DataFrame({"candidate": str(head), "condition": condition, "head": str(ablated),
+                                        "role": role, "side": side, "pair": np.arange(len(change)),
+                                        "change": change, "scale": scale, "n_edges": len(edges)}))
+    timings["measure_s"] = round(time.perf_counter() - tic, 3)
+    timings["total_s"] = round(time.perf_counter() - start, 3)
+    arguments = {"head": str(head), "condition": condition, "n_random": n_random, "n_edges": int(len(edges)),
+                 "seed": seed, "n_pairs": len(easy)}
+    return RegulationResult(pd.concat(frames, ignore_index=True), names, arguments, timings)
