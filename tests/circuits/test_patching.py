@@ -262,4 +262,4 @@ def test_edge_effects_table_and_errors():
     with pytest.raises(InterventionError, match="corrupt prompts"):
         PathPatcher(handle, no_corrupt)
     with pytest.raises(InterventionError, match="unknown ablation"):
-        PathPatcher(handle, batch, ablation="zero")
+        PathPatcher(handle, batch, ablation="resample")

@@ -67,8 +67,10 @@ def test_edges_and_baseline_heads_follow_the_rules(measured):  # noqa: ANN001
     assert all(e.kind in ("q", "k") and node_layer(e.receiver, 3) > 1 and e.sender != "L1H0" for e in edges)
     roles = measured.prompts.groupby("head")["role"].first()
     assert roles["L1H0"] == "candidate" and (roles.drop("L1H0") == "baseline").all() and len(roles) == 4
-    senders = {e.sender for e in edges}
-    assert all(int(h[1]) <= 1 and h not in senders for h in roles.drop("L1H0").index)
+    touched = {e.sender for e in edges} | {e.receiver for e in edges if "H" in e.receiver}
+    touched |= {f"L{e.receiver[1]}H{h}" for e in edges if "KV" in e.receiver for h in (2 * int(e.receiver[-1]),
+                                                                                      2 * int(e.receiver[-1]) + 1)}
+    assert not touched & set(roles.drop("L1H0").index)  # 4 heads in 2 KV groups: group g holds heads 2g, 2g+1
     assert measured.prompts.groupby(["head", "side"]).size().eq(3).all()
 
 

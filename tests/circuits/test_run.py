@@ -134,3 +134,15 @@ def test_write_circuit_replaces_a_task_and_records_the_manifest(traced, tmp_path
     entry = manifest["circuits"]["a"]
     assert entry["arguments"]["verify"] == 6 and "total_s" in entry["timings"]
     assert [row["method"] for row in entry["summary"]][:3] == ["verified", "eap", "eap-ig"]
+
+
+def test_the_circuit_is_the_smallest_over_rankings_verified_first_on_ties():
+    from cortexmap.circuits.run import _pick_circuit
+
+    def summary(sizes):  # noqa: ANN001, ANN202
+        return pd.DataFrame({"method": ["verified", "eap", "eap-ig", "random"], "smallest_n_edges": sizes})
+
+    assert _pick_circuit(summary([100, 50, 100, 10])) == ("eap", 50)  # random never counts
+    assert _pick_circuit(summary([50, 50, 20, -1])) == ("eap-ig", 20)
+    assert _pick_circuit(summary([50, 50, 50, -1])) == ("verified", 50)
+    assert _pick_circuit(summary([-1, -1, -1, 5])) == (None, 0)

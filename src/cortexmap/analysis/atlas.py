@@ -258,8 +258,8 @@ def build_atlas(
         redundancy["pairs"] = pairwise_interactions(pairs)
     else:
         notes.append("redundancy not evaluated: no joint-ablation pairs were given")
-    errors, error_notes = _error_contrasts(prompt_effects, circuit_prompts, selection, n_boot, min(n_perm, 1000),
-                                           seed + 7)
+    # seeded as cortexmap circuit / regulate seed them, so their printed numbers are these findings'
+    errors, error_notes = _error_contrasts(prompt_effects, circuit_prompts, selection, n_boot, n_perm, seed)
     notes += error_notes
 
     atlas = atlas.reset_index().loc[:, list(ATLAS_COLUMNS)]
@@ -277,7 +277,7 @@ def build_atlas(
         "regulators": regulators,
         "redundancy": redundancy,
         "errors": errors,
-        "regulation": regulation_tests(regulation, n_boot=n_boot, seed=seed + 8),
+        "regulation": regulation_tests(regulation, n_boot=n_boot, seed=seed),
         "not_evaluated": notes,
         "notes": method_notes,
         "audit": audit,

@@ -12,13 +12,17 @@ evaluated.
 Reading it. Effects are ``intervened - clean``, so on a head that carries the answer they are
 negative; a positive contrast means the head contributes less to the answer on the prompts the
 model gets wrong (e.g. a name mover that fails to move the right name). Wrong prompts also have
-smaller clean margins, and an effect that scales with the margin differs for that reason alone:
-the contrast says *where* right and wrong prompts part ways, not yet why.
+smaller (negative) clean margins, and an effect that scales with the margin differs for that
+reason alone, often with its sign flipped (a head that carries the model's preference carries the
+foil on a wrong prompt): the contrast says *where* right and wrong prompts part ways, not yet why.
+Each finding therefore states both groups' mean clean margins.
 
 Pandas and numpy only (no torch).
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -28,7 +32,8 @@ from cortexmap.analysis.resampling import percentile_interval
 from cortexmap.errors import CortexmapError
 
 MIN_GROUP = 3  # prompts needed in each of the right and wrong groups
-CONTRAST_COLUMNS = ["task", "unit", "n_right", "n_wrong", "mean_right", "mean_wrong", "diff", "ci_low", "ci_high",
+CONTRAST_COLUMNS = ["task", "unit", "n_right", "n_wrong", "clean_right", "clean_wrong", "mean_right", "mean_wrong",
+                    "diff", "ci_low", "ci_high",
                     "p_value", "q_value"]
 
 
@@ -86,7 +91,7 @@ def group_contrast(
 
 def contrast_units(values: np.ndarray, clean: np.ndarray, units: list[str], *, n_boot: int = 1000,
                    n_perm: int = 1000, seed: int = 0, min_group: int = MIN_GROUP) -> pd.DataFrame | None:
-    """The right/wrong contrast of every column of ``values`` (one task).
+    """The right/wrong contrast of every column of ``values`` (one task), with each group's mean clean margin.
 
     Args:
         values: ``[n_prompts, n_units]`` per-prompt effects.
@@ -105,7 +110,9 @@ def contrast_units(values: np.ndarray, clean: np.ndarray, units: list[str], *, n
     if min(wrong.sum(), (~wrong).sum()) < min_group or not units:
         return None
     c = group_contrast(values, wrong, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    clean = np.asarray(clean, dtype=float)
     return pd.DataFrame({"unit": units, "n_right": int((~wrong).sum()), "n_wrong": int(wrong.sum()),
+                         "clean_right": float(clean[~wrong].mean()), "clean_wrong": float(clean[wrong].mean()),
                          "mean_right": c["mean_a"], "mean_wrong": c["mean_b"], "diff": c["diff"],
                          "ci_low": c["ci_low"], "ci_high": c["ci_high"], "p_value": c["p_value"],
                          "q_value": false_discovery_control(c["p_value"])})
@@ -144,7 +151,8 @@ def error_contrasts(rows: pd.DataFrame | None, *, n_boot: int = 1000, n_perm: in
     Args:
         rows: ``task, prompt, unit, effect, clean`` (:func:`head_rows`, :func:`edge_rows`); units
             missing on some prompt of their task are left out.
-        n_boot, n_perm, seed, min_group: as in :func:`contrast_units`.
+        n_boot, n_perm, seed, min_group: as in :func:`contrast_units`; each task's draws are
+            seeded by ``seed`` and its name, so a task gives the same numbers alone or with others.
 
     Returns:
         ``(contrasts, thin)``: one row per (task, unit) (:data:`CONTRAST_COLUMNS`), and the tasks
@@ -152,11 +160,11 @@ def error_contrasts(rows: pd.DataFrame | None, *, n_boot: int = 1000, n_perm: in
     """
     frames, thin = [], []
     tasks = {} if rows is None else dict(sorted(rows.groupby("task", sort=False), key=lambda kv: str(kv[0])))
-    for i, (task, group) in enumerate(tasks.items()):
+    for task, group in tasks.items():
         wide = group.pivot_table(index="prompt", columns="unit", values="effect", aggfunc="first").dropna(axis=1)
         clean = group.groupby("prompt")["clean"].first().reindex(wide.index).to_numpy(float)
         frame = contrast_units(wide.to_numpy(float), clean, list(wide.columns), n_boot=n_boot, n_perm=n_perm,
-                               seed=seed + i, min_group=min_group)
+                               seed=seed + zlib.crc32(str(task).encode()) % 100_000, min_group=min_group)
         if frame is None:
             n_wrong = int((clean <= 0).sum())
             thin.append(f"{task} ({len(clean) - n_wrong} right / {n_wrong} wrong)")
@@ -177,7 +185,8 @@ def error_summary(contrasts: pd.DataFrame, kind: str, q: float = 0.05, top: int 
             smallest p is kept as the closest.
 
     Returns:
-        JSON-ready dicts: ``task, kind, n_right, n_wrong, n_units, n_differ, rows``.
+        JSON-ready dicts: ``task, kind, n_right, n_wrong, clean_right, clean_wrong`` (mean clean
+        margins of the two groups), ``n_units, n_differ, rows``.
     """
     out = []
     for task, group in contrasts.groupby("task", sort=True):
@@ -185,6 +194,7 @@ def error_summary(contrasts: pd.DataFrame, kind: str, q: float = 0.05, top: int 
         differ = ordered[ordered["q_value"] < q]
         shown = differ.head(top) if len(differ) else ordered.head(1)
         out.append({"task": str(task), "kind": kind, "n_right": int(group["n_right"].iloc[0]),
+                    "clean_right": float(group["clean_right"].iloc[0]), "clean_wrong": float(group["clean_wrong"].iloc[0]),
                     "n_wrong": int(group["n_wrong"].iloc[0]), "n_units": int(len(group)), "n_differ": int(len(differ)),
                     "q": q, "rows": shown.drop(columns="task").to_dict("records")})
     return out

@@ -8,8 +8,8 @@ head was ablated). The test statistic is ``demanding - easy``:
 
 * its 95% interval is a paired bootstrap over the matched pairs (the same resampled pairs for
   both sides and every head);
-* the **baseline** is the same statistic of the random heads ablated alongside (drawn at or below
-  the candidate's layer, never a sender of the measured edges); ``p_random`` is the candidate's
+* the **baseline** is the same statistic of the random heads ablated alongside (drawn from the
+  whole model, never a head that sends or receives one of the measured edges); ``p_random`` is the candidate's
   rank among them, ``(1 + #{baseline >= candidate}) / (1 + n_baseline)``.
 
 The verdict is ``supported`` when the interval lies above 0 *and* ``p_random <= 0.05`` (a Monte Carlo
@@ -102,8 +102,7 @@ def _n_edges(rows: pd.DataFrame) -> int | None:
 
 
 def regulation_tests(table: pd.DataFrame | None, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
-    """:func:`regulation_test` of every (candidate, condition) in a regulation table (none: ``[]``)."""
+    """:func:`regulation_test` of every (candidate, condition) in a regulation table (none: ``[]``), each with ``seed``."""
     if table is None or table.empty:
         return []
-    return [regulation_test(rows, n_boot=n_boot, seed=seed + i)
-            for i, (_, rows) in enumerate(table.groupby(["candidate", "condition"], sort=True))]
+    return [regulation_test(rows, n_boot=n_boot, seed=seed) for _, rows in table.groupby(["candidate", "condition"])]

@@ -260,7 +260,7 @@ def regulation_finding(t: dict) -> Finding:
     if t["p_random"] is None:
         baseline = "no baseline heads were measured, so no verdict against them"
     else:
-        baseline = (f"vs {t['n_random']} random heads at or below its layer: mean {num(t['baseline_mean'], 3)}, "
+        baseline = (f"vs {t['n_random']} random heads: mean {num(t['baseline_mean'], 3)}, "
                     f"95th pct {num(t['baseline_p95'], 3)}, rank p = {num(t['p_random'], 3)}")
     text = (f"Regulator test on edges, {t['candidate']} on {t['condition']}: {t['verdict']}: ablating it moves "
             f"{num(100 * t['demanding'], 1)}% of {t['n_edges']} query/key edges' exact effect on demanding prompts "
@@ -272,7 +272,7 @@ def regulation_finding(t: dict) -> Finding:
     measured = t["p_random"] is not None
     return Finding(kind="regulation", head=t["candidate"], subject=t["condition"], effect=t["diff"],
                    ci_low=t["ci_low"], ci_high=t["ci_high"], baseline=t["baseline_mean"] if measured else 0.0,
-                   baseline_label=("mean difference of random heads at or below its layer" if measured
+                   baseline_label=("mean difference of random heads (not on the edges)" if measured
                                    else "no difference between the sides (no random heads measured)"),
                    p_value=t["p_random"],
                    verdict=t["verdict"], method="exact", stats=stats, text=text)
@@ -307,7 +307,8 @@ def _errs_finding(kind: str, e: dict, row: dict, verdict: str | None, text: str)
                    ci_low=row["ci_low"], ci_high=row["ci_high"], baseline=0.0, baseline_label=ERRS_BASELINE,
                    p_value=row["p_value"], verdict=verdict, method="exact",
                    stats={"q_value": row["q_value"], "mean_right": row["mean_right"], "mean_wrong": row["mean_wrong"],
-                          "n_right": e["n_right"], "n_wrong": e["n_wrong"], "n_units": e["n_units"],
+                          "n_right": e["n_right"], "n_wrong": e["n_wrong"], "clean_right": e.get("clean_right"),
+                          "clean_wrong": e.get("clean_wrong"), "n_units": e["n_units"],
                           "n_differ": e["n_differ"]}, text=text)
 
 
@@ -316,7 +317,8 @@ def _errs_findings(errors: list[dict] | None) -> list[Finding]:
     for e in errors or []:
         if not e["rows"]:
             continue
-        where = f"Why the model errs on {e['task']} ({e['n_right']} right, {e['n_wrong']} wrong prompts, exact {e['kind']}s)"
+        where = (f"Why the model errs on {e['task']} ({e['n_right']} right, {e['n_wrong']} wrong prompts, mean clean "
+                 f"margin {num(e.get('clean_right'))} vs {num(e.get('clean_wrong'))}, exact {e['kind']}s)")
         first, rest = e["rows"][0], e["rows"][1:]
         if e["n_differ"]:
             text = (f"{where}: {e['n_differ']} of {e['n_units']} {e['kind']}s' effects differ at q < {e['q']}; "

@@ -16,9 +16,9 @@ demanding. :func:`measure_regulation` measures exactly that, on matched easy / d
    the sender's direct contribution), per prompt, on the intact model and again with the head zero-ablated
    (:func:`~cortexmap.interventions.intervene`); for prompt ``i`` the head's *change* is
    ``sum_e |effect_ablated(e, i) - effect_intact(e, i)|`` and its *scale* ``sum_e |effect_intact(e, i)|``.
-4. **Baseline heads**: ``n_random`` heads drawn (seeded) from the layers at or below the candidate's,
-   excluding it and every sender of ``E`` (ablating a sender would change its own edges trivially),
-   measured the same way on the same edges.
+4. **Baseline heads**: ``n_random`` heads drawn (seeded) from the whole model, excluding the
+   candidate and every head that sends or receives an edge of ``E`` (ablating one would change its
+   own edges trivially), measured the same way on the same edges.
 
 The statistics (relative change per side, demanding - easy with a paired bootstrap interval, the
 candidate against the baseline heads) are :mod:`cortexmap.analysis.regulation`'s; the per-prompt
@@ -100,10 +100,23 @@ def composition_edges(graph: Graph, scores: np.ndarray, head: HeadId, n_edges: i
     return index[order[:n_edges]]
 
 
-def baseline_heads(graph: Graph, head: HeadId, senders: set[str], n: int, seed: int) -> list[HeadId]:
-    """``n`` heads (seeded) at or below ``head``'s layer, other than it and the edges' senders."""
-    pool = [HeadId(layer, h) for layer in range(head.layer + 1) for h in range(graph.n_heads)]
-    pool = [h for h in pool if h != head and str(h) not in senders]
+def _nodes_heads(graph: Graph, node: str) -> set[HeadId]:
+    """The query heads a node is or holds: a head itself, every head of a KV group, none for emb / MLPs / logits."""
+    if "KV" in node:
+        layer, group = (int(x) for x in node[1:].split("KV"))
+        size = graph.n_heads // graph.n_kv_heads
+        return {HeadId(layer, h) for h in range(group * size, (group + 1) * size)}
+    return {HeadId.parse(node)} if "H" in node else set()
+
+
+def baseline_heads(graph: Graph, head: HeadId, edges: list[Any], n: int, seed: int) -> list[HeadId]:
+    """``n`` heads (seeded) of the whole model other than ``head`` and the edges' sending and receiving heads.
+
+    Ablating a sender (or a receiving head) would change its own edges trivially, so none is drawn.
+    """
+    touched = {h for e in edges for node in (e.sender, e.receiver) for h in _nodes_heads(graph, node)}
+    pool = [HeadId(layer, h) for layer in range(graph.n_layers) for h in range(graph.n_heads)]
+    pool = [h for h in pool if h != head and h not in touched]
     return random.Random(f"regulation:{head}:{seed}").sample(pool, min(n, len(pool)))
 
 
@@ -158,8 +171,8 @@ def measure_regulation(handle: Any, easy: list[str], demanding: list[str], head:
     scores = np.concatenate([edge_scores(handle, b, "eap", 1, "zero") for bs in sides.values() for b in bs])
     edges = composition_edges(graph, scores.mean(0), head, n_edges)
     names = [f"{graph.edges[i].sender} -> {graph.edges[i].receiver}.{graph.edges[i].kind}" for i in edges]
-    heads = [(head, CANDIDATE)] + [(h, BASELINE) for h in
-                                   baseline_heads(graph, head, {graph.edges[i].sender for i in edges}, n_random, seed)]
+    drawn = baseline_heads(graph, head, [graph.edges[i] for i in edges], n_random, seed)
+    heads = [(head, CANDIDATE)] + [(h, BASELINE) for h in drawn]
     timings = {"screen_s": round(time.perf_counter() - start, 3)}
     tic = time.perf_counter()
     frames = []

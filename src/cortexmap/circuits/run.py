@@ -14,9 +14,9 @@ across batches, prompts named by their pair index):
 4. **summary**: per ranking CPR, CMD and the smallest circuit reaching ``target`` (80%) faithfulness,
    each with its bootstrap interval over prompts (:func:`~cortexmap.circuits.faithfulness.summarize_curves`).
 
-"The circuit" of the task is the smallest one reaching the target: the ``verified`` ranking's if it
-reaches it, else the smallest of ``eap-ig`` / ``eap``'s (``circuit_method`` says which; None when no
-ranking reaches it on the grid). Its heads are :attr:`CircuitResult.top_heads`.
+"The circuit" of the task is the smallest one reaching the target over the three rankings, the
+first of ``verified``, ``eap``, ``eap-ig`` on a tie (``circuit_method`` says which; None when no
+ranking reaches it on the grid; it can be the full model, 100% of the edges, when only that does). Its heads are :attr:`CircuitResult.top_heads`.
 
 Cost. A circuit evaluation is one rewired forward of the batch (about 10 s for 16 IOI prompts
 on SmolLM2-135M on a 2-core CPU), so the default grid, :data:`DEFAULT_FRACTIONS`, is 7 of MIB's 10
@@ -166,10 +166,7 @@ def _pick_circuit(summary: pd.DataFrame) -> tuple[str | None, int]:
     reached = summary[(summary["method"] != "random") & (summary["smallest_n_edges"] >= 0)]
     if reached.empty:
         return None, 0
-    if "verified" in set(reached["method"]):
-        row = reached[reached["method"] == "verified"].iloc[0]
-    else:
-        row = reached.sort_values("smallest_n_edges", kind="stable").iloc[0]
+    row = reached.sort_values("smallest_n_edges", kind="stable").iloc[0]  # summary rows: verified, eap, eap-ig
     return str(row["method"]), int(row["smallest_n_edges"])
 
 

@@ -128,7 +128,8 @@ def circuit(
     else:
         n = int(result.edges["in_circuit"].sum())
         ends = ", ".join(result.end_heads[:8]) or "no head (only emb / MLPs write to the logits)"
-        console.print(f"circuit ({result.circuit_method} ranking, {n} edges, {len(result.top_heads)} nodes) "
+        whole = " (the whole model: no smaller circuit on the grid reaches the target)" if n == args["n_edges"] else ""
+        console.print(f"circuit ({result.circuit_method} ranking, {n} edges{whole}, {len(result.top_heads)} nodes) "
                       f"ends in {ends}", soft_wrap=True)
     _print_errs(name, result.prompts)
     console.print(f"took {result.timings['total_s']:.0f} s; wrote {paths[0]}, {paths[1].name} and {paths[2].name}")
@@ -136,20 +137,25 @@ def circuit(
 
 def _print_errs(task: str, prompts: Any) -> None:
     """Why the model errs: the verified edges whose effects differ between right and wrong prompts."""
+    from cortexmap.analysis import AtlasOptions
     from cortexmap.analysis.mistakes import MIN_GROUP, edge_rows, error_contrasts
 
     if prompts.empty:
         return
-    contrasts, thin = error_contrasts(edge_rows(prompts.assign(task=task)))
+    opts = AtlasOptions()  # the settings of `cortexmap analyze`, so it states the same numbers
+    contrasts, thin = error_contrasts(edge_rows(prompts.assign(task=task)), n_boot=opts.n_boot,
+                                      n_perm=opts.n_perm, seed=opts.seed)
     if thin:
         console.print(f"why the model errs: not evaluated, {thin[0]} (needs {MIN_GROUP} of each)")
         return
     n_right, n_wrong = int(contrasts["n_right"].iloc[0]), int(contrasts["n_wrong"].iloc[0])
-    differ = contrasts[contrasts["q_value"] < 0.05].sort_values("p_value", kind="stable")
-    shown = differ.head(5) if len(differ) else contrasts.sort_values("p_value", kind="stable").head(1)
+    ordered = contrasts.assign(size=-contrasts["diff"].abs()).sort_values(["p_value", "size"], kind="stable")
+    differ = ordered[ordered["q_value"] < 0.05]
+    shown = differ.head(5) if len(differ) else ordered.head(1)
     table = shown.assign(edge=shown["unit"], **{"wrong - right": [_interval(r.diff, r.ci_low, r.ci_high)
                                                                   for r in shown.itertuples()]})
-    title = (f"why the model errs ({n_right} right, {n_wrong} wrong prompts): {len(differ)} of {len(contrasts)} "
+    margins = f"mean clean margin {contrasts['clean_right'].iloc[0]:.2f} vs {contrasts['clean_wrong'].iloc[0]:.2f}"
+    title = (f"why the model errs ({n_right} right, {n_wrong} wrong prompts, {margins}): {len(differ)} of {len(contrasts)} "
              f"verified edges differ at q < 0.05" + ("" if len(differ) else "; the smallest p"))
     console.print(table_of(table[["edge", "mean_right", "mean_wrong", "wrong - right", "p_value", "q_value"]],
                            title=title))
@@ -207,6 +213,7 @@ def regulate(
     random: Annotated[int, typer.Option("--random", help="random baseline heads (19 lets p reach 0.05)")] = 19,
 ) -> None:
     """The regulator test on edges: does ablating HEAD change other heads' q/k composition more on demanding prompts?"""
+    from cortexmap.analysis import AtlasOptions
     from cortexmap.analysis.regulation import regulation_test
     from cortexmap.analysis.summary import regulation_finding
     from cortexmap.circuits.regulation import measure_regulation
@@ -226,7 +233,8 @@ def regulate(
         easy, demanding = condition_sets(handle.tokenizer, n=prompts, seed=int(results.manifest.get("seed", 0)))[condition]
         result = measure_regulation(handle, easy, demanding, candidate, n_random=random, n_edges=edges,
                                     seed=int(results.manifest.get("seed", 0)), condition=condition, progress=_say)
-        return result, regulation_test(result.prompts), write_regulation(run_dir, result)
+        opts = AtlasOptions()  # the settings of `cortexmap analyze`, so it states the same numbers
+        return result, regulation_test(result.prompts, n_boot=opts.n_boot, seed=opts.seed), write_regulation(run_dir, result)
 
     result, test, path = run_guarded(go)
     console.print(regulation_finding(test).text, soft_wrap=True, markup=False)
