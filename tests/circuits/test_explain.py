@@ -30,6 +30,12 @@ def explanation(tmp_path_factory: pytest.TempPathFactory) -> Explanation:
         torch.set_num_threads(before)
 
 
+def in_html(text: str, page: str) -> bool:
+    """``text`` in a plotly HTML page, whichever JSON encoder wrote it (orjson keeps "→", json writes "\\u2192")."""
+    ascii_form = "".join(c if ord(c) < 128 else f"\\u{ord(c):04x}" for c in text)
+    return text in page or ascii_form in page
+
+
 def _lines(fig: go.Figure) -> dict[str, go.Scatter]:
     return {t.name: t for t in fig.data if t.mode == "lines"}
 
@@ -43,7 +49,7 @@ def test_saved_html_holds_every_verified_edge_and_its_numbers(explanation: Expla
     for r in explanation.edges.itertuples():
         hover = (f"{r.sender} → {r.receiver} ({r.kind})\\u003cbr\\u003eeap-ig score {r.score:+.3f}\\u003cbr\\u003e"
                  f"effect {r.effect:+.3f} (exact)\\u003cbr\\u003eshare {r.share:.2f} of the flip")
-        assert hover in page, hover
+        assert in_html(hover, page), hover
 
 
 def test_edge_widths_follow_the_size_of_the_effect(explanation: Explanation) -> None:

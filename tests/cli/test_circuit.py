@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, CIRCUIT_PROMPTS, MANIFEST, REGULATION
+from tests.circuits.test_explain import in_html
 from tests.cli.invoke import assert_ok, assert_one_line_error, invoke
 
 PROMPT = "when anna and bert went to the store bert gave a drink to"
@@ -93,7 +94,7 @@ def test_explain_out_draws_every_verified_edge(tiny, tmp_path):
     page = path.read_text(encoding="utf-8")
     ex = explain_decision(load_model(str(model)), PROMPT, " anna", " bert", verify=6, steps=2)  # the same numbers
     for r in ex.edges.itertuples():
-        assert f"{r.sender} → {r.receiver} ({r.kind})" in page and f"effect {r.effect:+.3f} (exact)" in page
+        assert in_html(f"{r.sender} → {r.receiver} ({r.kind})", page) and f"effect {r.effect:+.3f} (exact)" in page
 
 
 @pytest.mark.parametrize("extra,message", [
