@@ -33,8 +33,7 @@ from cortexmap.errors import CortexmapError
 
 MIN_GROUP = 3  # prompts needed in each of the right and wrong groups
 CONTRAST_COLUMNS = ["task", "unit", "n_right", "n_wrong", "clean_right", "clean_wrong", "mean_right", "mean_wrong",
-                    "diff", "ci_low", "ci_high",
-                    "p_value", "q_value"]
+                    "diff", "ci_low", "ci_high", "p_value", "q_value"]
 
 
 def group_contrast(
@@ -106,11 +105,11 @@ def contrast_units(values: np.ndarray, clean: np.ndarray, units: list[str], *, n
         One row per unit (:data:`CONTRAST_COLUMNS` without ``task``), or None when a group has
         fewer than ``min_group`` prompts.
     """
-    wrong = np.asarray(clean, dtype=float) <= 0
+    clean = np.asarray(clean, dtype=float)
+    wrong = clean <= 0
     if min(wrong.sum(), (~wrong).sum()) < min_group or not units:
         return None
     c = group_contrast(values, wrong, n_boot=n_boot, n_perm=n_perm, seed=seed)
-    clean = np.asarray(clean, dtype=float)
     return pd.DataFrame({"unit": units, "n_right": int((~wrong).sum()), "n_wrong": int(wrong.sum()),
                          "clean_right": float(clean[~wrong].mean()), "clean_wrong": float(clean[wrong].mean()),
                          "mean_right": c["mean_a"], "mean_wrong": c["mean_b"], "diff": c["diff"],
@@ -178,7 +177,7 @@ def error_summary(contrasts: pd.DataFrame, kind: str, q: float = 0.05, top: int 
     """Per task: its group sizes, how many units differ at ``q``, and the rows worth stating.
 
     Args:
-        contrasts: rows of :func:`head_error_contrasts` or of a circuit's edge contrasts.
+        contrasts: rows of :func:`error_contrasts` (heads' or a circuit's edges').
         kind: ``"head"`` or ``"edge"``.
         q: the q-value bar.
         top: differing rows kept per task (smallest p first); with none differing, the one with the

@@ -257,7 +257,8 @@ def _contrast_findings(contrasts: list[dict]) -> list[Finding]:
 
 def regulation_finding(t: dict) -> Finding:
     """The edge regulator test of one candidate and condition (:func:`cortexmap.analysis.regulation.regulation_test`)."""
-    if t["p_random"] is None:
+    measured = t["p_random"] is not None
+    if not measured:
         baseline = "no baseline heads were measured, so no verdict against them"
     else:
         baseline = (f"vs {t['n_random']} random heads: mean {num(t['baseline_mean'], 3)}, "
@@ -269,7 +270,6 @@ def regulation_finding(t: dict) -> Finding:
             f"{ci(t['ci_low'], t['ci_high'], 3)} over {t['n_pairs']} matched pairs, {baseline}.")
     stats = {k: t[k] for k in ("easy", "easy_ci_low", "easy_ci_high", "demanding", "demanding_ci_low",
                                "demanding_ci_high", "baseline_p95", "n_random", "n_pairs", "n_edges")}
-    measured = t["p_random"] is not None
     return Finding(kind="regulation", head=t["candidate"], subject=t["condition"], effect=t["diff"],
                    ci_low=t["ci_low"], ci_high=t["ci_high"], baseline=t["baseline_mean"] if measured else 0.0,
                    baseline_label=("mean difference of random heads (not on the edges)" if measured
@@ -295,7 +295,7 @@ def _redundancy_findings(red: dict | None) -> list[Finding]:
 ERRS_BASELINE = "no difference (p from shuffled right/wrong labels)"
 
 
-def _errs_unit(e: dict, row: dict) -> str:
+def _errs_unit(row: dict) -> str:
     return (f"{row['unit']} wrong - right = {num(row['diff'])} {ci(row['ci_low'], row['ci_high'])} "
             f"(mean {num(row['mean_right'])} on right, {num(row['mean_wrong'])} on wrong prompts), "
             f"p = {num(row['p_value'], 3)}, q = {num(row['q_value'], 3)}")
@@ -322,12 +322,12 @@ def _errs_findings(errors: list[dict] | None) -> list[Finding]:
         first, rest = e["rows"][0], e["rows"][1:]
         if e["n_differ"]:
             text = (f"{where}: {e['n_differ']} of {e['n_units']} {e['kind']}s' effects differ at q < {e['q']}; "
-                    f"strongest {_errs_unit(e, first)}.")
+                    f"strongest {_errs_unit(first)}.")
             out.append(_errs_finding("errs", e, first, "differs", text))
-            out += [_errs_finding("errs_unit", e, row, "differs", f"{_errs_unit(e, row)}.") for row in rest]
+            out += [_errs_finding("errs_unit", e, row, "differs", f"{_errs_unit(row)}.") for row in rest]
         else:
             text = (f"{where}: no {e['kind']}'s effect differs at q < {e['q']} ({e['n_units']} tested); "
-                    f"smallest p: {_errs_unit(e, first)}.")
+                    f"smallest p: {_errs_unit(first)}.")
             out.append(_errs_finding("errs", e, first, "no difference", text))
     return out
 

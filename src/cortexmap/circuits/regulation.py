@@ -166,7 +166,7 @@ def measure_regulation(handle: Any, easy: list[str], demanding: list[str], head:
     if not (0 <= head.layer < graph.n_layers and 0 <= head.head < graph.n_heads):
         raise CortexmapError(f"{head} is not a head of this model ({graph.n_layers} layers x {graph.n_heads} heads)")
     start = time.perf_counter()
-    sides = {"easy": decision_batches(handle, easy), "demanding": decision_batches(handle, demanding)}
+    sides = {side: decision_batches(handle, prompts) for side, prompts in zip(SIDES, (easy, demanding))}
     say(f"scoring {graph.n_edges} edges with EAP on {2 * len(easy)} prompts")
     scores = np.concatenate([edge_scores(handle, b, "eap", 1, "zero") for bs in sides.values() for b in bs])
     edges = composition_edges(graph, scores.mean(0), head, n_edges)

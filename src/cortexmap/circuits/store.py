@@ -24,13 +24,19 @@ from cortexmap.results.layout import CIRCUIT, CIRCUIT_CURVES, CIRCUIT_PROMPTS, M
 from cortexmap.results.load import read_manifest
 
 
-def _replace(path: Path, task: str, rows: pd.DataFrame) -> None:
-    rows = rows.copy()
-    rows.insert(0, "task", task)
+def _replace(path: Path, rows: pd.DataFrame, key: dict[str, str]) -> None:
+    """Write ``rows`` to ``path`` in place of the stored rows whose ``key`` columns hold ``key``'s values."""
     if path.exists():
         old = pd.read_parquet(path)
-        rows = pd.concat([old[old["task"] != task], rows], ignore_index=True)
+        same = pd.concat([old[column] == value for column, value in key.items()], axis=1).all(axis=1)
+        rows = pd.concat([old[~same], rows], ignore_index=True)
     write_parquet(rows, path)
+
+
+def _replace_task(path: Path, task: str, rows: pd.DataFrame) -> None:
+    rows = rows.copy()
+    rows.insert(0, "task", task)
+    _replace(path, rows, {"task": task})
 
 
 def _json_ready(value: Any) -> Any:
@@ -59,9 +65,9 @@ def write_circuit(run_dir: str | Path, task_name: str, result: Any) -> list[Path
     model = str(manifest.get("model", {}).get("spec", ""))
     edges = result.edges.assign(model=model, ablation=result.arguments.get("ablation"),
                                 screen=result.arguments.get("screen"))
-    _replace(root / CIRCUIT, task_name, edges)
-    _replace(root / CIRCUIT_CURVES, task_name, result.curves.assign(model=model))
-    _replace(root / CIRCUIT_PROMPTS, task_name, result.prompts.assign(model=model))
+    _replace_task(root / CIRCUIT, task_name, edges)
+    _replace_task(root / CIRCUIT_CURVES, task_name, result.curves.assign(model=model))
+    _replace_task(root / CIRCUIT_PROMPTS, task_name, result.prompts.assign(model=model))
     summary = [{k: _json_ready(v) for k, v in row.items()} for row in result.summary.to_dict("records")]
     manifest.setdefault("circuits", {})[task_name] = {
         "arguments": result.arguments, "timings": result.timings, "circuit_method": result.circuit_method,
@@ -94,11 +100,7 @@ def write_regulation(run_dir: str | Path, result: Any) -> Path:
     candidate, condition = result.arguments["head"], result.arguments["condition"]
     rows = result.prompts.assign(model=str(manifest.get("model", {}).get("spec", "")))
     path = root / REGULATION
-    if path.exists():
-        old = pd.read_parquet(path)
-        rows = pd.concat([old[(old["candidate"] != candidate) | (old["condition"] != condition)], rows],
-                         ignore_index=True)
-    write_parquet(rows, path)
+    _replace(path, rows, {"candidate": candidate, "condition": condition})
     manifest.setdefault("regulation", {})[f"{candidate}:{condition}"] = {
         "arguments": result.arguments, "timings": result.timings, "edges": result.edges}
     write_json(manifest, root / MANIFEST)

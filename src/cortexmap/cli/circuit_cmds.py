@@ -136,9 +136,11 @@ def circuit(
 
 
 def _print_errs(task: str, prompts: Any) -> None:
-    """Why the model errs: the verified edges whose effects differ between right and wrong prompts."""
+    """Why the model errs: the verified edges whose effects differ between right and wrong prompts (as analyze states them)."""
+    import pandas as pd
+
     from cortexmap.analysis import AtlasOptions
-    from cortexmap.analysis.mistakes import MIN_GROUP, edge_rows, error_contrasts
+    from cortexmap.analysis.mistakes import MIN_GROUP, edge_rows, error_contrasts, error_summary
 
     if prompts.empty:
         return
@@ -148,15 +150,13 @@ def _print_errs(task: str, prompts: Any) -> None:
     if thin:
         console.print(f"why the model errs: not evaluated, {thin[0]} (needs {MIN_GROUP} of each)")
         return
-    n_right, n_wrong = int(contrasts["n_right"].iloc[0]), int(contrasts["n_wrong"].iloc[0])
-    ordered = contrasts.assign(size=-contrasts["diff"].abs()).sort_values(["p_value", "size"], kind="stable")
-    differ = ordered[ordered["q_value"] < 0.05]
-    shown = differ.head(5) if len(differ) else ordered.head(1)
+    (e,) = error_summary(contrasts, "edge")
+    shown = pd.DataFrame(e["rows"])
     table = shown.assign(edge=shown["unit"], **{"wrong - right": [_interval(r.diff, r.ci_low, r.ci_high)
                                                                   for r in shown.itertuples()]})
-    margins = f"mean clean margin {contrasts['clean_right'].iloc[0]:.2f} vs {contrasts['clean_wrong'].iloc[0]:.2f}"
-    title = (f"why the model errs ({n_right} right, {n_wrong} wrong prompts, {margins}): {len(differ)} of {len(contrasts)} "
-             f"verified edges differ at q < 0.05" + ("" if len(differ) else "; the smallest p"))
+    title = (f"why the model errs ({e['n_right']} right, {e['n_wrong']} wrong prompts, mean clean margin "
+             f"{e['clean_right']:.2f} vs {e['clean_wrong']:.2f}): {e['n_differ']} of {e['n_units']} verified edges "
+             f"differ at q < {e['q']}" + ("" if e["n_differ"] else "; the smallest p"))
     console.print(table_of(table[["edge", "mean_right", "mean_wrong", "wrong - right", "p_value", "q_value"]],
                            title=title))
 
