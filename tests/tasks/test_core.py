@@ -1,4 +1,4 @@
-"""Tests of cortexmap/tasks/core.py: pair checks, space folding, equal-length batches, the metric."""
+"""Tests of cortexmap/tasks/core.py: pair checks, space folding, cue positions, equal-length batches, the metric."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import pytest
 import torch
 
 from cortexmap.errors import TaskError
+from cortexmap.report.theme import LEVEL_ORDER
 from cortexmap.tasks.core import (
-    DROP_FOIL, DROP_LENGTH, DROP_SAME, DROP_TARGET, Pair, Task, check_pair, encode_task, logit_diff, require_pairs,
+    DROP_FOIL, DROP_LENGTH, DROP_SAME, DROP_TARGET, LEVEL_DESCRIPTIONS, LEVELS, Pair, Task, check_pair,
+    cue_positions, encode_task, logit_diff, prompt_ids, require_pairs,
 )
+from cortexmap.tasks.registry import build_task, builtin_task_names
+from tests.tasks.battery_checks import NoOffsets
 
 
 def test_check_pair_accepts_single_token_answers(bpe):
@@ -18,10 +22,10 @@ def test_check_pair_accepts_single_token_answers(bpe):
 
 
 def test_check_pair_folds_a_separate_space_token(bpe_digits, bpe_gpt2):
-    pair = Pair("3 + 4 =", " 7", " 8", "3 + 5 =")
+    pair = Pair("3 + 4 =", " 7", " 8", "3 + 5 =", variant=2, cue=("3", "4"))
     folded, reason = check_pair(pair, bpe_digits)
     assert reason is None
-    assert folded == Pair("3 + 4 = ", "7", "8", "3 + 5 = ")
+    assert folded == Pair("3 + 4 = ", "7", "8", "3 + 5 = ", variant=2, cue=("3", "4"))  # variant and cue kept
     # GPT-2 style tokenizers have a " 7" token: nothing to fold.
     same, reason = check_pair(pair, bpe_gpt2)
     assert reason is None and same == pair
@@ -100,3 +104,73 @@ def test_task_has_corrupt():
     assert _task([Pair("a", " b", " c", "d")]).has_corrupt
     assert not _task([Pair("a", " b", " c", "d"), Pair("a", " b", " c")]).has_corrupt
     assert not _task([]).has_corrupt
+
+
+def test_pair_defaults_and_levels():
+    pair = Pair("a", " b", " c")
+    assert pair.variant == 0 and pair.cue == () and pair.corrupt is None
+    assert LEVELS.index("pragmatic") < LEVELS.index("knowledge") < LEVELS.index("reasoning")
+    assert list(LEVEL_DESCRIPTIONS) == list(LEVELS) and all(LEVEL_DESCRIPTIONS.values())
+    assert LEVEL_ORDER == LEVELS  # the report's torch-free copy: every level keeps a colour
+
+
+@pytest.fixture(scope="module")
+def bos_eos(bpe_digits):  # noqa: ANN001, ANN201
+    """The digit-splitting test tokenizer, adding BOS and EOS around every text."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(bpe_digits.backend_tokenizer.to_str())
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+def _expected(tokenizer, prompt: str, pieces: list[str]) -> list[int]:  # noqa: ANN001
+    """Positions found by reading the token strings: the run of tokens that decodes to ``pieces``."""
+    ids = prompt_ids(tokenizer, prompt)
+    text = [tokenizer.decode([i]) for i in ids]
+    for start in range(len(ids)):
+        if text[start : start + len(pieces)] == pieces:
+            last = start
+    return list(range(last, last + len(pieces)))
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["offsets", "prefixes"])
+@pytest.mark.parametrize("name", ["bpe_digits", "bpe_gpt2", "bos_eos"])
+def test_cue_positions_on_known_prompts(request, name, wrap):  # noqa: ANN001
+    tok = request.getfixturevalue(name)
+    use = NoOffsets(tok) if wrap else tok
+    bos = 1 if name != "bpe_gpt2" else 0
+    prompt = "The capital of France is"
+    assert cue_positions(use, prompt, "France") == _expected(tok, prompt, [" France"]) == [bos + 3]
+    assert cue_positions(use, prompt, "The") == [bos]  # the first word: right after BOS
+    assert cue_positions(use, prompt, "is") == [bos + 4]  # the last word; EOS is never a cue token
+    prompt = "The dogs near the dog are"
+    assert cue_positions(use, prompt, "dog") == _expected(tok, prompt, [" dog"])  # the last occurrence
+    assert cue_positions(use, "The dogs", "dog") == _expected(tok, "The dogs", [" dogs"])  # a cut token counts
+    prompt = "Every day we walk. Last week we"
+    assert cue_positions(use, prompt, "Last week") == _expected(tok, prompt, [" Last", " week"])
+    assert cue_positions(use, prompt, "Monday") == []
+    with pytest.raises(TaskError, match="cue is empty"):
+        cue_positions(use, prompt, "")
+
+
+def test_cue_positions_splits_digits_like_the_tokenizer(bpe_digits, bpe_gpt2):
+    prompt = "The war started in the year 1745 and ended in the year 17"
+    start = len(prompt_ids(bpe_digits, "The war started in the year 17"))
+    assert cue_positions(bpe_digits, prompt, "45") == [start, start + 1] == cue_positions(NoOffsets(bpe_digits), prompt, "45")
+    whole = cue_positions(bpe_gpt2, prompt, "1745")
+    assert bpe_gpt2.decode(prompt_ids(bpe_gpt2, prompt)[whole[0] : whole[-1] + 1]).strip() == "1745"
+
+
+@pytest.mark.parametrize("name", ["bpe_digits", "bpe_gpt2", "bos_eos"])
+def test_cue_positions_fallback_agrees_with_offsets_on_the_battery(request, name):  # noqa: ANN001
+    tok = request.getfixturevalue(name)
+    slow = NoOffsets(tok)
+    checked = 0
+    for task in builtin_task_names():
+        for pair in build_task(task, tok, n=16, seed=0, min_pairs=0).pairs:  # EOS stops space folding
+            for cue in pair.cue:
+                assert cue_positions(tok, pair.prompt, cue) == cue_positions(slow, pair.prompt, cue), (task, pair, cue)
+                checked += 1
+    assert checked > 8 * len(builtin_task_names())

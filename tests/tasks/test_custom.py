@@ -42,6 +42,20 @@ def test_loads_a_valid_file(tmp_path, bpe_digits):
     assert load_task_file(path, bpe_digits, name="mine").name == "mine"
 
 
+def test_cue_and_variant_are_read_with_their_defaults(tmp_path, bpe_digits):
+    lines = [json.loads(line) for line in _lines()]
+    for i, obj in enumerate(lines):
+        country = obj["prompt"].split()[-2]
+        if i % 3 == 0:
+            obj.update(cue=country, variant=1)
+        elif i % 3 == 1:
+            obj.update(cue=["capital", country], variant=None)
+    task = load_task_file(_write(tmp_path, [json.dumps(obj) for obj in lines]), bpe_digits)
+    assert [p.variant for p in task.pairs] == [1 if i % 3 == 0 else 0 for i in range(10)]
+    assert task.pairs[0].cue == ("France",) and task.pairs[1].cue == ("capital", "Italy") and task.pairs[2].cue == ()
+    assert task.pairs[0] == Pair("The capital of France is", " Paris", " Rome", "The capital of Italy is", 1, ("France",))
+
+
 def test_level_defaults_to_custom_and_corrupt_is_optional(tmp_path, bpe_digits):
     lines = [json.dumps({k: v for k, v in json.loads(line).items() if k != "corrupt"}) for line in _lines(None)]
     task = load_task_file(_write(tmp_path, lines), bpe_digits)
@@ -73,6 +87,15 @@ BAD = {
     "same answer": ('{"prompt": "a", "target": " b", "foil": " b"}', "target and foil are both"),
     "same corrupt": ('{"prompt": "a", "target": " b", "foil": " c", "corrupt": "a"}', "corrupt is the same"),
     "mixed level": ('{"prompt": "a", "target": " b", "foil": " c", "level": "lexical"}', "differs from 'reasoning'"),
+    "cue not text": ('{"prompt": "a b", "target": " b", "foil": " c", "cue": 3}', "'cue' must be a string or a list"),
+    "cue list": ('{"prompt": "a b", "target": " b", "foil": " c", "cue": ["a", 1]}', "'cue' must be a string or a list"),
+    "cue dict": ('{"prompt": "a b", "target": " b", "foil": " c", "cue": {"a": 1}}', "'cue' must be a string or a list"),
+    "cue empty": ('{"prompt": "a b", "target": " b", "foil": " c", "cue": ["a", " "]}', "'cue' holds an empty string"),
+    "cue absent": ('{"prompt": "a b", "target": " b", "foil": " c", "cue": "Peru"}', "cue 'Peru' does not occur"),
+    "variant text": ('{"prompt": "a", "target": " b", "foil": " c", "variant": "1"}', "'variant' must be an integer"),
+    "variant float": ('{"prompt": "a", "target": " b", "foil": " c", "variant": 1.5}', "'variant' must be an integer"),
+    "variant bool": ('{"prompt": "a", "target": " b", "foil": " c", "variant": true}', "'variant' must be an integer"),
+    "variant negative": ('{"prompt": "a", "target": " b", "foil": " c", "variant": -1}', "'variant' is -1"),
 }
 
 

@@ -27,7 +27,7 @@ def test_evaluate_task_matches_a_direct_forward_pass(tiny):
         assert row.logit_diff == pytest.approx((logits[t] - logits[f]).item(), abs=1e-4)
         assert row.p_target == pytest.approx(torch.softmax(logits, -1)[t].item(), rel=1e-4)
         assert row.correct == (row.logit_diff > 0)
-        assert row.prompt == pair.prompt and row.task == "capitals" and row.level == "reasoning"
+        assert row.prompt == pair.prompt and row.task == "capitals" and row.level == "knowledge"
 
 
 def test_check_tasks_table(tiny):

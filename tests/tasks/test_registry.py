@@ -21,8 +21,8 @@ DOCUMENTED = {
                   "reflexive_agreement"],
     "semantic": ["antonyms", "hypernyms", "selectional_restriction", "word_sense"],
     "pragmatic": ["ioi", "pronoun_gender", "entity_tracking", "emotion_inference"],
-    "reasoning": ["greater_than", "arithmetic", "sequence_continuation", "syllogism", "capitals", "landmarks",
-                  "two_hop"],
+    "knowledge": ["capitals", "landmarks"],
+    "reasoning": ["greater_than", "arithmetic", "sequence_continuation", "syllogism", "two_hop"],
 }
 DOCUMENTED_PROBES = ["previous_token", "induction", "duplicate_token", "sink", "local_window", "successor"]
 

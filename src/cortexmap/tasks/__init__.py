@@ -1,7 +1,8 @@
 """The task battery: minimal-pair tasks, mechanistic probes and condition sets.
 
 Tasks are prompts in, per-example scores out. :mod:`~cortexmap.tasks.core` fixes the pair
-format and the metric (target - foil logit difference at the last prompt position);
+format and the metric (target - foil logit difference at the last prompt position) and
+where a pair's cue words sit in its prompt (:func:`~cortexmap.tasks.core.cue_positions`);
 built-in tasks come from the YAML templates in ``tasks/data``, user tasks from JSONL files.
 Probes score heads from attention patterns alone; condition sets are matched prompt lists
 for the regulator-head analysis.
@@ -10,15 +11,18 @@ for the regulator-head analysis.
 from __future__ import annotations
 
 from cortexmap.tasks.conditions import condition_names, condition_sets
-from cortexmap.tasks.core import LEVELS, MIN_PAIRS, EncodedBatch, Pair, Task, encode_task, logit_diff
+from cortexmap.tasks.core import (
+    LEVEL_DESCRIPTIONS, LEVELS, MIN_PAIRS, EncodedBatch, Pair, Task, cue_positions, encode_task, logit_diff,
+)
 from cortexmap.tasks.custom import load_task_file
 from cortexmap.tasks.evaluate import check_tasks, evaluate_task
 from cortexmap.tasks.probes import probe_names, run_probes
 from cortexmap.tasks.registry import build_task, builtin_task_names, list_tasks, task_level, tasks_for
-from cortexmap.tasks.stats import bootstrap_ci, bootstrap_cis
+from cortexmap.stats import bootstrap_ci, bootstrap_cis
 
 __all__ = [
     "LEVELS",
+    "LEVEL_DESCRIPTIONS",
     "MIN_PAIRS",
     "EncodedBatch",
     "Pair",
@@ -30,6 +34,7 @@ __all__ = [
     "check_tasks",
     "condition_names",
     "condition_sets",
+    "cue_positions",
     "encode_task",
     "evaluate_task",
     "list_tasks",

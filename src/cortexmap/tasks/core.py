@@ -8,6 +8,12 @@ Conventions fixed here and used by every other module of :mod:`cortexmap.tasks`:
   position (:func:`logit_diff`); a pair is ``correct`` when it is positive.
 * ``corrupt`` is a prompt of the same token length whose right answer is the foil, so
   activation patching from the corrupt run flips the answer.
+* ``variant`` is the index of the template variant a built-in pair was rendered from (0 for a
+  task with one template); ``cue`` holds the words of the prompt the answer depends on (the
+  subject noun of an agreement task, the country of a capital), each occurring in ``prompt``.
+  :func:`cue_positions` turns a cue into token positions: those of ``prompt_ids(tokenizer,
+  prompt)`` (special tokens included, so BOS is position 0) whose characters overlap the
+  *last* occurrence of the cue in the prompt.
 * A pair is *usable* for a tokenizer when ``target`` and ``foil`` each encode to exactly one
   id (``add_special_tokens=False``), differ, and the corrupt prompt (if any) has as many tokens
   as the clean one. Prompts are encoded with the tokenizer's default special tokens (BOS
@@ -22,14 +28,23 @@ Conventions fixed here and used by every other module of :mod:`cortexmap.tasks`:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from cortexmap.errors import TaskError
 
-LEVELS: tuple[str, ...] = ("lexical", "syntactic", "semantic", "pragmatic", "reasoning", "custom")
+LEVELS: tuple[str, ...] = ("lexical", "syntactic", "semantic", "pragmatic", "knowledge", "reasoning", "custom")
+LEVEL_DESCRIPTIONS: dict[str, str] = {
+    "lexical": "word forms: the form a word takes in its context",
+    "syntactic": "agreement and argument structure across the words of a sentence",
+    "semantic": "word meaning: opposites, categories, senses, what a verb can take",
+    "pragmatic": "discourse: who is who and what follows from what happened",
+    "knowledge": "fact recall: a stored fact about an entity named in the prompt",
+    "reasoning": "comparison, arithmetic, deduction and composition of facts",
+    "custom": "a user task from a JSONL file",
+}
 MIN_PAIRS = 8
 
 DROP_TARGET = "target_not_single_token"
@@ -47,12 +62,16 @@ class Pair:
         target: the right continuation (with its leading space, e.g. ``" Paris"``).
         foil: a plausible wrong continuation of the same kind.
         corrupt: a prompt of the same token length whose right answer is ``foil``, or None.
+        variant: index of the template variant of the task the pair was rendered from.
+        cue: the words of ``prompt`` the answer depends on, each occurring in it (may be empty).
     """
 
     prompt: str
     target: str
     foil: str
     corrupt: str | None = None
+    variant: int = 0
+    cue: tuple[str, ...] = ()
 
 
 @dataclass
@@ -114,6 +133,89 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text)["input_ids"])
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two id lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _offsets(tokenizer: Any, prompt: str, ids: list[int]) -> list[tuple[int, int]] | None:
+    """Character span of each token of ``ids`` from a fast tokenizer, or None when it has none."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    try:
+        enc = tokenizer(prompt, return_offsets_mapping=True)
+        offsets = [(int(s), int(e)) for s, e in enc["offset_mapping"]]
+    except (NotImplementedError, KeyError, TypeError, ValueError):
+        return None
+    return offsets if list(enc["input_ids"]) == ids else None
+
+
+def _prefix_positions(tokenizer: Any, prompt: str, start: int, end: int, ids: list[int]) -> list[int]:
+    """Positions overlapping ``prompt[start:end]`` found by tokenizing the prompt's prefixes.
+
+    The tokens before the span are the common prefix of ``ids`` and the encoding of
+    ``prompt[:start]``; the tokens up to its end, that of ``prompt[:end]``. Where a prefix ends
+    inside a token the two encodings part at that token, which then overlaps the span.
+    """
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+
+    def content(encoded: list[int]) -> list[int]:
+        """``encoded`` without the special tokens a tokenizer appends (EOS); leading ones (BOS) stay."""
+        lead = 0
+        while lead < len(encoded) and encoded[lead] in special:
+            lead += 1
+        n = len(encoded)
+        while n > lead and encoded[n - 1] in special:
+            n -= 1
+        return encoded[:n]
+
+    text_ids = content(ids)
+    head = content(prompt_ids(tokenizer, prompt[:start]))
+    first = _common_prefix(head, text_ids)
+    head = content(prompt_ids(tokenizer, prompt[:end]))
+    upto = _common_prefix(head, text_ids)
+    last = upto - 1 if upto == len(head) else upto  # the encodings part at a token the span's end cuts
+    return list(range(first, min(last, len(text_ids) - 1) + 1))
+
+
+def cue_positions(tokenizer: Any, prompt: str, cue: str) -> list[int]:
+    """Token positions of the last occurrence of ``cue`` in ``prompt``.
+
+    Positions index ``prompt_ids(tokenizer, prompt)``, the tokenizer's special tokens included
+    (BOS, where the tokenizer adds one, is position 0). A token is returned when its character
+    span overlaps the cue's, so a cue that starts or ends inside a token includes that token.
+    Spans come from the fast tokenizer's offset mapping; other tokenizers are handled by
+    tokenizing prefixes of the prompt.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        prompt: the prompt, as given to :func:`prompt_ids`.
+        cue: a non-empty string.
+
+    Returns:
+        Increasing positions; ``[]`` when ``cue`` does not occur in ``prompt``.
+
+    Raises:
+        TaskError: ``cue`` is empty.
+    """
+    if not cue:
+        raise TaskError("the cue is empty; pass the words of the prompt the answer depends on")
+    start = prompt.rfind(cue)
+    if start < 0:
+        return []
+    end = start + len(cue)
+    ids = prompt_ids(tokenizer, prompt)
+    offsets = _offsets(tokenizer, prompt, ids)
+    if offsets is None:
+        return _prefix_positions(tokenizer, prompt, start, end, ids)
+    return [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+
+
 def _fold_space(pair: Pair, tokenizer: Any) -> Pair:
     """Move a shared leading space of the answers into the prompts when it is a token of its own."""
     if not (pair.target.startswith(" ") and pair.foil.startswith(" ")):
@@ -129,7 +231,7 @@ def _fold_space(pair: Pair, tokenizer: Any) -> Pair:
         if prompt is not None and prompt_ids(tokenizer, prompt + " ") != prompt_ids(tokenizer, prompt) + space:
             return pair
     corrupt = None if pair.corrupt is None else pair.corrupt + " "
-    return Pair(pair.prompt + " ", pair.target[1:], pair.foil[1:], corrupt)
+    return replace(pair, prompt=pair.prompt + " ", target=pair.target[1:], foil=pair.foil[1:], corrupt=corrupt)
 
 
 def check_pair(pair: Pair, tokenizer: Any) -> tuple[Pair | None, str | None]:

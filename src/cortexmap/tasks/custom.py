@@ -3,12 +3,21 @@
 Each non-blank line is a JSON object::
 
     {"prompt": "The capital of France is", "target": " Paris", "foil": " Rome",
-     "corrupt": "The capital of Italy is", "level": "reasoning"}
+     "corrupt": "The capital of Italy is", "level": "knowledge", "cue": "France", "variant": 0}
 
-``prompt``, ``target`` and ``foil`` are required non-empty strings; ``corrupt`` (a prompt of
-the same token length whose right answer is the foil) and ``level`` are optional; no other
-keys are allowed. Write answers as continuations, with their leading space. Every line is
-validated before anything is returned, and the first bad line raises
+``prompt``, ``target`` and ``foil`` are required non-empty strings. Optional keys:
+
+* ``corrupt``: a prompt of the same token length whose right answer is the foil (needed for
+  activation patching).
+* ``level``: one of :data:`~cortexmap.tasks.core.LEVELS` (default ``custom``; one level per file).
+* ``cue``: the words of the prompt the answer depends on, a string or a list of strings, each
+  occurring in the prompt (positions are taken at its last occurrence; see
+  :func:`~cortexmap.tasks.core.cue_positions`).
+* ``variant``: a non-negative integer naming the template the line was written from (default
+  0), so results can be compared template by template.
+
+No other keys are allowed. Write answers as continuations, with their leading space. Every line
+is validated before anything is returned, and the first bad line raises
 :class:`~cortexmap.errors.TaskError` as ``path:line: reason``. Lines that are well formed but
 do not fit the tokenizer (an answer of several tokens, a corrupt prompt of another length)
 are dropped and counted, as for built-in tasks.
@@ -26,7 +35,7 @@ from cortexmap.errors import TaskError
 from cortexmap.tasks.core import LEVELS, MIN_PAIRS, Pair, Task, check_pair, require_pairs
 
 REQUIRED_KEYS = ("prompt", "target", "foil")
-OPTIONAL_KEYS = ("corrupt", "level")
+OPTIONAL_KEYS = ("corrupt", "level", "cue", "variant")
 
 
 def _string(obj: dict[str, Any], key: str, where: str, required: bool) -> str | None:
@@ -40,6 +49,34 @@ def _string(obj: dict[str, Any], key: str, where: str, required: bool) -> str | 
         raise TaskError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise TaskError(f"{where}: {key!r} is empty; give it some text")
+    return value
+
+
+def _cue(obj: dict[str, Any], prompt: str, where: str) -> tuple[str, ...]:
+    """The line's ``cue`` as a tuple of strings that occur in ``prompt`` (empty when absent or null)."""
+    value = obj.get("cue")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise TaskError(f"{where}: 'cue' must be a string or a list of strings, got {type(value).__name__}")
+    for item in items:
+        if not item.strip():
+            raise TaskError(f"{where}: 'cue' holds an empty string; give the words the answer depends on")
+        if item not in prompt:
+            raise TaskError(f"{where}: cue {item!r} does not occur in the prompt; copy it from the prompt")
+    return tuple(items)
+
+
+def _variant(obj: dict[str, Any], where: str) -> int:
+    """The line's ``variant`` (0 when absent or null)."""
+    value = obj.get("variant")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TaskError(f"{where}: 'variant' must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise TaskError(f"{where}: 'variant' is {value}; number templates from 0")
     return value
 
 
@@ -75,7 +112,9 @@ def parse_line(text: str, where: str) -> tuple[Pair, str | None]:
         raise TaskError(f"{where}: target and foil are both {target!r}; the foil must be a different answer")
     if corrupt is not None and corrupt == prompt:
         raise TaskError(f"{where}: corrupt is the same as prompt; change the word that flips the answer")
-    return Pair(prompt=prompt, target=target, foil=foil, corrupt=corrupt), level  # type: ignore[arg-type]
+    pair = Pair(prompt=prompt, target=target, foil=foil, corrupt=corrupt,  # type: ignore[arg-type]
+                variant=_variant(obj, where), cue=_cue(obj, prompt, where))  # type: ignore[arg-type]
+    return pair, level
 
 
 def read_pairs(path: str | Path) -> tuple[list[Pair], str]:

@@ -17,7 +17,7 @@ import torch
 from cortexmap.errors import TaskError
 from cortexmap.tasks.core import MIN_PAIRS, Task, encode_task, logit_diff
 from cortexmap.tasks.registry import build_task, tasks_for
-from cortexmap.tasks.stats import bootstrap_ci
+from cortexmap.stats import bootstrap_ci
 
 EVAL_COLUMNS = ["task", "level", "pair", "prompt", "target", "foil", "logit_diff", "p_target", "p_foil", "correct"]
 CHECK_COLUMNS = [

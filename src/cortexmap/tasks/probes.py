@@ -37,7 +37,7 @@ from cortexmap.errors import TaskError
 from cortexmap.heads import HeadId
 from cortexmap.models.hooks import eager_attention
 from cortexmap.tasks.core import single_token
-from cortexmap.tasks.stats import bootstrap_cis
+from cortexmap.stats import bootstrap_cis
 from cortexmap.tasks.templates import load_sequences
 
 LOCAL_WINDOW = 3

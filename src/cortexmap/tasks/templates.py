@@ -14,7 +14,12 @@ at task level are defaults for every variant):
 * ``vars``: variable -> list name. Variables drawn from the same list are distinct.
 * ``prompt``, ``corrupt`` (optional), ``target``, ``foil``: :meth:`str.format` templates over
   the variables. A plain word is ``{x}``, a row field ``{x.city}``; ``.cap`` capitalises
-  (``{x.cap}``, ``{x.city.cap}``).
+  (``{x.cap}``, ``{x.city.cap}``), ``.bare`` drops a leading "the " (``{x.name.bare}``:
+  "Eiffel Tower"), ``.last`` keeps the last word (``{x.phrase.last}``: "interested").
+* ``cue`` (optional): a template, or a list of templates, naming the words of the prompt the
+  answer depends on (the subject noun, the country); each must render to text that occurs in
+  the prompt, and the last occurrence is the one meant (see
+  :func:`~cortexmap.tasks.core.cue_positions`). Tasks without such words leave it out.
 * ``swap: [x, y]``: exchange the values of ``x`` and ``y`` with probability 1/2, so targets
   come from both lists.
 * ``differ: [["{x.verb}", "{y.verb}"]]``: pairs of templates that must render differently
@@ -23,7 +28,12 @@ at task level are defaults for every variant):
   (numbers) and may use the tokenizer.
 
 Sampling is driven by ``random.Random(f"{task}:{seed}")``, so a task is deterministic for a
-seed and independent of the other tasks.
+seed and independent of the other tasks. Each pair records the index of the variant it was
+rendered from (:attr:`~cortexmap.tasks.core.Pair.variant`) and its rendered cues.
+
+Every built-in task must have a ``corrupt`` template whose right answer is the foil, so
+activation patching can run on it, and no task may be solvable by copying a word from the
+prompt: where the target occurs in the prompt, the foil occurs too (tests/tasks checks both).
 """
 
 from __future__ import annotations
@@ -41,17 +51,28 @@ import yaml
 from cortexmap.errors import TaskError
 from cortexmap.tasks.core import LEVELS, Pair, check_pair, single_token
 
-_VARIANT_KEYS = {"vars", "prompt", "corrupt", "target", "foil", "swap", "differ", "compute"}
+_VARIANT_KEYS = {"vars", "prompt", "corrupt", "target", "foil", "swap", "differ", "compute", "cue"}
 _TASK_KEYS = _VARIANT_KEYS | {"description", "version", "variants"}
 
 
 class Word(str):
-    """A string that also offers ``.cap`` (first letter upper-cased) to templates."""
+    """A string that also offers ``.cap``, ``.bare`` and ``.last`` to templates."""
 
     @property
     def cap(self) -> str:
         """The word with its first letter upper-cased."""
         return self[:1].upper() + self[1:]
+
+    @property
+    def bare(self) -> str:
+        """The words without a leading article "the" ("the Eiffel Tower" -> "Eiffel Tower")."""
+        head, _, rest = self.partition(" ")
+        return rest if head.lower() == "the" and rest else str(self)
+
+    @property
+    def last(self) -> str:
+        """The last word ("is interested" -> "interested")."""
+        return self.rsplit(" ", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,7 @@ class Variant:
     swap: tuple[str, str] | None = None
     differ: tuple[tuple[str, str], ...] = ()
     compute: str | None = None
+    cue: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,25 +112,41 @@ def _greater_than(rng: random.Random, tokenizer: Any) -> dict[str, str]:
 
     When the tokenizer has two-digit tokens the answers are two digits (``"45"``); when it
     splits digits they are the tens digit only, strictly above / below the start's tens digit.
+    A two-digit earlier answer is never the century itself, which ends the prompt (the corrupt
+    prompt's answer could otherwise be copied from it).
     """
     tens = rng.randint(2, 7)
     yy = tens * 10 + rng.randint(0, 9)
-    if single_token(tokenizer, "45") is not None:
+    two_digit = single_token(tokenizer, "45") is not None
+    if two_digit:
         hi, lo = f"{rng.randint(yy + 1, 99):02d}", f"{rng.randint(0, yy - 1):02d}"
     else:
         hi, lo = str(rng.randint(tens + 1, 9)), str(rng.randint(0, tens - 1))
-    return {"century": str(rng.choice([13, 14, 15, 16, 17, 18])), "yy": f"{yy:02d}", "hi": hi, "lo": lo}
+    century = str(rng.choice([13, 14, 15, 16, 17, 18]))
+    while two_digit and lo == century:
+        lo = f"{rng.randint(0, yy - 1):02d}"
+    return {"century": century, "yy": f"{yy:02d}", "hi": hi, "lo": lo}
 
 
 def _arithmetic(rng: random.Random, tokenizer: Any) -> dict[str, str]:
-    """Single-digit sums ``a + b = s`` with a foil ``f = s +- 1`` and ``b2`` so that ``a + b2 = f``."""
+    """Single-digit sums ``a + b = s`` of two different numbers, and a worked example.
+
+    The foil is ``f = s +- 1`` and ``b2`` makes ``a + b2 = f`` (the corrupt prompt). The example
+    ``e1 + e2 = e3`` uses none of ``s`` and ``f``, so neither answer can be copied from it.
+    """
     del tokenizer
     while True:
         a, b = rng.randint(1, 8), rng.randint(1, 8)
         s = a + b
         f = s + rng.choice([-1, 1])
-        if s <= 9 and 1 <= f <= 9 and 1 <= f - a <= 9:
-            return {"a": str(a), "b": str(b), "b2": str(f - a), "s": str(s), "f": str(f)}
+        if a != b and s <= 9 and 1 <= f <= 9 and 1 <= f - a <= 9:
+            break
+    while True:
+        e1, e2 = rng.randint(1, 8), rng.randint(1, 8)
+        if e1 + e2 <= 9 and not {e1, e2, e1 + e2} & {s, f}:
+            break
+    return {"a": str(a), "b": str(b), "b2": str(f - a), "s": str(s), "f": str(f),
+            "e1": str(e1), "e2": str(e2), "e3": str(e1 + e2)}
 
 
 @lru_cache(maxsize=1)
@@ -181,6 +219,10 @@ def _parse_variant(task: str, raw: dict[str, Any], lists: dict[str, tuple[Any, .
     if raw.get("compute") is not None and raw["compute"] not in COMPUTED:
         raise TaskError(f"{source}: task {task!r} names unknown compute {raw['compute']!r}")
     swap = tuple(raw["swap"]) if raw.get("swap") else None
+    cue = raw.get("cue")
+    cues = [cue] if isinstance(cue, str) else list(cue) if isinstance(cue, list) else None
+    if cue is not None and (not cues or not all(isinstance(c, str) and c.strip() for c in cues)):
+        raise TaskError(f"{source}: task {task!r} has a cue that is not a template or a list of templates")
     return Variant(
         prompt=raw["prompt"],
         corrupt=raw.get("corrupt"),
@@ -190,6 +232,7 @@ def _parse_variant(task: str, raw: dict[str, Any], lists: dict[str, tuple[Any, .
         swap=swap,  # type: ignore[arg-type]
         differ=tuple(tuple(d) for d in raw.get("differ") or ()),  # type: ignore[misc]
         compute=raw.get("compute"),
+        cue=tuple(cues or ()),
     )
 
 
@@ -263,8 +306,13 @@ def draw(
     return values
 
 
-def _render(variant: Variant, spec: TaskSpec, rng: random.Random, tokenizer: Any) -> Pair | None:
-    """Draw the variables of one variant and render a candidate pair (None if a constraint fails)."""
+def _render(index: int, spec: TaskSpec, rng: random.Random, tokenizer: Any) -> Pair | None:
+    """Draw the variables of variant ``index`` and render a candidate pair (None if a constraint fails).
+
+    Raises:
+        TaskError: a template names an unknown variable, or a cue does not occur in the prompt.
+    """
+    variant = spec.variants[index]
     values = draw(variant.vars, spec.lists, rng, spec.name)
     if variant.swap is not None and rng.random() < 0.5:
         a, b = variant.swap
@@ -279,9 +327,14 @@ def _render(variant: Variant, spec: TaskSpec, rng: random.Random, tokenizer: Any
             target=variant.target.format(**values),
             foil=variant.foil.format(**values),
             corrupt=None if variant.corrupt is None else variant.corrupt.format(**values),
+            variant=index,
+            cue=tuple(c.format(**values) for c in variant.cue),
         )
     except (KeyError, AttributeError, IndexError) as err:
         raise TaskError(f"task {spec.name!r} has a template naming an unknown variable or field ({err})") from None
+    for cue in pair.cue:
+        if cue not in pair.prompt:
+            raise TaskError(f"task {spec.name!r} variant {index}: cue {cue!r} does not occur in {pair.prompt!r}")
     return None if pair.target == pair.foil else pair
 
 
@@ -303,15 +356,18 @@ def generate_pairs(spec: TaskSpec, tokenizer: Any, n: int, seed: int) -> tuple[l
     """
     rng = random.Random(f"{spec.name}:{seed}")
     pairs: list[Pair] = []
-    seen: set[Pair] = set()
+    seen: set[tuple[str, str, str, str | None]] = set()
     dropped: Counter[str] = Counter()
     for _ in range(max(400, 50 * n)):
         if len(pairs) >= n:
             break
-        candidate = _render(rng.choice(spec.variants), spec, rng, tokenizer)
-        if candidate is None or candidate in seen:
+        candidate = _render(rng.randrange(len(spec.variants)), spec, rng, tokenizer)
+        if candidate is None:
             continue
-        seen.add(candidate)
+        key = (candidate.prompt, candidate.target, candidate.foil, candidate.corrupt)
+        if key in seen:  # the same pair from another variant is not a new pair
+            continue
+        seen.add(key)
         pair, reason = check_pair(candidate, tokenizer)
         if pair is None:
             dropped[reason or "unknown"] += 1
