@@ -81,3 +81,11 @@ def test_loading_says_what_is_wrong(tmp_path: Path, run: Path) -> None:
     (run / layout.EFFECTS).unlink()
     with pytest.raises(ResultsError, match="--resume"):
         load_results(run)
+
+
+def test_the_card_describes_every_table_a_run_can_hold(tmp_path: Path) -> None:
+    for name, file in layout.TABLES.items():
+        pd.DataFrame({"x": [1]}).to_parquet(tmp_path / file)
+    text = write_card(tmp_path, {"model": {"spec": "m"}, "seed": 0}).read_text()
+    for name, file in layout.TABLES.items():
+        assert f"- `{name}` ({file}): " in text

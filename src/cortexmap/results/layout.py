@@ -15,10 +15,12 @@ MANIFEST = "manifest.json"
 EFFECTS = "effects.parquet"
 PROMPT_EFFECTS = "prompt_effects.parquet"
 PATTERNS = "patterns.parquet"
+EVIDENCE = "evidence.parquet"  # per (task or probe, head): attention, OV and direct-logit evidence for role names
 UNITS = "units"  # one file pair per finished (task, intervention, method) unit: resumable runs
 # analyze
 INFLUENCE = "influence.parquet"  # analyze --regulators
 PAIRS = "pairs.parquet"  # analyze --redundancy
+FLIPS = "flips.parquet"  # analyze: heads patched from right into wrong prompts of the same template
 ATLAS = "atlas.parquet"
 FINDINGS = "atlas.json"
 COMPARE = "compare.json"
@@ -43,7 +45,7 @@ EXACT, SCREEN, ATTRIBUTION = "exact", "screen", "attribution"
 # the ``condition`` of influence rows measured on the regulator screen's prompts (not a condition set)
 SCREEN_CONDITION = "screen"
 
-TABLES = {"effects": EFFECTS, "prompt_effects": PROMPT_EFFECTS, "patterns": PATTERNS, "atlas": ATLAS,
-          "influence": INFLUENCE, "pairs": PAIRS, "circuit": CIRCUIT,
+TABLES = {"effects": EFFECTS, "prompt_effects": PROMPT_EFFECTS, "patterns": PATTERNS, "evidence": EVIDENCE, "atlas": ATLAS,
+          "influence": INFLUENCE, "pairs": PAIRS, "flips": FLIPS, "circuit": CIRCUIT,
           "circuit_curves": CIRCUIT_CURVES, "circuit_prompts": CIRCUIT_PROMPTS,
           "regulation": REGULATION}

@@ -138,7 +138,8 @@ def _chunk_size(todo: list[tuple[int, int]], rows_per_pass: int, batch: int, one
 
 def exact_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: float = 0.0, *,
                  rows_per_pass: int = 256, heads: list[tuple[int, int]] | None = None, seed: int = 0,
-                 tick: Tick | None = None, mix_layers: bool = True) -> np.ndarray:
+                 tick: Tick | None = None, mix_layers: bool = True,
+                 means: dict[int, torch.Tensor] | None = None) -> np.ndarray:
     """Metric under each single-head intervention, exactly: ``[n_prompts, n_layers * n_heads]``.
 
     Each pass holds up to ``rows_per_pass`` rows (prompts x heads), heads of several layers
@@ -151,12 +152,15 @@ def exact_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: float 
         tick: called with the number of head interventions finished (fractions as batches finish).
         mix_layers: False keeps one layer per pass (the earlier engine; ``bench/engine_fill.py``
             compares the two).
+        means: mean ablation's replacement per layer (:func:`task_means` of the reference prompts);
+            None uses ``batches``' own prompts.
     """
     n_h = handle.n_heads
     out = np.full((n_prompts(batches), handle.n_layers * n_h), np.nan)
     every = [(l, h) for l in range(handle.n_layers) for h in range(n_h)]
     items = sorted(set(every if heads is None else [(int(l), int(h)) for l, h in heads]))
-    means = task_means(batches) if kind == "mean" else None
+    if kind == "mean" and means is None:
+        means = task_means(batches)
     total = n_prompts(batches)
     for tb in batches:
         batch = len(tb.indices)

@@ -45,7 +45,10 @@ class SweepConfig:
         tasks: task names, level names or ``"all"`` (a list; one name may be given as a string).
         task_file: a JSONL file of user pairs (replaces ``tasks`` when given).
         interventions: :class:`~cortexmap.interventions.specs.InterventionSpec` values or their
-            labels (``"zero"``, ``"mean"``, ``"resample"``, ``"patch"``, ``"amplify:0.5"``).
+            labels (``"zero"``, ``"mean"``, ``"resample"``, ``"patch"``, ``"amplify:0.5"``). The
+            default is the two counterfactual ones: activation patching from each pair's corrupt
+            prompt and mean ablation; a head-level claim of the atlas must hold under both. Zero
+            ablation takes a head off its input distribution and is never the default.
         method: ``"auto"`` (``"exact"`` on a GPU, ``"screen"`` otherwise), ``"exact"`` (every
             head on every prompt), ``"screen"`` (every head exactly on ``screen_prompts``
             prompts, then adaptive verification and an audit: :mod:`cortexmap.sweep.verify`) or
@@ -68,7 +71,7 @@ class SweepConfig:
     model: str = DEFAULT_MODEL
     tasks: Sequence[str] = ("all",)
     task_file: str | None = None
-    interventions: Sequence[InterventionSpec | str] = ("zero",)
+    interventions: Sequence[InterventionSpec | str] = ("patch", "mean")
     method: str = AUTO
     verify: int = 0
     n_prompts: int = 32

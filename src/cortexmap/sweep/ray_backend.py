@@ -10,7 +10,7 @@ unfinished (task, intervention) of an exact run is cut into head blocks of equal
 layer ``l`` reruns ``L - l`` blocks), and all blocks of all units go into one queue that keeps
 every worker busy; a unit is assembled and stored as soon as its last block returns. Attribution
 and screen units run whole, one per worker, all of them in flight. Workers run the same
-computations as the local backend (:func:`~cortexmap.sweep.runner.unit_result`), so the numbers
+computations as the local backend (:func:`~cortexmap.sweep.runner.unit_results`), so the numbers
 are the same. ``stats`` (stored in the manifest as ``ray``) records the busy fraction: worker
 compute seconds / (workers x wall seconds).
 """
@@ -41,8 +41,11 @@ class _Worker:
     def probes(self) -> Any:
         return self.backend.probes()
 
-    def matrix(self, task: Any, spec: Any, method: str, heads: list[tuple[int, int]] | None) -> Any:
-        return self.backend.matrix(task, spec, method, heads=heads)
+    def evidence(self, tasks: list[Any], probes: bool = True) -> Any:
+        return self.backend.evidence(tasks, probes)
+
+    def matrix(self, task: Any, spec: Any, method: str, heads: list[tuple[int, int]] | None, means_of: Any = None) -> Any:
+        return self.backend.matrix(task, spec, method, heads=heads, means_of=means_of)
 
     def block(self, key: int, task: Any, spec: Any, heads: list[tuple[int, int]]) -> Any:
         """``(key, matrix, clean, compute seconds)`` of one head block, exactly."""
@@ -50,13 +53,13 @@ class _Worker:
         matrix, clean = self.backend.matrix(task, spec, "exact", heads=heads)
         return key, matrix, clean, time.perf_counter() - t0
 
-    def unit(self, key: int, task: Any, spec: Any, base: str, config: SweepConfig) -> Any:
-        """``(key, effects, prompt effects, info, compute seconds)`` of a whole unit."""
-        from cortexmap.sweep.runner import unit_result
+    def unit(self, key: int, task: Any, specs: list[Any], base: str, config: SweepConfig) -> Any:
+        """``(key, [(spec, effects, prompt effects, info)], compute seconds)`` of a whole work item."""
+        from cortexmap.sweep.runner import unit_results
 
         t0 = time.perf_counter()
-        effects, prompts, info = unit_result(self.backend, task, spec, base, config, lambda n: None)
-        return key, effects, prompts, info, time.perf_counter() - t0
+        done = unit_results(self.backend, task, specs, base, config, lambda n: None)
+        return key, done, time.perf_counter() - t0
 
 
 def balanced_blocks(heads: list[tuple[int, int]], n_layers: int, n_blocks: int) -> list[list[tuple[int, int]]]:
@@ -108,8 +111,22 @@ class RayBackend:
     def probes(self) -> Any:
         return self.ray.get(self.workers[0].probes.remote())
 
+    def evidence(self, tasks: list[Any]) -> Any:
+        """:meth:`LocalBackend.evidence` with the tasks spread over the workers (the probes on the first);
+        each task's rows depend on that task alone, so the table equals the local one."""
+        import pandas as pd
+
+        n = max(1, min(len(self.workers), len(tasks)))
+        shares = [tasks[i::n] for i in range(n)]
+        pending = [self.workers[i].evidence.remote(share, i == 0) for i, share in enumerate(shares)]
+        frames = self.ray.get(pending)
+        order = {task.name: i for i, task in enumerate(tasks)}
+        table = pd.concat(frames, ignore_index=True)
+        key = table["name"].map(order).fillna(len(tasks)) if len(table) else table["name"]
+        return table.assign(_order=key).sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
     def matrix(self, task: Any, spec: Any, method: str, heads: list[tuple[int, int]] | None = None,
-               tick: Tick | None = None) -> tuple[np.ndarray, np.ndarray]:
+               tick: Tick | None = None, means_of: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Split the unit's heads into layer blocks, one Ray task each, and merge the columns."""
         from ray.util import ActorPool
 
@@ -127,7 +144,7 @@ class RayBackend:
         pool = ActorPool(self.workers)
         merged: np.ndarray | None = None
         clean = None
-        for part, block_clean in pool.map_unordered(lambda a, b: a.matrix.remote(task, spec, "exact", b), blocks):
+        for part, block_clean in pool.map_unordered(lambda a, b: a.matrix.remote(task, spec, "exact", b, means_of), blocks):
             columns = ~np.isnan(part).all(0)
             if merged is None:
                 merged = np.full_like(part, np.nan)
@@ -137,14 +154,14 @@ class RayBackend:
                 tick(int(columns.sum()))
         return merged, clean
 
-    def units(self, todo: list[tuple[Any, Any, str]], config: SweepConfig, progress: Any) -> Iterator[tuple]:
-        """Run every unit of ``todo`` with several in flight; yield each as it completes.
+    def units(self, todo: list[tuple[Any, list[Any], str]], config: SweepConfig, progress: Any) -> Iterator[tuple]:
+        """Run every work item of ``todo`` (``(task, specs, base)``) with several in flight; yield each unit as it completes.
 
         Yields ``(task, spec, base, effects, prompt effects, info, compute seconds)``.
         """
         from ray.util import ActorPool
 
-        from cortexmap.sweep.runner import unit_meta, unit_weight
+        from cortexmap.sweep.runner import unit_meta, unit_weight, with_variants
         from cortexmap.sweep.summary import effect_rows
 
         facts = self._facts
@@ -154,7 +171,8 @@ class RayBackend:
         started, busy = time.perf_counter(), 0.0
         pending: dict[int, dict[str, Any]] = {}
         n_blocks = max(1, math.ceil(2 * len(self.workers) / max(1, len(todo))))
-        for key, (task, spec, base) in enumerate(todo):
+        for key, (task, specs, base) in enumerate(todo):
+            spec = specs[0]
             if base == "exact":
                 blocks = balanced_blocks(every, n_layers, min(n_blocks, n_layers))
                 pending[key] = {"left": len(blocks), "matrix": None, "clean": None, "seconds": 0.0}
@@ -162,11 +180,12 @@ class RayBackend:
                     pool.submit(lambda a, v: a.block.remote(*v), (key, task, spec, block))
             else:
                 pending[key] = {"left": 1}
-                pool.submit(lambda a, v: a.unit.remote(*v), (key, task, spec, base, config))
+                pool.submit(lambda a, v: a.unit.remote(*v), (key, task, specs, base, config))
         while pool.has_next():
             result = pool.get_next_unordered()
             key = result[0]
-            task, spec, base = todo[key]
+            task, specs, base = todo[key]
+            spec = specs[0]
             state = pending[key]
             if base == "exact":
                 _, part, clean, seconds = result
@@ -184,13 +203,20 @@ class RayBackend:
                 effects, prompts = effect_rows(state["matrix"], state["clean"], meta, n_layers, n_heads, config.seed)
                 info, seconds = {}, state["seconds"]
             else:
-                _, effects, prompts, info, seconds = result
+                _, done, seconds = result
                 busy += seconds
-                progress.advance(unit_weight(base, config, n_layers * n_heads))
-            wall = time.perf_counter() - started
-            self.stats = {"workers": len(self.workers), "wall_s": round(wall, 2), "busy_s": round(busy, 2),
-                          "busy_fraction": round(busy / (len(self.workers) * wall), 3) if wall > 0 else None}
-            yield task, spec, base, effects, prompts, info, seconds
+                progress.advance(len(done) * unit_weight(base, config, n_layers * n_heads))
+                self._stats(started, busy)
+                for spec, effects, prompts, info in done:
+                    yield task, spec, base, effects, prompts, info, seconds / len(done)
+                continue
+            self._stats(started, busy)
+            yield task, spec, base, effects, with_variants(prompts, task), info, seconds
+
+    def _stats(self, started: float, busy: float) -> None:
+        wall = time.perf_counter() - started
+        self.stats = {"workers": len(self.workers), "wall_s": round(wall, 2), "busy_s": round(busy, 2),
+                      "busy_fraction": round(busy / (len(self.workers) * wall), 3) if wall > 0 else None}
 
     def close(self) -> None:
         for w in self.workers:

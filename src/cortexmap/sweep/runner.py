@@ -15,7 +15,7 @@ from cortexmap.errors import CortexmapError, TaskError
 from cortexmap.sweep.config import SweepConfig
 from cortexmap.sweep.manifest import base_manifest
 from cortexmap.results import Results, RunStore, unit_key, write_card, write_parquet
-from cortexmap.results.layout import EXACT, PATTERNS, SCREEN
+from cortexmap.results.layout import EVIDENCE, EXACT, PATTERNS, SCREEN
 from cortexmap.sweep.summary import effect_rows
 from cortexmap.sweep.verify import pooled_audit
 
@@ -109,15 +109,21 @@ def _with_pairs(task: Any, indices: np.ndarray) -> Any:
     return replace(task, pairs=[task.pairs[i] for i in indices])
 
 
-def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: dict[str, Any],
-                 tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def _screen_task(backend: Any, task: Any, specs: list[Any], config: SweepConfig, metas: list[dict[str, Any]],
+                 tick: Callable[[float], None]) -> list[tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]]:
     """Screen every head on a subsample, verify adaptively, audit the rest (:mod:`cortexmap.sweep.verify`).
 
+    A task's interventions are screened each on the same subsample and then verified *jointly*:
+    heads in the order of their largest screened effect under any intervention, every verified or
+    audited head measured exactly under each, until the stopping rule holds for all of them. So
+    wherever one intervention finds a head important, the others' numbers for it are exact too, and
+    a disagreement between interventions rests on measurements, not on the screen.
+
     A verified head is measured on the prompts outside the screen's subsample only: on the
-    subsample the screen already measured it exactly, with the same per-prompt numbers. Mean and
-    resample ablation are the exception: their replacements depend on the whole prompt set (the
-    task mean, a partner prompt of the same length), so verified heads are measured on every
-    prompt, exactly as ``--method exact`` measures them.
+    subsample the screen already measured it exactly, with the same per-prompt numbers (mean
+    ablation replaces a head by its mean over *every* prompt of the task, in the screen too).
+    Resample ablation is the exception: its partner prompts depend on the batch, so verified heads
+    are measured on every prompt, exactly as ``--method exact`` measures them.
     """
     from cortexmap.sweep.verify import adaptive_verify, screen_order, unit_record
 
@@ -127,43 +133,58 @@ def _screen_unit(backend: Any, task: Any, spec: Any, config: SweepConfig, meta: 
     n_cols, n = n_layers * n_heads, len(task.pairs)
     seed = config.seed
     sub, picked = subsample_task(task, policy.screen_prompts, seed)
-    reuse = spec.kind not in ("mean", "resample")
-    others = np.setdiff1d(np.arange(n), picked) if reuse else np.arange(n)
-    rest = _with_pairs(task, others) if reuse else task
-    sub_matrix, sub_clean = backend.matrix(sub, spec, EXACT, tick=lambda k: tick(k * len(picked) / n))
-    screen = np.full((n, n_cols), np.nan)
-    screen[picked] = sub_matrix
-    clean = np.full(n, np.nan)
-    if reuse:
-        clean[picked] = sub_clean
-    exact = np.full((n, n_cols), np.nan)
-
-    def measure(cols: list[int]) -> dict[int, float]:
-        heads = [divmod(int(c), n_heads) for c in cols]
-        matrix, rest_clean = backend.matrix(rest, spec, EXACT, heads=heads, tick=lambda k: tick(k * len(others) / n))
-        clean[others] = rest_clean
-        exact[np.ix_(others, cols)] = matrix[:, cols]
+    share = len(picked) / n / len(specs)
+    states = []
+    for spec in specs:
+        reuse = spec.kind != "resample"
+        others = np.setdiff1d(np.arange(n), picked) if reuse else np.arange(n)
+        sub_matrix, sub_clean = backend.matrix(sub, spec, EXACT, tick=lambda k: tick(k * share), means_of=task)
+        screen = np.full((n, n_cols), np.nan)
+        screen[picked] = sub_matrix
+        states.append({"spec": spec, "reuse": reuse, "others": others, "rest": _with_pairs(task, others) if reuse else task,
+                       "sub_matrix": sub_matrix, "sub_clean": sub_clean, "screen": screen,
+                       "clean": np.full(n, np.nan), "exact": np.full((n, n_cols), np.nan)})
         if reuse:
-            exact[np.ix_(picked, cols)] = sub_matrix[:, cols]
-        scale = abs(float(np.nanmean(clean))) or float("nan")
-        delta = exact[:, cols] - clean[:, None]
-        mean = np.nanmean(delta, axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = mean / (np.nanstd(delta, axis=0, ddof=1) / np.sqrt(np.isfinite(delta).sum(0)))
-        return {c: (float(m) / scale, float(zz)) for c, m, zz in zip(cols, mean, z)}
+            states[-1]["clean"][picked] = sub_clean
 
-    order = screen_order(np.nanmean(sub_matrix - sub_clean[:, None], axis=0))
-    result = adaptive_verify(order, measure, policy, seed=seed)
-    screen_clean = np.full(n, np.nan)
-    screen_clean[picked] = sub_clean
-    sc_eff, sc_prompts = effect_rows(screen, screen_clean, {**meta, "method": SCREEN}, n_layers, n_heads, seed)
-    ex_eff, ex_prompts = effect_rows(exact, clean, {**meta, "method": EXACT}, n_layers, n_heads, seed)
-    record = unit_record(result, n_cols, policy)
-    merged = sc_eff.merge(ex_eff[["layer", "head", "effect"]], on=["layer", "head"], suffixes=("", "_exact"))
-    rho = spearmanr(merged["effect"], merged["effect_exact"]).statistic if len(merged) > 2 else float("nan")
-    record["spearman_screen_exact"] = None if np.isnan(rho) else float(rho)
-    return (pd.concat([sc_eff, ex_eff], ignore_index=True), pd.concat([sc_prompts, ex_prompts], ignore_index=True),
-            record)
+    def measure(cols: list[int]) -> dict[int, tuple[tuple[float, float], ...]]:
+        heads = [divmod(int(c), n_heads) for c in cols]
+        out: dict[int, list[tuple[float, float]]] = {c: [] for c in cols}
+        for s in states:
+            others = s["others"]
+            matrix, rest_clean = backend.matrix(s["rest"], s["spec"], EXACT, heads=heads, means_of=task,
+                                                tick=lambda k: tick(k * len(others) / n / len(specs)))
+            s["clean"][others] = rest_clean
+            s["exact"][np.ix_(others, cols)] = matrix[:, cols]
+            if s["reuse"]:
+                s["exact"][np.ix_(picked, cols)] = s["sub_matrix"][:, cols]
+            scale = abs(float(np.nanmean(s["clean"]))) or float("nan")
+            delta = s["exact"][:, cols] - s["clean"][:, None]
+            mean = np.nanmean(delta, axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = mean / (np.nanstd(delta, axis=0, ddof=1) / np.sqrt(np.isfinite(delta).sum(0)))
+            for c, m, zz in zip(cols, mean, z):
+                out[c].append((float(m) / scale, float(zz)))
+        return {c: tuple(v) for c, v in out.items()}
+
+    with np.errstate(invalid="ignore"):
+        screened = np.stack([np.nanmean(s["sub_matrix"] - s["sub_clean"][:, None], axis=0)
+                             / (abs(float(np.nanmean(s["sub_clean"]))) or 1.0) for s in states])
+    result = adaptive_verify(screen_order(screened), measure, policy, seed=seed)
+    out = []
+    for i, (s, meta) in enumerate(zip(states, metas)):
+        screen_clean = np.full(n, np.nan)
+        screen_clean[picked] = s["sub_clean"]
+        sc_eff, sc_prompts = effect_rows(s["screen"], screen_clean, {**meta, "method": SCREEN}, n_layers, n_heads, seed)
+        ex_eff, ex_prompts = effect_rows(s["exact"], s["clean"], {**meta, "method": EXACT}, n_layers, n_heads, seed)
+        record = unit_record(result, n_cols, policy, index=i)
+        record["joint"] = [sp.label for sp in specs]
+        merged = sc_eff.merge(ex_eff[["layer", "head", "effect"]], on=["layer", "head"], suffixes=("", "_exact"))
+        rho = spearmanr(merged["effect"], merged["effect_exact"]).statistic if len(merged) > 2 else float("nan")
+        record["spearman_screen_exact"] = None if np.isnan(rho) else float(rho)
+        out.append((pd.concat([sc_eff, ex_eff], ignore_index=True), pd.concat([sc_prompts, ex_prompts], ignore_index=True),
+                    record))
+    return out
 
 
 def unit_meta(facts: dict[str, Any], task: Any, spec: Any) -> dict[str, Any]:
@@ -172,16 +193,40 @@ def unit_meta(facts: dict[str, Any], task: Any, spec: Any) -> dict[str, Any]:
             "alpha": spec.alpha}
 
 
-def unit_result(backend: Any, task: Any, spec: Any, base: str, config: SweepConfig,
-                tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Effects, per-prompt effects and manifest info of one unit, computed on ``backend``."""
+def with_variants(prompts: pd.DataFrame, task: Any) -> pd.DataFrame:
+    """Per-prompt rows with each prompt's template (``variant``: the index of the task variant it was rendered from)."""
+    if prompts.empty:
+        return prompts
+    variants = np.array([int(getattr(pair, "variant", 0)) for pair in task.pairs])
+    return prompts.assign(variant=variants[prompts["prompt"].to_numpy(int)])
+
+
+def unit_results(backend: Any, task: Any, specs: list[Any], base: str, config: SweepConfig,
+                 tick: Callable[[float], None]) -> list[tuple[Any, pd.DataFrame, pd.DataFrame, dict[str, Any]]]:
+    """``(spec, effects, per-prompt effects, manifest info)`` of one task under ``specs``, computed on ``backend``.
+
+    ``screen`` verifies the specs jointly (:func:`_screen_task`); the other methods measure each
+    spec on its own.
+    """
+    facts = backend.describe()
+    metas = [unit_meta(facts, task, spec) for spec in specs]
+    if base == SCREEN:
+        done = _screen_task(backend, task, list(specs), config, metas, tick)
+        return [(spec, eff, with_variants(pr, task), info) for spec, (eff, pr, info) in zip(specs, done)]
+    out = []
+    for spec, meta in zip(specs, metas):
+        eff, prompts, info = _unit_result(backend, task, spec, base, config, meta, tick)
+        out.append((spec, eff, with_variants(prompts, task), info))
+    return out
+
+
+def _unit_result(backend: Any, task: Any, spec: Any, base: str, config: SweepConfig, meta: dict[str, Any],
+                 tick: Callable[[float], None]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Effects, per-prompt effects and manifest info of one exact or attribution unit."""
     verify_k = config.verify
     seed = config.seed
     facts = backend.describe()
     geometry = (facts["n_layers"], facts["n_heads"])
-    meta = unit_meta(facts, task, spec)
-    if base == SCREEN:
-        return _screen_unit(backend, task, spec, config, meta, tick)
     matrix, clean = backend.matrix(task, spec, base, tick=tick)
     eff, prompts = effect_rows(matrix, clean, {**meta, "method": base}, *geometry, seed)
     if base == EXACT or not verify_k:
@@ -207,6 +252,30 @@ def unit_weight(base: str, config: SweepConfig, n_heads_total: int) -> float:
     return n_heads_total * 0.05 + config.verify
 
 
+def work_items(units: list[tuple[Any, Any, str]]) -> list[tuple[Any, list[Any], str]]:
+    """Units as they are computed: ``(task, specs, base)``; a ``screen`` task's interventions go together."""
+    items: list[tuple[Any, list[Any], str]] = []
+    by_task: dict[str, int] = {}
+    for task, spec, base in units:
+        if base == SCREEN and task.name in by_task:
+            items[by_task[task.name]][1].append(spec)
+            continue
+        if base == SCREEN:
+            by_task[task.name] = len(items)
+        items.append((task, [spec], base))
+    return items
+
+
+def _audits(verification: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """The pooled audit of every screen unit, and of each intervention's units."""
+    out = pooled_audit(verification)
+    if len(labels) > 1:
+        out["by_intervention"] = {label: pooled_audit({k: v for k, v in verification.items()
+                                                        if k.split("__")[-2] == unit_key("", label, "").split("__")[-2]})
+                                  for label in labels}
+    return out
+
+
 def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dict[str, Any] | None,
                progress: SweepProgress) -> list[tuple[Any, Any, str]]:
     """Compute and store every unfinished unit; return all units of the run."""
@@ -228,21 +297,34 @@ def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dic
     manifest.setdefault("verification", {})
     store.write_manifest(manifest)
     n_total = facts["n_layers"] * facts["n_heads"]
-    todo = [u for u in units if not store.has_unit(unit_key(u[0].name, u[1].label, u[2]))]
+
+    def missing(item: tuple[Any, list[Any], str]) -> bool:
+        return any(not store.has_unit(unit_key(item[0].name, spec.label, item[2])) for spec in item[1])
+
+    todo = [item for item in work_items(units) if missing(item)]  # a screen task is redone whole (same numbers)
     do_probes = config.probes and not (store.root / PATTERNS).exists()
-    progress.start(len(todo) * unit_weight(base, config, n_total) + (n_total * 0.1 if do_probes else 0), "mapping heads")
+    do_evidence = config.probes and hasattr(backend, "evidence") and not (store.root / EVIDENCE).exists()
+    extra = n_total * 0.1 * (do_probes + do_evidence)
+    progress.start(sum(len(i[1]) for i in todo) * unit_weight(base, config, n_total) + extra, "mapping heads")
     timings = manifest.setdefault("timings", {})
     if do_probes:
         t0 = time.time()
         write_parquet(backend.probes(), store.root / PATTERNS)
         timings["probes_s"] = round(time.time() - t0, 2)
         progress.advance(n_total * 0.1, "probes")
+    if do_evidence:
+        t0 = time.time()
+        write_parquet(backend.evidence(tasks), store.root / EVIDENCE)
+        timings["evidence_s"] = round(time.time() - t0, 2)
+        progress.advance(n_total * 0.1, "attention and OV evidence")
     if hasattr(backend, "units"):  # several units in flight over the workers, stored as each finishes
         results = backend.units(todo, config, progress)
     else:
         results = _in_turn(backend, todo, config, progress)
     for task, spec, base, effects, prompts, info, seconds in results:
         key = unit_key(task.name, spec.label, base)
+        if store.has_unit(key):
+            continue
         store.write_unit(key, effects, prompts)
         manifest["units"][key] = "done"
         timings[key] = round(seconds, 2)
@@ -251,18 +333,20 @@ def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dic
         if info:
             manifest["verification" if base == SCREEN else "attribution"][key] = info
         if base == SCREEN:
-            manifest["audit"] = pooled_audit(manifest["verification"])
+            manifest["audit"] = _audits(manifest["verification"], config.labels)
         store.write_manifest(manifest)
     return units
 
 
-def _in_turn(backend: Any, todo: list[tuple[Any, Any, str]], config: SweepConfig, progress: SweepProgress) -> Any:
-    """Units one after another in this process: ``(task, spec, base, effects, prompts, info, seconds)``."""
-    for task, spec, base in todo:
+def _in_turn(backend: Any, todo: list[tuple[Any, list[Any], str]], config: SweepConfig, progress: SweepProgress) -> Any:
+    """Work items one after another in this process, per spec: ``(task, spec, base, effects, prompts, info, seconds)``."""
+    for task, specs, base in todo:
         t0 = time.time()
-        progress.advance(0, f"{task.name} · {spec.label}")
-        effects, prompts, info = unit_result(backend, task, spec, base, config, lambda n: progress.advance(n))
-        yield task, spec, base, effects, prompts, info, time.time() - t0
+        progress.advance(0, f"{task.name} · {'+'.join(s.label for s in specs)}")
+        done = unit_results(backend, task, specs, base, config, lambda n: progress.advance(n))
+        seconds = (time.time() - t0) / len(done)
+        for spec, effects, prompts, info in done:
+            yield task, spec, base, effects, prompts, info, seconds
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False, handle: Any = None,

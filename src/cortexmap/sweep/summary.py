@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cortexmap.heads import HeadId
-from cortexmap.tasks.stats import bootstrap_cis
+from cortexmap.stats import bootstrap_cis
 
 
 def effect_rows(intervened: np.ndarray, clean: np.ndarray, meta: dict[str, Any], n_layers: int, n_heads: int,

@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
-from scipy.stats import binomtest
 
-BAR = 0.05  # |effect_normalized| at which a head counts as important (5% of the clean metric) ...
-Z_MIN = 3.0  # ... when also this far from zero (the atlas's "active" rule)
+from cortexmap.rules import ACTIVE, ImportanceRule
+from cortexmap.stats import clopper_pearson
+
 TOP = 10
 
 
@@ -46,8 +46,8 @@ class VerifyPolicy:
     min_heads: int = 32
     max_heads: int = 64
     audit: int = 16
-    bar: float = BAR
-    z_min: float = Z_MIN
+    bar: float = ACTIVE.bar
+    z_min: float = ACTIVE.z
     measure_all_if_none: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,52 +63,75 @@ class VerifyPolicy:
 
 @dataclass
 class Verification:
-    """What adaptive verification measured for one unit (columns are ``layer * n_heads + head``)."""
+    """What adaptive verification measured for one unit (columns are ``layer * n_heads + head``).
+
+    With several interventions verified jointly (one task's interventions: every verified or
+    audited head is measured under each), an effect is a tuple of one ``(effect_normalized, z)``
+    per intervention; with one, it is that pair.
+    """
 
     verified: list[int]
     audited: list[int]
-    effects: dict[int, tuple[float, float]]  # column -> exact (effect_normalized, z), verified and audited
+    effects: dict[int, Any]  # column -> (effect_normalized, z), or a tuple of them, verified and audited
     stopped: str  # "rule", "budget", "all" (every head fits the budget) or "none-important" (every head measured)
 
-    def audited_important(self, policy: VerifyPolicy) -> int:
-        return sum(is_important(*self.effects[c], policy) for c in self.audited)
+    def audited_important(self, policy: VerifyPolicy, index: int | None = None) -> int:
+        """Audited heads important under intervention ``index`` (None: under any)."""
+        return sum(_important_at(self.effects[c], policy, index) for c in self.audited)
 
 
 def is_important(effect: float, z: float, policy: VerifyPolicy) -> bool:
-    """``|effect_normalized| >= bar`` and ``|z| >= z_min`` (a NaN z, e.g. one prompt, counts as certain)."""
-    return abs(effect) >= policy.bar and not abs(z) < policy.z_min
+    """The :data:`~cortexmap.rules.ACTIVE` rule at the policy's bar (a NaN z, e.g. one prompt, counts as certain)."""
+    return ImportanceRule(ACTIVE.name, policy.bar, policy.z_min, harmful_only=False).holds(effect, z)
+
+
+def _pairs(value: Any) -> tuple[tuple[float, float], ...]:
+    """One ``(effect, z)`` per intervention, whether ``value`` is one pair or a tuple of pairs."""
+    return tuple(value) if len(value) and isinstance(value[0], (tuple, list)) else (tuple(value),)
+
+
+def _important_at(value: Any, policy: VerifyPolicy, index: int | None) -> bool:
+    pairs = _pairs(value)
+    return any(is_important(*pairs[i], policy) for i in (range(len(pairs)) if index is None else [index]))
 
 
 def screen_order(screen_effect: np.ndarray) -> np.ndarray:
-    """Columns by decreasing screened ``|effect|``; unmeasured (NaN) columns last."""
+    """Columns by decreasing screened ``|effect|`` (the largest over interventions for ``[n_interventions, n]``); NaN last."""
     magnitude = np.nan_to_num(np.abs(np.asarray(screen_effect, dtype=float)), nan=-1.0)
+    if magnitude.ndim == 2:
+        magnitude = magnitude.max(axis=0)
     return np.argsort(-magnitude, kind="stable")
 
 
-def should_stop(values_in_order: list[tuple[float, float]], policy: VerifyPolicy) -> bool:
-    """The stopping rule: none of the last ``chunk`` verified ``(effect, z)`` is important or in the top 10."""
+def should_stop(values_in_order: list[Any], policy: VerifyPolicy) -> bool:
+    """The stopping rule, for every intervention: none of the last ``chunk`` verified is important or in its top 10."""
     chunk = policy.chunk
     if len(values_in_order) < max(chunk, TOP):
         return False
-    magnitudes = np.abs(np.asarray([v[0] for v in values_in_order], dtype=float))
-    tenth = np.sort(magnitudes)[::-1][TOP - 1]
-    last = values_in_order[-chunk:]
-    return not any(is_important(e, z, policy) for e, z in last) and bool((magnitudes[-chunk:] < tenth).all())
+    pairs = [_pairs(v) for v in values_in_order]
+    for i in range(len(pairs[0])):
+        values = [p[i] for p in pairs]
+        magnitudes = np.abs(np.asarray([v[0] for v in values], dtype=float))
+        tenth = np.sort(np.nan_to_num(magnitudes, nan=0.0))[::-1][TOP - 1]
+        last = values[-chunk:]
+        if any(is_important(e, z, policy) for e, z in last) or not bool((magnitudes[-chunk:] < tenth).all()):
+            return False
+    return True
 
 
-def adaptive_verify(order: np.ndarray, measure: Callable[[list[int]], dict[int, tuple[float, float]]],
+def adaptive_verify(order: np.ndarray, measure: Callable[[list[int]], dict[int, Any]],
                     policy: VerifyPolicy, seed: int = 0) -> Verification:
     """Verify columns in ``order`` until :func:`should_stop` (within the budget), then audit the rest.
 
     Args:
         order: every column, best screened first (:func:`screen_order`).
-        measure: exact ``(effect_normalized, z)`` of the given columns (one call per chunk; the
-            audit sample is measured in one call).
+        measure: exact ``(effect_normalized, z)`` of the given columns, or a tuple of them (one per
+            intervention verified jointly); one call per chunk, the audit sample in one call.
         policy: budget and rule.
         seed: seeds the audit sample.
     """
     order = [int(c) for c in order]
-    effects: dict[int, tuple[float, float]] = {}
+    effects: dict[int, Any] = {}
     verified: list[int] = []
     cap = min(len(order), policy.max_heads)
     stopped = "budget"
@@ -120,7 +143,7 @@ def adaptive_verify(order: np.ndarray, measure: Callable[[list[int]], dict[int, 
             stopped = "rule"
             break
     rest = order[len(verified):]
-    if rest and policy.measure_all_if_none and not any(is_important(*effects[c], policy) for c in verified):
+    if rest and policy.measure_all_if_none and not any(_important_at(effects[c], policy, None) for c in verified):
         for start in range(0, len(rest), policy.chunk):
             effects.update(measure(rest[start:start + policy.chunk]))
         return Verification(order, [], effects, "none-important")
@@ -137,15 +160,14 @@ def miss_rate(important: int, audited: int) -> dict[str, float | int | None]:
     """Share of audited (unverified) heads that are important, with its Clopper-Pearson 95% interval."""
     if audited == 0:
         return {"audited": 0, "important": 0, "rate": None, "ci_low": None, "ci_high": None}
-    ci = binomtest(important, audited).proportion_ci(confidence_level=0.95, method="exact")
-    return {"audited": audited, "important": important, "rate": important / audited,
-            "ci_low": float(ci.low), "ci_high": float(ci.high)}
+    low, high = clopper_pearson(important, audited)
+    return {"audited": audited, "important": important, "rate": important / audited, "ci_low": low, "ci_high": high}
 
 
-def unit_record(result: Verification, n_columns: int, policy: VerifyPolicy) -> dict[str, Any]:
-    """The manifest entry of one unit: counts, the stopping reason and its audit."""
+def unit_record(result: Verification, n_columns: int, policy: VerifyPolicy, index: int | None = None) -> dict[str, Any]:
+    """The manifest entry of one unit (intervention ``index`` of a joint verification): counts, stopping reason, audit."""
     unverified = n_columns - len(result.verified)
-    audit = miss_rate(result.audited_important(policy), len(result.audited))
+    audit = miss_rate(result.audited_important(policy, index), len(result.audited))
     return {"screened": n_columns, "verified": len(result.verified), "stopped": result.stopped,
             "unverified": unverified, **{f"audit_{k}": v for k, v in audit.items()}}
 
