@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cortexmap.analysis.resampling import bootstrap_effects, percentile_interval
+from cortexmap.analysis.resampling import bootstrap_effects
+from cortexmap.stats import percentile_interval
 from cortexmap.analysis.selection import effect_arrays, select_effects
 
 from .conftest import N_HEADS, N_LAYERS

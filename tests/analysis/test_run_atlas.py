@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from cortexmap.analysis import AtlasOptions, build_atlas
-from cortexmap.analysis.selection import important_mask, select_effects
+from cortexmap.analysis.selection import select_effects
+from cortexmap.rules import IMPORTANT
 from cortexmap.errors import ResultsError
 
 from .conftest import N_HEADS, N_LAYERS
@@ -35,10 +36,14 @@ def test_build_atlas_on_a_loaded_run_equals_cortexmap_analyze(tmp_path):  # noqa
     cli_atlas, cli = analyze_run(run, n_perm=200)
     library_atlas, library = build_atlas(load_results(run), options=AtlasOptions(n_perm=200))
     stored = json.loads((run / "atlas.json").read_text())
-    assert stored["selection"]["method"] == "exact" == library["selection"]["method"]
-    assert any("screened out" in note for note in library["notes"])
+    assert stored["method"] == "exact" == library.method
+    assert any("screened out" in note for note in library.notes)
     pd.testing.assert_frame_equal(library_atlas, cli_atlas)
-    assert {k: v for k, v in library.items() if k != "model"} == {k: v for k, v in cli.items() if k != "model"}
+    assert [f.text for f in library.findings()] == [f.text for f in cli.findings()]
+    from cortexmap.analysis.run import load_atlas
+
+    loaded = load_atlas(load_results(run))
+    assert loaded is not None and [f.text for f in loaded[1].findings()] == [f.text for f in cli.findings()]
 
 
 def test_screened_out_heads_have_no_effect_and_are_never_important(banded):  # noqa: ANN001
@@ -51,7 +56,7 @@ def test_screened_out_heads_have_no_effect_and_are_never_important(banded):  # n
     assert len(selected) == len(zero)  # every head of every task, measured or screened out
     out = selected[selected["screened_out"]]
     assert len(out) == len(zero) - len(top) and (out["effect_normalized"] == 0).all() and out["ci_low"].isna().all()
-    assert not important_mask(out["effect_normalized"].to_numpy(), out["se_normalized"].to_numpy()).any()
+    assert not IMPORTANT.mask(out["effect_normalized"].to_numpy(), out["se_normalized"].to_numpy()).any()
     kept = selected[~selected["screened_out"]].merge(top, on=["task", "layer", "head"], suffixes=("", "_top"))
     assert np.allclose(kept["effect"], kept["effect_top"])
     atlas, findings = build_atlas(pd.concat([screen, top], ignore_index=True), shape=(N_LAYERS, N_HEADS),

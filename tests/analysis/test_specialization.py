@@ -1,4 +1,4 @@
-"""Tests of cortexmap.analysis.specialization: index, interactions, self-repair."""
+"""Tests of cortexmap.analysis.specialization: the index, the model test, and its calibration."""
 
 from __future__ import annotations
 
@@ -6,13 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cortexmap.analysis.specialization import (
-    pairwise_interactions,
-    redundancy_summary,
-    specialization_index,
-    specialization_summary,
-    specialization_values,
-)
+from cortexmap.analysis.specialization import specialization, specialization_values
+from cortexmap.analysis.view import build_view
 
 from .conftest import N_HEADS, N_LAYERS
 from .synthetic import make_effects
@@ -31,28 +26,17 @@ def test_index_per_head_and_summary() -> None:
     planted = {(2, 1): {"ioi": -0.6}, (6, 3): {t: -0.3 for t in ("ioi", "antonyms", "capitals", "arithmetic",
                                                                      "past_tense", "hypernyms")}}
     planted.update({(9, h): {"capitals": -0.5} for h in range(4)})
-    effects, _ = make_effects(N_LAYERS, N_HEADS, planted, seed=2)
-    table = specialization_index(effects, N_LAYERS, N_HEADS).set_index("head_id")
+    effects, prompts = make_effects(N_LAYERS, N_HEADS, planted, seed=2)
+    view = build_view(effects, (N_LAYERS, N_HEADS), n_boot=200, tables={"prompt_effects": prompts})
+    result = specialization(view)
+    table = result.heads.set_index("head_id")
     assert table.loc["L2H1", "specialization"] > 0.6 and table.loc["L2H1", "top_task"] == "ioi"
     assert table.loc["L6H3", "specialization"] < table.loc["L2H1", "specialization"] - 0.3
-    summary = specialization_summary(effects, N_LAYERS, N_HEADS, n_boot=200, n_perm=200)
-    assert summary["heads"] == "active" and summary["n_heads"] >= 6
-    assert summary["ci_low"] <= summary["mean"] <= summary["ci_high"]
-    assert summary["mean"] > summary["null_p95"] and summary["p_value"] < 0.05
+    assert result.n_heads >= 6 and result.ci_low <= result.mean <= result.ci_high
+    finding = result.findings()[0]
+    assert finding.kind == "specialization" and finding.p_value is None and "not tested" in finding.text
 
 
-def test_summary_of_noise_is_not_significant(null_effects: pd.DataFrame) -> None:
-    summary = specialization_summary(null_effects, N_LAYERS, N_HEADS, active_only=False, n_boot=100, n_perm=200)
-    assert summary["p_value"] > 0.05
-
-
-def test_interaction_signs() -> None:
-    pairs = pd.DataFrame({"task": "ioi", "head_a": ["L1H0", "L2H0", "L3H0"], "head_b": ["L4H0", "L5H0", "L6H0"],
-                          "effect_a": [-0.05, -0.4, -0.2], "effect_b": [-0.05, -0.4, -0.2],
-                          "effect_ab": [-0.6, -0.45, -0.41]})
-    table = pairwise_interactions(pairs)
-    assert table["interaction"].tolist() == pytest.approx([-0.5, 0.35, -0.01])
-    assert table["kind"].tolist() == ["redundant", "sub_additive", "additive"]
-    assert "interaction" not in pairs.columns  # input untouched
-    summary = redundancy_summary(pairs, n_boot=100)
-    assert summary["fraction_redundant"] == pytest.approx(1 / 3)
+def test_noise_has_no_active_head_to_describe(null_effects: pd.DataFrame) -> None:
+    result = specialization(build_view(null_effects, (N_LAYERS, N_HEADS), n_boot=100))
+    assert result.n_heads <= 2 and (result.mean is None or result.findings()[0].verdict == "not evaluated")

@@ -1,107 +1,122 @@
-"""Task adaptivity: does the model recruit heads at a task-specific depth?
+"""Task adaptivity: does one task recruit heads at a depth of its own? A claim about a task, not a level.
 
-For each task, the importance-weighted mean relative depth of its important heads
-(:mod:`cortexmap.analysis.depth`), with a bootstrap interval over prompts and over the task's
-important heads. A task *leans* early or late when its depth differs from the battery median (the
-median of the evaluated tasks' mean depths, recomputed in every replicate):
+For each task, the depth of its important cells (:func:`cortexmap.analysis.levels.task_depths`:
+the importance-weighted mean relative depth), with a bootstrap interval over the task's prompts and
+its important heads. A task *leans* early or late when its cells sit deeper or shallower than the
+battery's important cells do:
 
-* ``diff = mean_depth - battery_median`` with a percentile bootstrap interval;
-* a two-sided bootstrap p-value ``min(1, 2 * min(P*(diff <= 0), P*(diff >= 0)))`` (counts + 1 over
-  replicates + 1), Benjamini-Hochberg q-values over tasks;
+* ``diff = depth - battery_depth``, ``battery_depth`` the weighted mean depth of every important
+  cell of the battery; its interval is the bootstrap of the task's depth minus the battery's;
+* the test is a permutation test of cells: under the null, the task's ``k`` important cells are as
+  good as ``k`` cells drawn without replacement from all the battery's important cells (with their
+  weights); two-sided p ``(1 + #{|null| >= |diff|}) / (1 + n_perm)``, Benjamini-Hochberg q over tasks.
+  (A bootstrap of a task's 3-9 heads is not a test: on a battery where every task draws its heads
+  from one common depth distribution it called 13% of tasks different at nominal 5%;
+  tests/analysis/test_calibration.py keeps this one at its level.)
 * ``lean`` = "early" / "late" when ``q < alpha``, "neither" otherwise, "not evaluated" when the task
-  has fewer than ``min_heads`` important heads (one or two heads pin the depth to their layers and
-  make any interval meaninglessly narrow).
+  has fewer than ``min_heads`` important heads.
 
-This is a bootstrap test, so its p-values are approximate; the set of important heads is held at
-its observed value.
+Whether *levels* differ in depth is the task-level test of :mod:`cortexmap.analysis.levels`; this
+module never pools tasks into levels.
 """
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import false_discovery_control
 
-from cortexmap.analysis.depth import head_resample_counts, layer_mass, mean_depth, normalize_mass
-from cortexmap.analysis.resampling import bootstrap_effects, percentile_interval
-from cortexmap.analysis.selection import IMPORTANT_Z, effect_arrays, importance_of, important_mask, select_effects
+from cortexmap.analysis.findings import Finding, ci, num
+from cortexmap.analysis.levels import TaskDepths, task_depths
+from cortexmap.analysis.records import from_dict, to_dict
+from cortexmap.analysis.view import RunView
+from cortexmap.stats import bh_q, percentile_interval, permutation_p
 
-ADAPTIVITY_COLUMNS = ("task", "level", "n_important", "mean_depth", "ci_low", "ci_high", "battery_median", "diff",
+ADAPTIVITY_COLUMNS = ("task", "level", "n_important", "mean_depth", "ci_low", "ci_high", "battery_depth", "diff",
                       "diff_ci_low", "diff_ci_high", "p_value", "q_value", "lean")
 
 
-def task_depths(
-    effects: pd.DataFrame,
-    n_layers: int,
-    n_heads: int,
-    *,
-    intervention: str | None = None,
-    method: str | None = None,
-    prompt_effects: pd.DataFrame | None = None,
-    z_crit: float = IMPORTANT_Z,
-    min_importance: float = 0.0,
-    min_heads: int = 3,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Per task, where its important heads sit and whether it leans early or late.
+@dataclass(frozen=True)
+class Adaptivity:
+    """Per task (``table``, :data:`ADAPTIVITY_COLUMNS`): its depth and whether it leans early or late."""
 
-    Args:
-        effects: effects table of one model.
-        n_layers: layers of the model.
-        n_heads: heads per layer.
-        intervention: see :func:`~cortexmap.analysis.selection.select_effects`.
-        method: see :func:`~cortexmap.analysis.selection.select_effects`.
-        prompt_effects: optional per-prompt effects for the bootstrap.
-        z_crit: significance rule for "important".
-        min_importance: smallest importance that counts.
-        min_heads: fewest important heads for a task to be compared.
-        n_boot: bootstrap replicates.
-        alpha: level of the q-value rule.
-        seed: random seed.
+    table: pd.DataFrame
+    alpha: float = 0.05
+    min_heads: int = 3
+    method: str = ""
 
-    Returns:
-        One row per task with ``ADAPTIVITY_COLUMNS``; depth columns are NaN for tasks without
-        important heads.
-    """
-    selected = select_effects(effects, intervention=intervention, method=method)
-    arrays = effect_arrays(selected, n_layers, n_heads)
-    draws = bootstrap_effects(arrays, prompt_effects=prompt_effects, n_boot=n_boot, seed=seed,
-                              intervention=selected.attrs["selection"]["intervention"])
-    mask = important_mask(arrays.effect, arrays.se, z_crit=z_crit, min_importance=min_importance)
-    layers = arrays.grid["layer"].to_numpy()
-    rel = arrays.grid.groupby("layer")["rel_depth"].first().to_numpy()
-    observed = mean_depth(normalize_mass(layer_mass(importance_of(arrays.effect) * mask, layers, n_layers)), rel)
-    counts = head_resample_counts(mask, n_boot, np.random.default_rng(seed + 1))
-    boot = mean_depth(normalize_mass(layer_mass(importance_of(draws) * counts, layers, n_layers)), rel)  # [B, T]
-    n_important = mask.sum(axis=0)
-    compared = n_important >= min_heads
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Adaptivity:
+        return from_dict(cls, data)
+
+    def _finding(self, t: dict, verdict: str, text: str, **stats: object) -> Finding:
+        return Finding(kind="adaptivity", task=t["task"], effect=t["diff"], ci_low=t["diff_ci_low"],
+                       ci_high=t["diff_ci_high"], baseline=0.0, baseline_label="depth of the battery's important cells (difference 0)",
+                       p_value=t.get("p_value"), verdict=verdict, method=self.method,
+                       stats={"q_value": t["q_value"], **stats}, text=text)
+
+    def findings(self) -> list[Finding]:
+        rows = self.table.to_dict("records")
+        out = []
+        leaning = [t for t in rows if t["lean"] in ("early", "late")]
+        for t in leaning:
+            text = (f"Task {t['task']} leans {t['lean']}: depth {num(t['mean_depth'])} {ci(t['ci_low'], t['ci_high'])} "
+                    f"vs the battery's important cells {num(t['battery_depth'])} (diff {num(t['diff'])} "
+                    f"{ci(t['diff_ci_low'], t['diff_ci_high'])}, cell-permutation q = {num(t['q_value'], 3)}).")
+            out.append(self._finding(t, f"leans {t['lean']}", text, depth=t["mean_depth"], depth_ci_low=t["ci_low"],
+                                     depth_ci_high=t["ci_high"], battery_depth=t["battery_depth"]))
+        compared = [t for t in rows if t["lean"] != "not evaluated" and t["diff"] is not None and np.isfinite(t["diff"])]
+        if compared and not leaning:
+            t = max(compared, key=lambda r: abs(r["diff"]))
+            text = (f"No task's depth differs from the battery's important cells at q < {self.alpha} ({len(compared)} tasks "
+                    f"compared); largest: {t['task']} diff {num(t['diff'])} {ci(t['diff_ci_low'], t['diff_ci_high'])}, "
+                    f"q = {num(t['q_value'], 3)}.")
+            out.append(self._finding(t, "no difference", text, n_compared=len(compared)))
+        return out
+
+
+def task_adaptivity(view: RunView, *, td: TaskDepths | None = None, min_heads: int = 3, alpha: float = 0.05,
+                    n_perm: int = 2000) -> Adaptivity:
+    """Per task, where its important heads sit and whether it leans early or late (module docstring)."""
+    td = task_depths(view) if td is None else td
+    observed, boot = td.depth, td.boot_depth  # [T], [B, T]
+    compared = td.cells >= min_heads
     low, high = percentile_interval(boot)
-    out = pd.DataFrame({"task": arrays.tasks, "level": arrays.levels, "n_important": n_important,
+    out = pd.DataFrame({"task": list(td.tasks), "level": list(td.levels), "n_important": td.cells.astype(int),
                         "mean_depth": observed, "ci_low": low, "ci_high": high})
     for column in ADAPTIVITY_COLUMNS[6:-1]:
         out[column] = np.nan
     out["lean"] = "not evaluated"
-    if compared.sum() < 2:
-        return out.loc[:, list(ADAPTIVITY_COLUMNS)]
-    median = float(np.median(observed[compared]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # replicates where a task lost all mass
-        boot_median = np.nanmedian(boot[:, compared], axis=1, keepdims=True)
-    diff_boot = boot[:, compared] - boot_median
-    d_low, d_high = percentile_interval(diff_boot)
-    valid = np.isfinite(diff_boot).sum(axis=0)
-    below = (1 + (diff_boot <= 0).sum(axis=0)) / (1 + valid)
-    above = (1 + (diff_boot >= 0).sum(axis=0)) / (1 + valid)
-    p_value = np.minimum(1.0, 2 * np.minimum(below, above))
-    q_value = false_discovery_control(p_value)
-    diff = observed[compared] - median
-    out.loc[compared, "battery_median"] = median
-    out.loc[compared, "diff"] = diff
-    out.loc[compared, "diff_ci_low"], out.loc[compared, "diff_ci_high"] = d_low, d_high
-    out.loc[compared, "p_value"], out.loc[compared, "q_value"] = p_value, q_value
-    out.loc[compared, "lean"] = np.where(q_value < alpha, np.where(diff < 0, "early", "late"), "neither")
-    return out.loc[:, list(ADAPTIVITY_COLUMNS)]
+    heads, tasks = np.nonzero(view.important)
+    if compared.sum() < 1 or len(heads) < 2:
+        return Adaptivity(table=out.loc[:, list(ADAPTIVITY_COLUMNS)], alpha=alpha, min_heads=min_heads,
+                          method=view.describe())
+    depth = view.rel_depth[view.layers[heads]]
+    weight = view.weight[heads, tasks]
+    battery = float((weight * depth).sum() / weight.sum())
+    boot_w = view.weight_draws[:, heads, tasks]  # [B, cells]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot_battery = (boot_w * depth).sum(1) / boot_w.sum(1)
+    rng = np.random.default_rng(view.seed + 15)
+    order = np.argsort(rng.random((n_perm, len(heads))), axis=1)
+    p_value = np.full(len(td.tasks), np.nan)
+    for j in np.flatnonzero(compared):
+        k = int(td.cells[j])
+        picked = order[:, :k]
+        null = (weight[picked] * depth[picked]).sum(1) / weight[picked].sum(1) - battery
+        p_value[j] = float(permutation_p(observed[j] - battery, null, alternative="two-sided"))
+    q_value = bh_q(p_value)
+    diff = observed - battery
+    d_low, d_high = percentile_interval(boot - boot_battery[:, None])
+    out.loc[compared, "battery_depth"] = battery
+    out.loc[compared, "diff"] = diff[compared]
+    out.loc[compared, "diff_ci_low"], out.loc[compared, "diff_ci_high"] = d_low[compared], d_high[compared]
+    out.loc[compared, "p_value"], out.loc[compared, "q_value"] = p_value[compared], q_value[compared]
+    out.loc[compared, "lean"] = np.where(q_value[compared] < alpha, np.where(diff[compared] < 0, "early", "late"),
+                                         "neither")
+    return Adaptivity(table=out.loc[:, list(ADAPTIVITY_COLUMNS)], alpha=alpha, min_heads=min_heads,
+                      method=view.describe())

@@ -1,287 +1,287 @@
-"""The atlas: every analysis of one model's results, as one per-head table and one findings dict.
+"""The atlas: every analysis of one model's run, as one per-head table and one record of typed results.
 
-:func:`build_atlas` runs profiles, functional groups, layer bands and their hypothesis test, named
-roles, specialization, task adaptivity and, when their inputs are given, regulator heads and
-redundancy. It returns
+:func:`build_atlas` builds the run's :class:`~cortexmap.analysis.view.RunView` once (the claim's
+counterfactual interventions, the importance mask, the paired prompt bootstrap) and calls each
+analysis on it; each returns a frozen record with its own ``findings()``:
 
-* a DataFrame with one row per head of the grid (``ATLAS_COLUMNS`` plus ``probe:<probe>`` columns);
-* a JSON-serializable findings dict (NaN -> None, numpy scalars -> Python) holding every
-  statistic with its interval and baseline, ``not_evaluated`` (what could not be tested and why)
-  and ``notes`` (the settings every number depends on). :func:`cortexmap.analysis.summary.summarize_findings` turns it into printable lines.
+=====================  ==============================================================
+record                 module
+=====================  ==============================================================
+agreement              :mod:`cortexmap.analysis.agreement` (interventions agree?)
+depth_order            :mod:`cortexmap.analysis.levels` (tasks as the unit)
+level_depths           :mod:`cortexmap.analysis.levels`
+bands                  :mod:`cortexmap.analysis.levels`
+groups                 :mod:`cortexmap.analysis.groups`
+roles                  :mod:`cortexmap.analysis.roles` (names only with their evidence)
+specialization         :mod:`cortexmap.analysis.specialization`
+adaptivity             :mod:`cortexmap.analysis.adaptivity` (a task's own depth)
+regulators             :mod:`cortexmap.analysis.regulators`
+regulation             :mod:`cortexmap.analysis.regulation`
+redundancy             :mod:`cortexmap.analysis.redundancy`
+errors                 :mod:`cortexmap.analysis.mistakes` (why the model errs)
+=====================  ==============================================================
 
-Bootstrap counts: ``n_boot`` for depth and regulator intervals; groups use ``min(n_boot, 100)``
-replicates and 50 null data sets (each needs a full clustering).
+:class:`AtlasRecords` holds them with the screen's audit and the notes; ``atlas.json`` is its
+:func:`~cortexmap.analysis.records.to_dict` plus the findings' records (``finding_list``), and
+:meth:`AtlasRecords.from_dict` reads it back, so neither the report nor the CLI reads a key of a
+nested dict. :meth:`AtlasRecords.findings` lists every finding in the order the CLI prints them.
 """
 
 from __future__ import annotations
 
 import html
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from cortexmap.analysis.adaptivity import task_depths
-from cortexmap.analysis.bands import DEFAULT_LEVEL_ORDER, band_hypothesis, layer_bands, level_depths
-from cortexmap.analysis.groups import functional_groups
-from cortexmap.analysis.mistakes import MIN_GROUP, edge_rows, error_contrasts, error_summary, head_rows
+from cortexmap.analysis.adaptivity import Adaptivity, task_adaptivity
+from cortexmap.analysis.agreement import Agreement, intervention_agreement
+from cortexmap.analysis.findings import Finding, ci, num
+from cortexmap.analysis.groups import Groups, functional_groups
+from cortexmap.analysis.levels import DepthOrder, LayerBands, LevelDepths, depth_order, layer_bands, level_depths, task_depths
+from cortexmap.analysis.mistakes import Errors, error_analysis
 from cortexmap.analysis.profiles import probe_matrix
-from cortexmap.analysis.regulation import regulation_tests
-from cortexmap.analysis.regulators import condition_contrasts, regulator_scores
-from cortexmap.analysis.roles import closest_candidates, evaluated_roles, passing_roles, role_evidence
-from cortexmap.analysis.selection import effect_arrays, importance_of, important_mask, select_effects
-from cortexmap.analysis.summary import list_findings
-from cortexmap.analysis.specialization import pairwise_interactions, redundancy_summary, specialization_index, specialization_summary
+from cortexmap.analysis.records import from_dict, to_dict
+from cortexmap.analysis.redundancy import Redundancy, pair_redundancy
+from cortexmap.analysis.regulation import Regulation, regulation_analysis
+from cortexmap.analysis.regulators import Regulators, regulator_analysis
+from cortexmap.analysis.roles import Roles, roles
+from cortexmap.analysis.selection import Z95, importance_of
+from cortexmap.analysis.specialization import Specialization, specialization
+from cortexmap.analysis.view import RunView, build_view, view_of_run
 from cortexmap.errors import ResultsError
-from cortexmap.results.layout import CIRCUIT_PROMPTS, INFLUENCE, PAIRS, REGULATION, SCREEN_CONDITION
 
 ATLAS_COLUMNS = ("head_id", "layer", "head", "rel_depth", "group", "group_name", "dominant_level", "top_task",
-                 "top_effect", "top_ci_low", "top_ci_high", "top_significant", "roles", "specialization",
-                 "regulator_score")
-N_TOP_REGULATORS = 10
-
-
-def to_jsonable(value: Any) -> Any:
-    """Convert DataFrames, numpy values and NaN into plain JSON-ready Python (NaN -> None)."""
-    if isinstance(value, pd.DataFrame):
-        return [to_jsonable(r) for r in value.to_dict("records")]
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray, pd.Series)):
-        return [to_jsonable(v) for v in list(value)]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _head_columns(effects: pd.DataFrame, n_layers: int, n_heads: int, intervention: str | None,
-                  method: str | None) -> pd.DataFrame:
-    """Per head: dominant level and top task by importance, with the top task's interval."""
-    selected = select_effects(effects, intervention=intervention, method=method)
-    arrays = effect_arrays(selected, n_layers, n_heads)
-    importance = importance_of(arrays.effect)
-    significant = important_mask(arrays.effect, arrays.se)
-    top = importance.argmax(axis=1)
-    has = importance.max(axis=1) > 0
-    rows = np.arange(len(top))
-    scale = arrays.clean_abs[rows, top]
-    lookup = selected.set_index(["layer", "head", "task"])[["ci_low", "ci_high"]]
-    levels = sorted(set(arrays.levels))
-    by_level = np.stack([importance[:, [j for j, lev in enumerate(arrays.levels) if lev == level]].mean(axis=1)
-                         for level in levels], axis=1)
-    out = pd.DataFrame(index=arrays.grid.index)
-    out["dominant_level"] = [levels[i] if h else None for i, h in zip(by_level.argmax(axis=1), significant.any(axis=1))]
-    out["top_task"] = [arrays.tasks[j] if h else None for j, h in zip(top, has)]
-    out["top_effect"] = np.where(has, arrays.effect[rows, top], np.nan)
-    bounds = [lookup.loc[(lay, hd, arrays.tasks[j])].to_numpy(dtype=float) if h else (np.nan, np.nan)
-              for lay, hd, j, h in zip(arrays.grid["layer"], arrays.grid["head"], top, has)]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["top_ci_low"] = np.array([b[0] for b in bounds]) / scale
-        out["top_ci_high"] = np.array([b[1] for b in bounds]) / scale
-    out["top_significant"] = has & significant[rows, top]
-    return out
+                 "top_effect", "top_ci_low", "top_ci_high", "top_significant", "roles", "critical_for",
+                 "specialization", "regulator_score")
 
 
 @dataclass(frozen=True)
 class AtlasOptions:
-    """How :func:`build_atlas` reads the effects and sizes its statistics.
+    """How :func:`build_atlas` reads the run and sizes its statistics.
 
     Attributes:
-        intervention: the intervention whose rows are read (None: zero ablation when present;
-            see :func:`~cortexmap.analysis.selection.select_effects`).
+        interventions: the claim's interventions (None: the run's counterfactual ones; zero
+            ablation only when the run has nothing else, and every finding then says so).
         method: ``"exact"``, ``"screen"`` or ``"attribution"`` rows (None: exact when present).
         n_boot: bootstrap replicates of every interval.
         n_perm: permutations of each null.
         seed: random seed; every analysis derives its own from it.
     """
 
-    intervention: str | None = None
+    interventions: tuple[str, ...] | None = None
     method: str | None = None
     n_boot: int = 500
     n_perm: int = 2000
     seed: int = 0
 
 
-class Atlas(NamedTuple):
-    """The atlas of one model: a row per head (``table``) and the JSON-ready ``findings`` dict.
+@dataclass(frozen=True)
+class AtlasRecords:
+    """Every analysis record of one atlas (module docstring), with the audit and the notes."""
 
-    Unpacks as ``table, findings = build_atlas(...)``; in Jupyter it displays its findings.
+    model: str
+    n_layers: int
+    n_heads: int
+    interventions: tuple[str, ...]
+    method: str
+    counterfactual: bool
+    claim: str
+    agreement: Agreement
+    depth_order: DepthOrder
+    level_depths: LevelDepths
+    bands: LayerBands
+    groups: Groups
+    roles: Roles
+    specialization: Specialization
+    adaptivity: Adaptivity
+    regulators: Regulators
+    regulation: Regulation
+    redundancy: Redundancy
+    errors: Errors
+    audit: dict | None = None
+    not_evaluated: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every record's fields, plus ``finding_list`` (every finding's record)."""
+        return {**to_dict(self), "finding_list": [f.to_dict() for f in self.findings()]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AtlasRecords:
+        return from_dict(cls, data)
+
+    def findings(self) -> list[Finding]:
+        """Every finding, in the order the CLI prints them (details after their headline)."""
+        out = _audit_findings(self.audit)
+        out += self.agreement.findings()
+        out += self.depth_order.findings() + self.level_depths.findings()
+        out += self.bands.findings() + self.groups.findings() + self.roles.findings()
+        out += self.specialization.findings() + self.adaptivity.findings()
+        out += self.regulators.findings() + self.regulation.findings()
+        out += self.redundancy.findings() + self.errors.findings()
+        out += [Finding(kind="not_evaluated", verdict="not evaluated", text=f"Not evaluated: {note}.")
+                for note in self.not_evaluated]
+        out += [Finding(kind="note", text=f"Note: {note}.") for note in self.notes]
+        return out
+
+
+def summarize_findings(records: AtlasRecords) -> list[str]:
+    """The printable lines of :meth:`AtlasRecords.findings`: each text, details indented by two spaces."""
+    return [f"  {f.text}" if f.parent else f.text for f in records.findings()]
+
+
+def list_findings(records: AtlasRecords) -> list[Finding]:
+    """:meth:`AtlasRecords.findings`."""
+    return records.findings()
+
+
+class Atlas(NamedTuple):
+    """The atlas of one model: a row per head (``table``) and the analyses' ``records``.
+
+    Unpacks as ``table, records = build_atlas(...)``; in Jupyter it displays its findings.
     """
 
     table: pd.DataFrame
-    findings: dict
+    records: AtlasRecords
 
     def _repr_html_(self) -> str:
         items = "".join(f"<li style='margin-left:{2 if f.parent else 0}em'>{html.escape(f.text)}</li>"
-                        for f in list_findings(self.findings))
+                        for f in self.records.findings())
         return f"<div><b>cortexmap atlas: {len(self.table)} heads</b><ul>{items}</ul></div>"
 
 
-def _error_contrasts(prompt_effects: pd.DataFrame | None, circuit_prompts: pd.DataFrame | None, selection: dict,
-                     n_boot: int, n_perm: int, seed: int) -> tuple[list[dict], list[str]]:
-    """Why the model errs: per task, the exact heads' right/wrong contrasts, then the traced circuits' edges'."""
-    heads, reason = head_rows(prompt_effects, selection["intervention"], selection["alpha"])
-    out, notes = [], [reason] if reason else []
-    for kind, rows in (("head", heads), ("edge", edge_rows(circuit_prompts))):
-        contrasts, thin = error_contrasts(rows, n_boot=n_boot, n_perm=n_perm, seed=seed)
-        out += error_summary(contrasts, kind)
-        if thin:
-            notes.append(f"why the model errs ({kind}s): fewer than {MIN_GROUP} right or wrong prompts on "
-                         + ", ".join(thin))
-    return out, notes
+def _audit_findings(audit: dict | None) -> list[Finding]:
+    if not audit or audit.get("rate") is None:
+        return []
+    out = []
+    parts = audit.get("by_intervention") or {"": audit}
+    for label, a in parts.items():
+        if a.get("rate") is None:
+            continue
+        which = f" under {label}" if label else ""
+        text = (f"Screen audit{which}: {a['important']} of {a['audited']} unverified heads drawn at random were active "
+                f"(|effect| >= 5% of clean and |z| >= 3): miss rate {num(a['rate'], 3)} "
+                f"{ci(a['ci_low'], a['ci_high'], 3)} (Clopper-Pearson), i.e. about {num(a['missed_estimate'], 0)} "
+                f"{ci(a['missed_ci_low'], a['missed_ci_high'], 0)} such head-task cells among {a['unverified']} "
+                "unverified; the atlas counts them as having no effect.")
+        stats = {"important": a["important"], "audited": a["audited"], "unverified": a["unverified"],
+                 "missed_estimate": a["missed_estimate"], "missed_estimate_ci_low": a["missed_ci_low"],
+                 "missed_estimate_ci_high": a["missed_ci_high"], "intervention": label or None}
+        out.append(Finding(kind="audit", subject=label or None, text=text, effect=a["rate"], ci_low=a["ci_low"],
+                           ci_high=a["ci_high"], method="exact", stats=stats))
+    return out
 
 
-def build_atlas(
-    run: Any,
-    *,
-    shape: tuple[int, int] | None = None,
-    patterns: pd.DataFrame | None = None,
-    influence: pd.DataFrame | None = None,
-    pairs: pd.DataFrame | None = None,
-    prompt_effects: pd.DataFrame | None = None,
-    audit: dict | None = None,
-    options: AtlasOptions | None = None,
-) -> Atlas:
+def head_table(view: RunView, groups: Groups, role_record: Roles, spec: Specialization,
+               regulators: Regulators) -> pd.DataFrame:
+    """One row per head (:data:`ATLAS_COLUMNS` plus ``probe:<probe>`` columns).
+
+    ``top_task`` is the task with the largest mean harm over the claim interventions; ``top_effect``
+    and its interval are the primary intervention's there; ``top_significant`` says whether the head
+    is important for it (under every claim intervention); ``dominant_level`` is the level of largest
+    mean harm among the head's important tasks.
+    """
+    harm = np.nanmean(np.stack([importance_of(view.arrays[iv].effect) for iv in view.interventions]), axis=0)
+    top = harm.argmax(axis=1)
+    rows = np.arange(len(top))
+    has = harm.max(axis=1) > 0
+    primary = view.arrays[view.primary]
+    effect = primary.effect[rows, top]
+    half = Z95 * primary.se[rows, top]
+    levels = sorted(set(view.levels))
+    important = view.important
+    by_level = np.stack([np.where(important, harm, 0.0)[:, [j for j, lev in enumerate(view.levels) if lev == level]].mean(axis=1)
+                         for level in levels], axis=1)
+    out = groups.assignments.set_index("head_id")[["layer", "head", "rel_depth", "group", "group_name"]].copy()
+    out["dominant_level"] = [levels[i] if any_ else None for i, any_ in zip(by_level.argmax(axis=1), important.any(axis=1))]
+    out["top_task"] = [view.tasks[j] if h else None for j, h in zip(top, has)]
+    out["top_effect"] = np.where(has, effect, np.nan)
+    out["top_ci_low"] = np.where(has, effect - half, np.nan)
+    out["top_ci_high"] = np.where(has, effect + half, np.nan)
+    out["top_significant"] = has & important[rows, top]
+    names = role_record.by_head().set_index("head_id")
+    out["roles"] = names["roles"].reindex(out.index).fillna("") if len(names) else ""
+    out["critical_for"] = names["critical_for"].reindex(out.index).fillna("") if len(names) else ""
+    out["specialization"] = spec.heads.set_index("head_id")["specialization"].reindex(out.index)
+    out["regulator_score"] = np.nan
+    if regulators.scores is not None and len(regulators.scores):
+        out["regulator_score"] = regulators.scores.set_index("head_id")["score"].reindex(out.index)
+    table = out.reset_index().loc[:, list(ATLAS_COLUMNS)]
+    probes = probe_matrix(view.table("patterns"), view.n_layers, view.n_heads).reset_index(drop=True)
+    return pd.concat([table, probes], axis=1)
+
+
+def atlas_of_view(view: RunView, *, effects: pd.DataFrame | None = None, n_perm: int = 2000) -> Atlas:
+    """Run every analysis on a view (module docstring)."""
+    td = task_depths(view)
+    notes = [f"{view.rule.describe()} under each claim intervention"]  # the claim itself is AtlasRecords.claim
+    if (view.tables.get("patterns") is None or not len(view.tables.get("patterns"))):
+        notes.append("no probe table: probe roles not evaluated")
+    screened = [iv for iv in view.interventions if "screened_out" in view.selected[iv]
+                and view.selected[iv]["screened_out"].any()]
+    if screened:
+        measured = view.selected[screened[0]]
+        counts = measured.loc[~measured["screened_out"]].groupby("task").size()
+        notes.append(f"exact rows cover {counts.min()}-{counts.max()} heads per task (verified jointly under "
+                     f"{' and '.join(view.interventions)} in screen order, plus the audit sample); every other head was "
+                     "screened out below the bar and counts as having no effect")
+    if view.table("prompt_effects") is None:
+        notes.append("no per-prompt effects: intervals use the normal approximation of each reported 95% interval")
+    seed = view.seed
+    regulators = regulator_analysis(view)
+    redundancy = pair_redundancy(view)
+    errors = error_analysis(view, flips=view.table("flips"), n_boot=view.n_boot, n_perm=n_perm, seed=seed)
+    not_evaluated: list[str] = []  # each record states its own "not evaluated"
+    groups = functional_groups(view, n_boot=min(view.n_boot, 100), n_null=50)
+    role_record = roles(view)
+    spec = specialization(view)
+    records = AtlasRecords(
+        model=view.model, n_layers=view.n_layers, n_heads=view.n_heads, interventions=tuple(view.interventions),
+        method=view.method, counterfactual=view.counterfactual, claim=view.describe(),
+        agreement=intervention_agreement(view, effects),
+        depth_order=depth_order(view, td=td, n_perm=n_perm), level_depths=level_depths(view, td=td, n_perm=n_perm),
+        bands=layer_bands(view, td=td, n_perm=min(n_perm, 1000)), groups=groups, roles=role_record,
+        specialization=spec, adaptivity=task_adaptivity(view, td=td, n_perm=n_perm), regulators=regulators,
+        regulation=regulation_analysis(view), redundancy=redundancy, errors=errors, audit=view.audit,
+        not_evaluated=not_evaluated, notes=notes + list(errors.notes))
+    return Atlas(head_table(view, groups, role_record, spec, regulators), records)
+
+
+def build_atlas(run: Any, *, shape: tuple[int, int] | None = None, tables: dict[str, pd.DataFrame | None] | None = None,
+                audit: dict | None = None, options: AtlasOptions | None = None) -> Atlas:
     """Run every analysis on one model's results.
 
     Args:
-        run: a loaded run (:func:`~cortexmap.results.load_results`), which supplies the shape, the
-            patterns, the per-prompt effects, the audit and any stored influence / pairs tables
-            (``cortexmap analyze`` calls it so), or an effects table of one model (docs/schema.md)
-            with ``shape`` and the optional tables given here. A table given here replaces the run's.
+        run: a loaded run (:func:`~cortexmap.results.load_results`), which supplies the shape and every
+            stored table (``cortexmap analyze`` calls it so), or an effects table of one model
+            (docs/schema.md) with ``shape`` and any other tables given in ``tables``.
         shape: ``(n_layers, n_heads)`` of the model, with an effects table.
-        patterns: probe table of the same model.
-        influence: influence measurements (see :mod:`cortexmap.analysis.regulators`).
-        pairs: joint-ablation table (see :mod:`cortexmap.analysis.specialization`).
-        prompt_effects: per-prompt effects for the bootstraps.
-        audit: the ``screen`` method's pooled audit (manifest ``audit``), copied into the findings.
-        options: which rows are read and the sizes of the statistics (:class:`AtlasOptions`).
+        tables: the run's other tables by name (``patterns``, ``prompt_effects``, ``evidence``,
+            ``influence``, ``pairs``, ``flips``, ``circuit_prompts``, ``regulation``); with a loaded
+            run, a table given here replaces the run's.
+        audit: the screen's pooled audit (manifest ``audit``), with an effects table.
+        options: the claim's interventions and the sizes of the statistics (:class:`AtlasOptions`).
 
     Returns:
-        An :class:`Atlas`: the per-head table and the JSON-serializable findings dict.
+        An :class:`Atlas`: the per-head table and the :class:`AtlasRecords`.
 
     Raises:
         ResultsError: an effects table without ``shape``.
     """
     opts = options or AtlasOptions()
-    intervention, method, n_boot, n_perm, seed = opts.intervention, opts.method, opts.n_boot, opts.n_perm, opts.seed
+    kw = {"interventions": opts.interventions, "method": opts.method, "n_boot": opts.n_boot, "seed": opts.seed}
     if isinstance(run, pd.DataFrame):
-        effects = run
         if shape is None:
             raise ResultsError("build_atlas needs shape=(n_layers, n_heads) with an effects table: pass the "
                                "manifest's shape, or pass the loaded run")
-    circuit_prompts = regulation = None  # the traced circuits' verified edges per prompt; the edge regulator test
-    if not isinstance(run, pd.DataFrame):
-        circuit_prompts, regulation = run.table(CIRCUIT_PROMPTS), run.table(REGULATION)
-        effects, shape = run.effects, shape or run.shape
-        patterns = patterns if patterns is not None else (run.patterns if len(run.patterns) else None)
-        prompt_effects = prompt_effects if prompt_effects is not None else run.prompt_effects()
-        audit = audit if audit is not None else run.manifest.get("audit")
-        influence = influence if influence is not None else run.table(INFLUENCE)
-        pairs = pairs if pairs is not None else run.table(PAIRS)
-    n_layers, n_heads = shape
-    selected = select_effects(effects, intervention=intervention, method=method)
-    selection = selected.attrs["selection"]
-    kw = {"intervention": selection["intervention"], "method": selection["method"]}
-    notes: list[str] = []
-    method_notes = [f"intervention {selection['intervention']!r}, method {selection['method']!r}; importance = "
-                    "max(0, -effect_normalized); important = harmful with z <= -3"]
-    if "screened_out" in selected and selected["screened_out"].any():
-        measured = selected.loc[~selected["screened_out"]].groupby("task").size()
-        method_notes.append(f"exact rows cover {measured.min()}-{measured.max()} heads per task (verified in screen "
-                            "order, plus the audit sample); every other head was screened out below the bar and "
-                            "counts as having no effect")
-    if audit and audit.get("rate") is not None:
-        method_notes.append(f"screen audit in the manifest: miss rate {audit['rate']:.3f} "
-                            f"(95% CI {audit['ci_low']:.3f}-{audit['ci_high']:.3f}) over {audit['audited']} audited heads")
-    if prompt_effects is None:
-        method_notes.append("no per-prompt effects: intervals use the normal approximation of each reported 95% interval")
-
-    groups = functional_groups(effects, n_layers, n_heads, prompt_effects=prompt_effects, n_boot=min(n_boot, 100),
-                               n_null=50, seed=seed, **kw)
-    hypothesis = band_hypothesis(effects, n_layers, n_heads, prompt_effects=prompt_effects, n_perm=n_perm,
-                                 n_boot=n_boot, seed=seed + 1, **kw)
-    depths = level_depths(effects, n_layers, n_heads, prompt_effects=prompt_effects, n_boot=n_boot, seed=seed + 1, **kw)
-    bands = layer_bands(effects, n_layers, n_heads, prompt_effects=prompt_effects, n_boot=n_boot, seed=seed + 1, **kw)
-    evidence_rows = role_evidence(effects, patterns, **kw)
-    roles = passing_roles(evidence_rows)
-    evidence = evaluated_roles(selected, patterns)
-    spec = specialization_index(effects, n_layers, n_heads, **kw)
-    spec_summary = specialization_summary(effects, n_layers, n_heads, n_boot=n_boot, n_perm=min(n_perm, 1000),
-                                          seed=seed + 2, **kw)
-    adaptivity = task_depths(effects, n_layers, n_heads, prompt_effects=prompt_effects, n_boot=n_boot, seed=seed + 3, **kw)
-
-    missing_levels = sorted(set(DEFAULT_LEVEL_ORDER) - set(selected["level"].astype(str)))
-    if missing_levels:
-        notes.append(f"levels without tasks in this run: {', '.join(missing_levels)}")
-    if hypothesis["verdict"] == "not evaluated":
-        notes.append(f"layer-band hypothesis not evaluated: {hypothesis['note']}")
-    unevaluated = sorted(role for role, found in evidence.items() if not found)
-    if unevaluated:
-        notes.append(f"roles not evaluated (no task or probe in this run): {', '.join(unevaluated)}")
-    thin = adaptivity.loc[adaptivity["lean"] == "not evaluated", "task"].tolist()
-    if thin:
-        notes.append(f"tasks with fewer than 3 important heads, depth not compared: {', '.join(thin)}")
-
-    atlas = groups["assignments"].set_index("head_id")[["layer", "head", "rel_depth", "group", "group_name"]]
-    atlas = atlas.join(_head_columns(effects, n_layers, n_heads, kw["intervention"], kw["method"]))
-    role_sets = roles.groupby("head_id")["role"].agg(lambda r: ";".join(sorted(set(r))))
-    atlas["roles"] = role_sets.reindex(atlas.index).fillna("")
-    atlas["specialization"] = spec.set_index("head_id")["specialization"].reindex(atlas.index)
-    atlas["regulator_score"] = np.nan
-
-    regulators: dict | None = None
-    if influence is not None and len(influence):
-        # A "screen" of every head (few prompts) is the baseline population: the candidate test
-        # compares each head with all heads, not with the few measured on the condition prompts.
-        screened = influence["condition"] == SCREEN_CONDITION
-        scored = influence[screened] if screened.any() else influence
-        scores = regulator_scores(scored, condition=SCREEN_CONDITION if screened.any() else None, n_boot=n_boot, seed=seed + 4)
-        atlas["regulator_score"] = scores.set_index("head_id")["score"].reindex(atlas.index)
-        measured = influence[~screened]
-        contrasts = condition_contrasts(measured if len(measured) else influence, n_boot=n_boot,
-                                        n_perm=min(n_perm, 1000), seed=seed + 5)
-        # Keep the contrasts worth reading: the top heads' and any significant one.
-        keep = contrasts["head_id"].isin(set(scores["head_id"].head(N_TOP_REGULATORS))) | (contrasts["q_value"] < 0.05)
-        regulators = {"top": scores.head(N_TOP_REGULATORS), "n_sources": int(len(scores)), "contrasts": contrasts[keep]}
-        if contrasts.empty:
-            notes.append("no condition pairs to contrast in the influence table")
+        view = build_view(run, shape, tables=tables, audit=audit, **kw)
+        effects = run
     else:
-        notes.append("regulator heads not evaluated: no influence measurements were given")
-    redundancy: dict | None = None
-    if pairs is not None and len(pairs):
-        redundancy = redundancy_summary(pairs, n_boot=n_boot, seed=seed + 6)
-        redundancy["pairs"] = pairwise_interactions(pairs)
-    else:
-        notes.append("redundancy not evaluated: no joint-ablation pairs were given")
-    # seeded as cortexmap circuit / regulate seed them, so their printed numbers are these findings'
-    errors, error_notes = _error_contrasts(prompt_effects, circuit_prompts, selection, n_boot, n_perm, seed)
-    notes += error_notes
-
-    atlas = atlas.reset_index().loc[:, list(ATLAS_COLUMNS)]
-    atlas = pd.concat([atlas, probe_matrix(patterns, n_layers, n_heads).reset_index(drop=True)], axis=1)
-    findings = {
-        "model": selection["model"], "selection": selection, "n_layers": int(n_layers), "n_heads": int(n_heads),
-        "groups": {k: v for k, v in groups.items() if k != "assignments"},
-        "bands": {"hypothesis": hypothesis, "level_depths": depths, "segmentation": bands,
-                  "depth_baseline": 0.5},
-        "roles": {"table": roles, "evaluated": evidence, "closest": closest_candidates(evidence_rows),
-                  "rule": "task: harmful effect with Bonferroni p < 0.05 and |effect| above the 95th percentile of "
-                          "all heads; probe: score above max(0.5, 95th percentile, median + z*MAD)"},
-        "specialization": spec_summary,
-        "adaptivity": adaptivity,
-        "regulators": regulators,
-        "redundancy": redundancy,
-        "errors": errors,
-        "regulation": regulation_tests(regulation, n_boot=n_boot, seed=seed),
-        "not_evaluated": notes,
-        "notes": method_notes,
-        "audit": audit,
-    }
-    findings = to_jsonable(findings)
-    findings["finding_list"] = [f.to_dict() for f in list_findings(findings)]  # typed records (analysis.findings)
-    return Atlas(atlas, findings)
+        view = view_of_run(run, **kw)
+        if tables:
+            view = build_view(run.effects, run.shape, tables={**view.tables, **tables}, audit=view.audit, **kw)
+        effects = run.effects
+    return atlas_of_view(view, effects=effects, n_perm=opts.n_perm)

@@ -4,7 +4,7 @@ A :class:`Finding` holds what a finding is about (``kind``, ``subject``, ``head`
 estimate (``effect`` with its 95% interval ``ci_low`` / ``ci_high``), what the estimate is judged
 against (``baseline``, ``baseline_label``, ``p_value``), the ``verdict`` and the ``method`` the
 numbers rest on, every other number its sentence states (``stats``), and that sentence (``text``).
-:func:`cortexmap.analysis.list_findings` builds them from an atlas findings dict; the CLI prints
+every analysis record's ``findings()`` builds them (:class:`cortexmap.analysis.AtlasRecords`); the CLI prints
 the texts and the report places each finding by its ``kind``, never by the words of its text, so
 rewording a sentence moves nothing.
 
@@ -36,23 +36,33 @@ KINDS = (
     "layer_bands",     # the BIC segmentation into layer bands (headline)
     "band",            # one band and its dominant level's enrichment (detail of layer_bands)
     "groups",          # functional groups: silhouette against a null, stability
-    "role",            # a named role: the strongest passing head, or the closest one
+    "agreement",       # do the counterfactual interventions agree on which heads are important (headline)
+    "disagreement",    # one head-task cell important under one intervention only (detail of agreement)
+    "critical",        # heads critical for a task: harm under every counterfactual intervention, no mechanism named
+    "role",            # a named role: the strongest head with all its evidence, or the closest one
+    "role_evidence",   # one evidence row of a named role (detail of role)
     "specialization",  # mean specialization index against a task-shuffled null
     "adaptivity",      # a task whose importance leans early or late, or the largest difference
     "regulator",       # a regulator candidate, or the top scores when none passes
     "contrast",        # a regulator score that differs between conditions, or the smallest p
     "regulation",      # the edge test: ablating a head changes q/k composition more on demanding inputs
     "redundancy",      # joint ablations: redundant share and mean relative interaction
+    "redundancy_pair", # one pair's interaction with its interval (detail of redundancy)
+    "conservation",    # cross-model: matched head profiles against a null
     "errs",            # why the model errs: a task's heads or edges whose effects differ on wrong prompts (headline)
     "errs_unit",       # one more differing head or edge (detail of errs)
+    "errs_flip",       # a head patched from right into wrong prompts of the same template: flip rate (detail of errs)
     "not_evaluated",   # an analysis that could not run, and why
     "note",            # a setting every number depends on
 )
 
-PARENT_OF = {"depth_step": "depth_order", "level_depth": "depth_order", "band": "layer_bands", "errs_unit": "errs"}
+PARENT_OF = {"depth_step": "depth_order", "level_depth": "depth_order", "band": "layer_bands", "errs_unit": "errs",
+             "errs_flip": "errs", "disagreement": "agreement", "role_evidence": "role",
+             "redundancy_pair": "redundancy"}
 
-VERDICTS = ("supported", "not supported", "not evaluated", "passes", "no head passes", "candidate", "no candidate",
-            "differs", "no difference", "leans early", "leans late")
+VERDICTS = ("supported", "not supported", "not evaluated", "passes", "fails", "no head passes", "candidate",
+            "no candidate", "differs", "no difference", "leans early", "leans late", "critical", "agree", "disagree",
+            "underpowered", "conserved", "not conserved", "flips", "no flip")
 
 
 def num(value: Any, digits: int = 2) -> str:
@@ -134,8 +144,10 @@ class Finding:
         return PARENT_OF.get(self.kind)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field, plus ``parent``."""
-        return {**dataclasses.asdict(self), "parent": self.parent}
+        """A JSON-ready dict of every field (NaN as None), plus ``parent``."""
+        from cortexmap.analysis.records import jsonable
+
+        return jsonable({**dataclasses.asdict(self), "parent": self.parent})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:

@@ -1,42 +1,52 @@
-"""Functional groups: cluster heads by what their intervention does across the task battery.
+"""Functional groups: cluster heads by what intervening on them does across the battery.
 
 Procedure (every choice is stated so it can be challenged):
 
-1. **Inert heads first.** A head is *active* when at least one task has ``|effect_normalized| >=
-   inert_threshold`` (default 0.05: 5% of the clean logit difference) and ``|z| >= inert_z``
-   (default 3, stricter than 1.96 because each head is checked on every task). Others form group
-   0, "inert", and are not clustered: most heads of a model do little, and clustering their noise
+1. **Inert heads first.** A head is *active* when some task makes it :data:`~cortexmap.rules.ACTIVE`
+   under some claim intervention (:mod:`cortexmap.analysis.view`); the others form group 0,
+   "inert", and are not clustered: most heads of a model do little, and clustering their noise
    would only split it arbitrarily.
-2. **Features.** Active heads' signed ``effect_normalized`` per task, z-scored per task over the
-   active heads (NaN -> 0); probe scores are appended (also z-scored) when ``include_probes``.
-3. **k by silhouette.** Ward agglomerative clustering (or k-means) for k = 2..``k_max``; k maximizes
-   the silhouette. Baseline: the best silhouette of ``n_null`` data sets with every feature
-   permuted independently across heads (same marginals, no joint structure); p-value
-   ``(1 + #{null >= observed}) / (1 + n_null)``. A high p says the groups are a partition of a
-   continuum, not evidence of discrete types.
+2. **Features.** Active heads' signed ``effect_normalized`` per (claim intervention, task) column,
+   each column turned into normal scores (ranks -> standard normal quantiles), so that a few heads
+   with very large effects neither dominate the distances nor make a heavy tail look like a
+   cluster. Probe scores are appended likewise when ``include_probes``.
+3. **k by silhouette.** Ward agglomerative clustering (or k-means) for k = 2..``k_max``; k maximises
+   the silhouette. **Null**: the features' principal-component scores, each permuted across heads
+   independently and rotated back (the data's variance along every principal axis and each axis's
+   own distribution, heavy tails included, without any joint structure between axes: a reference
+   in the spirit of the gap statistic's PC-aligned one), ``n_null`` data sets, each clustered the
+   same way; p ``(1 + #{null >= observed}) / (1 + n_null)``. Permuting each *feature* across heads
+   would break the correlation between tasks, so any correlated continuum (heads that matter for
+   many tasks at once) would read as clusters: on simulated heads with one heavy-tailed activity
+   factor and no clusters that null rejected every time, a Gaussian with the same correlation in
+   21% of data sets; this one stays at its level (tests/analysis/test_calibration.py). It is
+   conservative: groups that lie along principal axes partly survive the permutation (about 75%
+   power on three planted groups of 15 heads in 8 tasks), so a high p says the groups are not
+   shown to be discrete types, not that there are none; "supported" needs ``p < alpha``.
 4. **Names.** Each group is named by its dominant level (largest mean ``|effect_normalized|`` over
    its heads and the level's tasks, each task weighing the same) and its top two tasks.
-5. **Stability.** ``n_boot`` bootstrap replicates of the effect table
-   (:mod:`cortexmap.analysis.resampling`) are clustered again with the same k; the set of active
-   heads is held fixed (re-thresholding noisy replicates would let noise heads in and measure the
-   threshold, not the groups). The adjusted Rand index (ARI) against the original grouping, over
-   the active heads, is reported as a mean with a percentile interval. Baseline: ARI 0 is the
-   expected value for unrelated partitions.
+5. **Stability.** The view's prompt-bootstrap replicates are clustered again with the same k (the
+   active set held fixed); the adjusted Rand index (ARI) against the original grouping, over the
+   active heads, is reported as a mean with a percentile interval (0 = unrelated partitions).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm, rankdata
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-from cortexmap.analysis.profiles import probe_matrix, standardize
-from cortexmap.analysis.resampling import bootstrap_effects, percentile_interval
-from cortexmap.analysis.selection import ACTIVE_THRESHOLD, ACTIVE_Z, active_heads, effect_arrays, select_effects
+from cortexmap.analysis.findings import Finding, ci, num
+from cortexmap.analysis.profiles import probe_matrix
+from cortexmap.analysis.records import from_dict, to_dict
+from cortexmap.analysis.view import RunView
 from cortexmap.errors import ResultsError
+from cortexmap.stats import percentile_interval, permutation_p
 
 Algorithm = Literal["ward", "kmeans"]
 
@@ -47,8 +57,8 @@ def _cluster(features: np.ndarray, k: int, algorithm: Algorithm, seed: int) -> n
     return AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(features)
 
 
-def _best_k(features: np.ndarray, k_max: int, algorithm: Algorithm, seed: int) -> tuple[int, dict[int, float], np.ndarray]:
-    """k with the largest silhouette, all silhouettes, and the labels at that k."""
+def best_k(features: np.ndarray, k_max: int, algorithm: Algorithm = "ward", seed: int = 0) -> tuple[int, dict[int, float], np.ndarray]:
+    """k with the largest silhouette, all silhouettes, and the labels at that k (k = 1 when none fits)."""
     scores, labels_at = {}, {}
     for k in range(2, min(k_max, len(features) - 1) + 1):
         labels = _cluster(features, k, algorithm, seed)
@@ -62,116 +72,149 @@ def _best_k(features: np.ndarray, k_max: int, algorithm: Algorithm, seed: int) -
     return k_best, scores, labels_at[k_best]
 
 
-def _grouping(effect: np.ndarray, active: np.ndarray, probes: np.ndarray | None, *, k: int | None, k_max: int,
-              algorithm: Algorithm, seed: int) -> tuple[np.ndarray, int, dict[int, float], np.ndarray]:
-    """Labels over all heads (0 = inert, 1.. by size), k used, silhouettes, features of active heads."""
-    values = effect[active]
+def normal_scores(values: np.ndarray) -> np.ndarray:
+    """Each column's ranks mapped to standard normal quantiles (NaN -> 0; constant columns -> 0)."""
+    out = np.zeros(values.shape)
+    for j in range(values.shape[1]):
+        col = values[:, j]
+        finite = np.isfinite(col)
+        if finite.sum() < 2 or np.nanstd(col) == 0:
+            continue
+        out[finite, j] = norm.ppf((rankdata(col[finite]) - 0.5) / finite.sum())
+    return out
+
+
+def pc_null(features: np.ndarray, n_null: int, k_max: int, algorithm: Algorithm, rng: np.random.Generator,
+            seed: int = 0) -> np.ndarray:
+    """Best silhouettes of ``n_null`` data sets with the features' PC scores permuted independently (module docstring)."""
+    centred = features - features.mean(axis=0)
+    u, s, vt = np.linalg.svd(centred, full_matrices=False)
+    scores = u * s
+    out = np.empty(n_null)
+    for i in range(n_null):
+        draw = rng.permuted(scores, axis=0) @ vt
+        _, sil, _ = best_k(draw, k_max, algorithm, seed)
+        out[i] = max(sil.values()) if sil else np.nan
+    return out
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Functional groups of one view (module docstring).
+
+    ``assignments``: one row per head (``head_id, layer, head, rel_depth, group, group_name``);
+    ``groups``: one row per group (``group, group_name, size, dominant_level, top_tasks,
+    mean_abs_effect, mean_depth``); ``silhouette``: k -> score.
+    """
+
+    assignments: pd.DataFrame
+    groups: pd.DataFrame
+    k: int
+    n_inert: int
+    silhouette: dict[str, float]
+    silhouette_best: float | None
+    null_mean: float | None
+    null_p95: float | None
+    p_value: float | None
+    n_null: int
+    stability_ari: float | None
+    stability_ci_low: float | None
+    stability_ci_high: float | None
+    criterion: str
+    alpha: float = 0.05
+    method: str = ""
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Groups:
+        return from_dict(cls, data)
+
+    @property
+    def verdict(self) -> str:
+        if self.p_value is None:
+            return "not evaluated"
+        return "supported" if self.p_value < self.alpha else "not supported"
+
+    def findings(self) -> list[Finding]:
+        names = ", ".join(f"{g['group_name']} ({g['size']})" for g in self.groups.to_dict("records"))
+        if self.silhouette_best is None:
+            return [Finding(kind="groups", verdict="not evaluated", method=self.method,
+                            text=f"Functional groups: not evaluated (too few active heads to cluster); {names}.")]
+        text = (f"Functional groups: {self.verdict} as discrete groups: k = {self.k} active groups + {self.n_inert} inert "
+                f"heads; silhouette {num(self.silhouette_best)} vs principal components permuted independently "
+                f"{num(self.null_mean)} (95th pct {num(self.null_p95)}, p = {num(self.p_value, 3)}, {self.n_null} data "
+                f"sets); stability ARI {num(self.stability_ari)} {ci(self.stability_ci_low, self.stability_ci_high)} "
+                f"(0 = chance). Groups: {names}.")
+        stats = {"k": self.k, "n_inert": self.n_inert, "null_p95": self.null_p95, "stability_ari": self.stability_ari,
+                 "stability_ari_ci_low": self.stability_ci_low, "stability_ari_ci_high": self.stability_ci_high,
+                 "stability_ari_baseline": 0.0}
+        return [Finding(kind="groups", effect=self.silhouette_best, baseline=self.null_mean,
+                        baseline_label="PC-permutation null mean", p_value=self.p_value,
+                        verdict=self.verdict, method=self.method, stats=stats, text=text)]
+
+
+def _features(view: RunView, values: dict[str, np.ndarray], probes: np.ndarray | None) -> np.ndarray:
+    cols = [values[iv][view.active] for iv in view.interventions]
     if probes is not None and probes.shape[1]:
-        values = np.hstack([values, probes[active]])
-    features = standardize(values)
-    labels = np.zeros(len(effect), dtype=int)
-    if active.sum() == 0:
-        return labels, 0, {}, features
-    if k is None:
-        k, scores, raw = _best_k(features, k_max, algorithm, seed)
-    else:
-        scores = {}
-        raw = _cluster(features, k, algorithm, seed) if 1 < k < active.sum() else np.zeros(int(active.sum()), dtype=int)
-    order = {lab: rank + 1 for rank, (lab, _) in enumerate(sorted(zip(*np.unique(raw, return_counts=True)), key=lambda x: -x[1]))}
-    labels[active] = [order[lab] for lab in raw]
-    return labels, k, scores, features
+        cols.append(probes[view.active])
+    return normal_scores(np.hstack(cols))
 
 
-def functional_groups(
-    effects: pd.DataFrame,
-    n_layers: int,
-    n_heads: int,
-    *,
-    patterns: pd.DataFrame | None = None,
-    include_probes: bool = False,
-    intervention: str | None = None,
-    method: str | None = None,
-    prompt_effects: pd.DataFrame | None = None,
-    k_max: int = 8,
-    algorithm: Algorithm = "ward",
-    inert_threshold: float = ACTIVE_THRESHOLD,
-    inert_z: float = ACTIVE_Z,
-    n_boot: int = 50,
-    n_null: int = 50,
-    seed: int = 0,
-) -> dict:
-    """Cluster heads into functional groups, name them, and measure how stable they are.
-
-    Args:
-        effects: effects table of one model.
-        n_layers: layers of the model.
-        n_heads: heads per layer.
-        patterns: probe table, used when ``include_probes``.
-        include_probes: append probe scores to the clustering features.
-        intervention: see :func:`~cortexmap.analysis.selection.select_effects`.
-        method: see :func:`~cortexmap.analysis.selection.select_effects`.
-        prompt_effects: optional per-prompt effects for the stability bootstrap.
-        k_max: largest number of active groups tried.
-        algorithm: ``"ward"`` (agglomerative) or ``"kmeans"``.
-        inert_threshold: smallest ``|effect_normalized|`` that makes a head active.
-        inert_z: smallest ``|z|`` that makes a head active.
-        n_boot: bootstrap replicates for stability (0 skips it).
-        n_null: permuted data sets for the silhouette baseline (0 skips it).
-        seed: random seed.
-
-    Returns:
-        Dict with ``assignments`` (DataFrame: head_id, layer, head, rel_depth, group,
-        group_name), ``groups`` (DataFrame: group, group_name, size, dominant_level, top_tasks,
-        mean_abs_effect, mean_depth), ``k`` (active groups), ``criterion``, ``silhouette``
-        (k -> score), ``silhouette_best``, ``null_silhouette_mean``, ``null_silhouette_p95``,
-        ``silhouette_p_value``, ``stability`` (ari_mean, ci_low, ci_high, n_boot, baseline) and
-        ``n_inert``.
+def functional_groups(view: RunView, *, include_probes: bool = False, k_max: int = 8, algorithm: Algorithm = "ward",
+                      n_boot: int = 50, n_null: int = 50, alpha: float = 0.05) -> Groups:
+    """Cluster the view's active heads into functional groups, test and name them (module docstring).
 
     Raises:
-        ResultsError: ``k_max`` < 2 or unknown ``algorithm``.
+        ResultsError: ``k_max`` < 2 or an unknown ``algorithm``.
     """
     if k_max < 2:
         raise ResultsError(f"k_max={k_max} leaves nothing to choose: pass k_max >= 2")
     if algorithm not in ("ward", "kmeans"):
         raise ResultsError(f"algorithm {algorithm!r} is unknown: use 'ward' or 'kmeans'")
-    selected = select_effects(effects, intervention=intervention, method=method)
-    arrays = effect_arrays(selected, n_layers, n_heads)
-    probes = probe_matrix(patterns, n_layers, n_heads).to_numpy(dtype=float) if include_probes else None
-    rules = {"k_max": k_max, "algorithm": algorithm, "seed": seed}
-    active = active_heads(arrays.effect, arrays.se, threshold=inert_threshold, z_min=inert_z)
-    labels, k, scores, features = _grouping(arrays.effect, active, probes, k=None, **rules)
-    rng = np.random.default_rng(seed)
-    result: dict = {"k": int(k), "silhouette": scores, "silhouette_best": max(scores.values()) if scores else None,
-                    "criterion": f"k in 2..{k_max} maximizing the silhouette of {algorithm} clusters of z-scored active-head profiles",
-                    "n_inert": int((labels == 0).sum())}
-    null = []
-    if scores and n_null > 0:
-        for _ in range(n_null):
-            shuffled = np.column_stack([rng.permutation(col) for col in features.T])
-            _, null_scores, _ = _best_k(shuffled, k_max, algorithm, seed)
-            null.append(max(null_scores.values()) if null_scores else np.nan)
-    null_arr = np.array(null, dtype=float)
-    has_null = bool(null) and np.isfinite(null_arr).any()
-    result["null_silhouette_mean"] = float(np.nanmean(null_arr)) if has_null else None
-    result["null_silhouette_p95"] = float(np.nanpercentile(null_arr, 95)) if has_null else None
-    result["silhouette_p_value"] = (float((1 + np.sum(null_arr >= result["silhouette_best"])) / (1 + len(null)))
-                                    if has_null else None)
-    aris = []
-    if n_boot > 0:
-        draws = bootstrap_effects(arrays, prompt_effects=prompt_effects, n_boot=n_boot, seed=seed + 1,
-                                  intervention=selected.attrs["selection"]["intervention"])
-        for draw in draws:
-            boot_labels, _, _, _ = _grouping(draw, active, probes, k=max(k, 1), **rules)
-            aris.append(adjusted_rand_score(labels[active], boot_labels[active]) if active.sum() > 1 else 1.0)
-    low, high = percentile_interval(np.array(aris)) if aris else (np.nan, np.nan)
-    result["stability"] = {"ari_mean": float(np.mean(aris)) if aris else None, "ci_low": float(low) if aris else None,
-                           "ci_high": float(high) if aris else None, "n_boot": int(n_boot), "baseline": 0.0}
-    result["groups"], names = _describe(labels, arrays.effect, arrays.tasks, arrays.levels, arrays.grid["rel_depth"].to_numpy())
-    grid = arrays.grid
-    result["assignments"] = pd.DataFrame({"head_id": grid.index, "layer": grid["layer"].to_numpy(), "head": grid["head"].to_numpy(),
-                                          "rel_depth": grid["rel_depth"].to_numpy(), "group": labels,
-                                          "group_name": [names[g] for g in labels]})
-    return result
+    probes = (probe_matrix(view.table("patterns"), view.n_layers, view.n_heads).to_numpy(dtype=float)
+              if include_probes else None)
+    effects = {iv: view.arrays[iv].effect for iv in view.interventions}
+    active = view.active
+    labels = np.zeros(len(view.grid), dtype=int)
+    rng = np.random.default_rng(view.seed + 21)
+    scores: dict[int, float] = {}
+    k, null, aris = 0, np.array([]), []
+    if active.sum() >= 3:
+        features = _features(view, effects, probes)
+        k, scores, raw = best_k(features, k_max, algorithm, view.seed)
+        sizes = sorted(zip(*np.unique(raw, return_counts=True)), key=lambda x: -x[1])
+        order = {lab: rank + 1 for rank, (lab, _) in enumerate(sizes)}
+        labels[active] = [order[lab] for lab in raw]
+        if scores and n_null > 0:
+            null = pc_null(features, n_null, k_max, algorithm, rng, view.seed)
+        if scores and n_boot > 0:
+            draws = view.draws
+            for b in range(min(n_boot, view.n_boot)):
+                boot = _features(view, {iv: draws[iv][b] for iv in view.interventions}, probes)
+                boot_labels = _cluster(boot, k, algorithm, view.seed) if 1 < k < active.sum() else np.zeros(int(active.sum()))
+                aris.append(adjusted_rand_score(labels[active], boot_labels))
+    has_null = null.size and np.isfinite(null).any()
+    best = max(scores.values()) if scores else None
+    low, high = percentile_interval(np.array(aris)) if aris else (None, None)
+    primary = view.arrays[view.primary]
+    groups, names = _describe(labels, primary.effect, list(view.tasks), list(view.levels), view.grid["rel_depth"].to_numpy())
+    grid = view.grid
+    assignments = pd.DataFrame({"head_id": grid.index, "layer": grid["layer"].to_numpy(), "head": grid["head"].to_numpy(),
+                                "rel_depth": grid["rel_depth"].to_numpy(), "group": labels,
+                                "group_name": [names[g] for g in labels]})
+    return Groups(assignments=assignments, groups=groups, k=int(k), n_inert=int((labels == 0).sum()),
+                  silhouette={str(key): v for key, v in scores.items()}, silhouette_best=best,
+                  null_mean=float(np.nanmean(null)) if has_null else None,
+                  null_p95=float(np.nanpercentile(null, 95)) if has_null else None,
+                  p_value=float(permutation_p(best, null[np.isfinite(null)])) if has_null and best is not None else None,
+                  n_null=int(null.size), stability_ari=float(np.mean(aris)) if aris else None,
+                  stability_ci_low=None if low is None else float(low),
+                  stability_ci_high=None if high is None else float(high),
+                  criterion=f"k in 2..{k_max} maximising the silhouette of {algorithm} clusters of the active heads' "
+                            "normal-scored effects over every claim intervention and task",
+                  alpha=alpha, method=view.describe())
 
 
 def _describe(labels: np.ndarray, effect: np.ndarray, tasks: list[str], levels: list[str],

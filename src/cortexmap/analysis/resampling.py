@@ -5,7 +5,9 @@ Two sources of uncertainty, chosen per task:
 * **Prompt bootstrap** (when ``prompt_effects`` covers the task): prompts are resampled with
   replacement, the same resample for every head of the task (heads see the same prompts, so their
   effects are correlated and the resample keeps that), and each head's mean effect is recomputed
-  and divided by its ``|clean|``. The clean metric itself is held fixed.
+  and divided by its ``|clean|``. The clean metric itself is held fixed. A task's resampled
+  prompts depend only on the seed, the task's name and its prompts, so draws of two interventions
+  measured on the same prompts are paired (the same resample in every replicate).
 * **Normal approximation** (otherwise): each head's ``effect_normalized`` is drawn independently
   from ``Normal(effect_normalized, se_normalized)``, ``se_normalized`` implied by the reported 95%
   interval (see :mod:`cortexmap.analysis.selection`). Cells without an interval do not vary. This
@@ -18,7 +20,7 @@ Two sources of uncertainty, chosen per task:
 
 from __future__ import annotations
 
-import warnings
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -69,7 +71,8 @@ def bootstrap_effects(
         sub = rows[rows["task"] == task]
         if sub.empty:
             continue
-        resampled = _prompt_bootstrap(sub, arrays, j, n_heads, n_boot, rng)
+        task_rng = np.random.default_rng([seed, zlib.crc32(str(task).encode())])
+        resampled = _prompt_bootstrap(sub, arrays, j, n_heads, n_boot, task_rng)
         # Heads without per-prompt rows for this task keep their normal-approximation draws.
         covered = np.isfinite(resampled).any(axis=0)
         draws[:, covered, j] = resampled[:, covered]
@@ -91,23 +94,3 @@ def _prompt_bootstrap(sub: pd.DataFrame, arrays: EffectArrays, j: int, n_heads: 
     with np.errstate(invalid="ignore", divide="ignore"):
         means = totals / n_used
         return means / arrays.clean_abs[:, j][None]
-
-
-def percentile_interval(draws: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval along ``axis``, ignoring NaN draws.
-
-    Args:
-        draws: bootstrap replicates.
-        level: coverage, e.g. 0.95.
-        axis: the replicate axis.
-
-    Returns:
-        ``(low, high)`` arrays (NaN where every draw is NaN).
-    """
-    tail = 100 * (1 - level) / 2
-    with warnings.catch_warnings():
-        # All-NaN slices (heads never measured) legitimately give NaN bounds.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low = np.nanpercentile(draws, tail, axis=axis)
-        high = np.nanpercentile(draws, 100 - tail, axis=axis)
-    return np.asarray(low, dtype=float), np.asarray(high, dtype=float)

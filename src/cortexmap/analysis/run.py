@@ -2,64 +2,94 @@
 
 The one module of :mod:`cortexmap.analysis` that reads and writes files (through
 :mod:`cortexmap.results`); everything it computes comes from the pure functions of the package.
-Model-side measurements (regulators, redundancy) are taken first by
-:func:`cortexmap.sweep.measure_run` and read here from the run's files, so analysing is
-torch-free: ``cortexmap analyze`` calls both, ``cortexmap report`` only this.
+Model-side measurements (regulators, redundancy, flips) are taken first by
+:func:`cortexmap.sweep.measure_run` and read here from the run's files, so analysing is torch-free:
+``cortexmap analyze`` calls both, ``cortexmap report`` only this.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from cortexmap.results import load_results, write_card, write_json, write_parquet
-from cortexmap.results.layout import ATLAS, COMPARE, FINDINGS, PAIRS
+from cortexmap.analysis.atlas import AtlasOptions, AtlasRecords, build_atlas
+from cortexmap.analysis.compare import Conservation, compare, scale_comparison
+from cortexmap.analysis.records import jsonable
+from cortexmap.analysis.view import view_of_run
+from cortexmap.results import Results, load_results, write_card, write_json, write_parquet
+from cortexmap.results.layout import ATLAS, COMPARE, FINDINGS
 
 
-def analyze_run(run_dir: str | Path, *, seed: int = 0, n_perm: int = 2000) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Build and write ``atlas.parquet`` and ``atlas.json`` of a run (with its stored influence and pairs).
+def analyze_run(run_dir: str | Path, *, seed: int = 0, n_perm: int = 2000) -> tuple[pd.DataFrame, AtlasRecords]:
+    """Build and write ``atlas.parquet`` and ``atlas.json`` of a run (with every stored table).
 
     Returns:
-        ``(atlas, findings)`` as :func:`~cortexmap.analysis.build_atlas` returns them.
+        ``(atlas, records)`` as :func:`~cortexmap.analysis.build_atlas` returns them.
 
     Raises:
         ResultsError: not a finished run.
     """
-    from cortexmap.analysis.atlas import AtlasOptions, build_atlas
+    results = load_results(run_dir)
+    atlas, records = build_atlas(results, options=AtlasOptions(n_perm=n_perm, seed=seed))
+    write_parquet(atlas, results.root / ATLAS)
+    write_json({**records.to_dict(), "manifest_model": results.manifest["model"]}, results.root / FINDINGS)
+    write_card(results.root, results.manifest)
+    return atlas, records
+
+
+def load_atlas(results: Results) -> tuple[pd.DataFrame, AtlasRecords] | None:
+    """The atlas ``cortexmap analyze`` last wrote, or None when there is none or it predates this cortexmap."""
+    stored = results.atlas()
+    if stored is None:
+        return None
+    table, data = stored
+    try:
+        return table, AtlasRecords.from_dict(data)
+    except (KeyError, TypeError, ValueError):  # written by an older cortexmap: rebuild
+        return None
+
+
+def error_candidates(run_dir: str | Path, *, seed: int = 0, n_perm: int = 2000) -> dict[str, list[str]]:
+    """Heads to patch from right into wrong prompts, per task (why the model errs; torch-free).
+
+    The screen of :func:`cortexmap.analysis.mistakes.error_analysis`, seeded as the atlas seeds it,
+    and the tasks' strongest critical heads (:func:`cortexmap.analysis.mistakes.flip_candidates`);
+    empty for a run without per-prompt effects or without wrong prompts beside right ones.
+    """
+    from cortexmap.analysis.mistakes import error_analysis, flip_candidates
 
     results = load_results(run_dir)
-    atlas, findings = build_atlas(results, options=AtlasOptions(n_perm=n_perm, seed=seed))
-    findings["model"] = results.manifest["model"]
-    write_parquet(atlas, results.root / ATLAS)
-    write_json(findings, results.root / FINDINGS)
-    write_card(results.root, results.manifest)
-    return atlas, findings
+    if results.prompt_effects() is None:
+        return {}
+    view = view_of_run(results, n_boot=50, seed=seed)
+    return flip_candidates(view, error_analysis(view, n_perm=n_perm, seed=seed))
 
 
-def compare_runs(run_dirs: list[str | Path], *, seed: int = 0) -> dict[str, Any]:
-    """Cross-model comparison of two or more runs (the first against each other).
+@dataclass(frozen=True)
+class Comparison:
+    """Cross-model comparison of runs: the first against each other, and the scale table."""
 
-    Returns (and writes to ``compare.json`` of the first run): ``comparisons``, one dict per
-    other run with :func:`~cortexmap.analysis.compare_models`'s statistics and ``matches`` as
-    records (head_a, head_b, similarity, rel_depth_a, rel_depth_b), and ``scale``: one record per
-    model with its specialization and share of important heads (and redundancy when
-    ``analyze --redundancy`` stored ``pairs.parquet``), each with a bootstrap interval.
+    base: str
+    comparisons: list[Conservation]
+    scale: pd.DataFrame
+
+    def to_dict(self) -> dict:
+        return {"base": self.base, "comparisons": [c.to_dict() for c in self.comparisons], "scale": jsonable(self.scale)}
+
+
+def compare_runs(run_dirs: list[str | Path], *, seed: int = 0, n_perm: int = 2000) -> Comparison:
+    """Compare two or more runs (the first against each other) and write ``compare.json`` in the first.
+
+    Each comparison is :func:`cortexmap.analysis.compare.compare` of the two runs' views (profile
+    shapes over the claim interventions and tasks they share; heads permuted within tasks as the
+    null); ``scale`` is :func:`cortexmap.analysis.compare.scale_comparison` of every run.
     """
-    from cortexmap.analysis.compare import compare_models, scale_comparison
-
     runs = [load_results(d) for d in run_dirs]
-    base = runs[0]
-    out: dict[str, Any] = {"base": str(base.root), "comparisons": []}
-    for other in runs[1:]:
-        result = compare_models(base.effects, other.effects, base.shape, other.shape, seed=seed)
-        result["matches"] = result["matches"].to_dict(orient="records")
-        out["comparisons"].append({"a": base.model, "b": other.model, "run_b": str(other.root), **result})
-    effects = pd.concat([r.effects for r in runs], ignore_index=True)
-    shapes = {str(r.effects["model"].iloc[0]): r.shape for r in runs}
-    pairs = {str(r.effects["model"].iloc[0]): r.table(PAIRS) for r in runs if (r.root / PAIRS).exists()}
-    out["scale"] = scale_comparison(effects, shapes, pairs=pairs or None, seed=seed).to_dict(orient="records")
-    write_json(json.loads(json.dumps(out, default=float)), base.root / COMPARE)
+    views = [view_of_run(r, seed=seed) for r in runs]
+    comparisons = [compare(views[0], other, n_perm=n_perm, seed=seed) for other in views[1:]]
+    out = Comparison(str(runs[0].root), comparisons, scale_comparison(views))
+    write_json(json.loads(json.dumps(out.to_dict(), default=float)), runs[0].root / COMPARE)
     return out
