@@ -44,7 +44,8 @@ import cortexmap
 from cortexmap.results import load_results
 from cortexmap.sweep.compute import attribution_matrix, clean_metrics, prepare
 from cortexmap.sweep.runner import subsample_task
-from cortexmap.sweep.verify import BAR, VerifyPolicy, adaptive_verify, is_important, screen_order
+from cortexmap.rules import BAR
+from cortexmap.sweep.verify import VerifyPolicy, adaptive_verify, is_important, screen_order
 from cortexmap.tasks import build_task, encode_task
 
 BUDGETS = (10, 20, 32, 48, 64, 96)

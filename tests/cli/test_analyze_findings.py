@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cortexmap.analysis import list_findings, summarize_findings
+from cortexmap.analysis import AtlasRecords, summarize_findings
 from cortexmap.cli import app
 
 
@@ -19,8 +19,7 @@ def test_analyze_prints_each_finding_text(rich_runs: tuple[Path, Path], tmp_path
     result = CliRunner().invoke(app, ["analyze", str(run), "--permutations", "200"])
     assert result.exit_code == 0, result.output
     printed = [line.removeprefix("• ") for line in result.output.splitlines() if line.startswith("• ")]
-    findings = json.loads((run / "atlas.json").read_text())
-    assert printed == summarize_findings(findings)
-    texts = [f.text for f in list_findings(findings)]
-    assert [line.strip() for line in printed] == texts
-    assert {"regulator", "contrast", "role", "depth_order"} <= {f.kind for f in list_findings(findings)}
+    records = AtlasRecords.from_dict(json.loads((run / "atlas.json").read_text()))
+    assert printed == summarize_findings(records)
+    assert [line.strip() for line in printed] == [f.text for f in records.findings()]
+    assert {"agreement", "regulator", "depth_order"} <= {f.kind for f in records.findings()}

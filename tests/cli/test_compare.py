@@ -12,13 +12,14 @@ from tests.cli.invoke import assert_ok, assert_one_line_error, invoke
 def test_compare_prints_statistics_and_writes_records(rich_runs: tuple[Path, Path], tmp_path: Path) -> None:
     run_a, run_b = (shutil.copytree(r, tmp_path / r.name) for r in rich_runs)
     out = assert_ok(invoke("compare", run_a, run_b))
-    assert "profile conservation" in out and "p = " in out and "95% CI" in out
+    assert "Cross-model conservation, synthetic-a vs synthetic-b" in out and "p = " in out
     assert "scale comparison" in out
     saved = json.loads((run_a / "compare.json").read_text())
     comp = saved["comparisons"][0]
-    assert comp["b"] == "synthetic-b" and 0 <= comp["p_value"] <= 1
-    assert comp["matches"] and {"head_a", "head_b", "similarity"} <= set(comp["matches"][0])
-    assert {row["model"] for row in saved["scale"]} == {"synthetic-b", comp["a"]}
+    assert comp["model_b"] == "synthetic-b" and 0 <= comp["p_value"] <= 1 and comp["n_perm"] >= 1000
+    assert comp["matches"]["rows"] and {"head_a", "head_b", "similarity"} <= set(comp["matches"]["columns"])
+    scale = saved["scale"]
+    assert {row["model"] for row in scale["rows"]} == {"synthetic-b", comp["model_a"]}
 
 
 def test_compare_needs_two_runs(rich_runs: tuple[Path, Path]) -> None:

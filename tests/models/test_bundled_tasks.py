@@ -1,12 +1,15 @@
-"""Slow tests of the task battery on the bundled models' tokenizers (SmolLM2, Gemma-3) and on SmolLM2 itself."""
+"""Slow tests of the task battery on the bundled models' tokenizers (SmolLM2, Gemma-3) and on SmolLM2 itself:
+every task builds 64 pairs with no copy shortcut, cues that both cue_positions paths find alike, every variant used."""
 
 from __future__ import annotations
 
 import pytest
 
 from cortexmap.tasks import MIN_PAIRS, build_task, builtin_task_names, check_tasks, condition_sets, run_probes
-from cortexmap.tasks.core import prompt_ids, single_token
+from cortexmap.tasks.core import cue_positions, prompt_ids, single_token
 from cortexmap.tasks.probes import ordinal_sequences, repeated_random_tokens
+from cortexmap.tasks.templates import builtin_specs
+from tests.tasks.battery_checks import NoOffsets, copy_shortcut, cue_problem, matches_variant
 
 pytestmark = pytest.mark.slow
 
@@ -18,10 +21,18 @@ def test_every_builtin_task_fits_the_bundled_tokenizer(bundled_tokenizer):
         assert len(task.pairs) == 64, (name, task.dropped)
         assert build_task(name, tok, n=64, seed=0).pairs == task.pairs
         assert build_task(name, tok, n=64, seed=1).pairs != task.pairs
+        variants = builtin_specs()[name].variants
+        assert {pair.variant for pair in task.pairs} == set(range(len(variants))), name
         for pair in task.pairs:
             assert single_token(tok, pair.target) is not None and single_token(tok, pair.foil) is not None
             assert pair.target != pair.foil
             assert len(prompt_ids(tok, pair.corrupt)) == len(prompt_ids(tok, pair.prompt)), (name, pair)
+            assert copy_shortcut(pair) is None, (name, pair)
+            assert matches_variant(pair, variants[pair.variant]), (name, pair)
+            assert pair.cue, (name, pair)
+            for cue in pair.cue:
+                assert cue_problem(tok, pair, cue) is None, (name, pair, cue, cue_problem(tok, pair, cue))
+                assert cue_positions(NoOffsets(tok), pair.prompt, cue) == cue_positions(tok, pair.prompt, cue)
 
 
 def test_probe_inputs_and_conditions_fit_the_bundled_tokenizer(bundled_tokenizer):

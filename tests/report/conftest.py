@@ -1,9 +1,13 @@
 """Run directories for the report tests: the committed SmolLM2 run, and seeded synthetic runs.
 
-``small_run`` is a copy of ``tests/data/run_small`` (a real ``cortexmap map --quick`` run) when it
-exists, else a synthetic run of the same layout. ``rich_run`` is synthetic and holds everything
-optional a report can show: two interventions, influence measurements (regulators), a pruning
-curve, and a second model to compare with.
+``small_run`` is a copy of ``tests/data/run_small`` (a real ``cortexmap map --quick`` run, zero
+ablation only) when it exists, else a synthetic zero-ablation run of the same layout: the report
+of a run whose every claim rests on zero ablation. ``rich_runs`` are synthetic: run A is mapped
+with patch, mean and zero (so the claims rest on patch and mean, and zero is shown beside them) and
+holds everything optional a report can show: influence measurements (regulators), a pruning curve,
+a traced circuit, role evidence (a planted name mover on ioi and agreement heads on sva_across_pp),
+joint-intervention pairs (one planted redundant pair) and flip tests; run B is a second model
+mapped with patch and mean, to compare with.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cortexmap.heads import HeadId
 from tests.analysis.synthetic import (
     TASKS,
     make_effects,
@@ -92,10 +97,71 @@ def _circuit(n_layers: int, n_heads: int, model: str, seed: int) -> tuple[pd.Dat
     return table, pd.DataFrame(curves), {"ioi": {"summary": summary}}
 
 
+# Planted role evidence: per task, its statistics and the value every planted head of the task shows.
+EVIDENCE = {"ioi": {"attn_target_minus_foil": 0.45, "attn_target": 0.6, "ov_target": 0.35, "dla": 0.3},
+            "sva_across_pp": {"attn_cue": 0.55}}
+EVIDENCE_HALF = 0.03  # half-width of a planted head's 95% interval
+
+
+def planted_heads(tasks: dict[str, str], n_layers: int, n_heads: int, seed: int) -> dict[str, list[str]]:
+    """Per task, the heads :func:`write_synthetic_run` plants an effect on (``"L2H3"``)."""
+    planted = plant_bands(n_layers, n_heads, per_task=2, seed=seed, tasks=tasks)
+    return {t: sorted(f"L{a}H{b}" for (a, b), effs in planted.items() if t in effs) for t in tasks}
+
+
+def _evidence(tasks: dict[str, str], n_layers: int, n_heads: int, seed: int) -> pd.DataFrame:
+    """Evidence rows (sweep/evidence.py's schema): noise around 0 for every head, the planted values for planted heads."""
+    rng = np.random.default_rng(seed + 5)
+    heads = planted_heads(tasks, n_layers, n_heads, seed)
+    rows = []
+    for task, stats in EVIDENCE.items():
+        if task not in tasks:
+            continue
+        for stat, value in stats.items():
+            for layer in range(n_layers):
+                for head in range(n_heads):
+                    hit = f"L{layer}H{head}" in heads[task]
+                    v = value if hit else float(rng.normal(0.0, 0.02))
+                    half = EVIDENCE_HALF if hit else 0.05
+                    rows.append({"source": "task", "name": task, "layer": layer, "head": head, "stat": stat,
+                                 "value": v, "ci_low": v - half, "ci_high": v + half, "n": 40})
+    return pd.DataFrame(rows)
+
+
+def _pairs(heads: dict[str, list[str]], seed: int, n_prompts: int = 24) -> pd.DataFrame:
+    """Per-prompt joint ablations of each task's two planted heads: redundant on ioi, additive elsewhere."""
+    rng = np.random.default_rng(seed + 6)
+    rows = []
+    for task in ("ioi", "sva_across_pp"):
+        a, b = heads[task][:2]
+        for prompt in range(n_prompts):
+            ea, eb = -0.4 + rng.normal(0, 0.05), -0.3 + rng.normal(0, 0.05)
+            extra = -0.5 if task == "ioi" else 0.0  # super-additive: joint harm beyond the sum
+            rows.append({"task": task, "head_a": a, "head_b": b, "prompt": prompt, "effect_a": ea, "effect_b": eb,
+                         "effect_ab": ea + eb + extra + rng.normal(0, 0.05), "intervention": "patch"})
+    return pd.DataFrame(rows)
+
+
+def _flips(head: str, control: str, n_wrong: int = 8) -> pd.DataFrame:
+    """Flip rows (sweep/flips.py's schema) on ioi: ``head`` patched from right prompts flips 7 of 8, its control none."""
+    rows = []
+    for wrong in range(n_wrong):
+        for role, who, patched in (("candidate", head, 0.4 if wrong else -0.1), ("control", control, -0.4)):
+            at = HeadId.parse(who)
+            for source in (100 + wrong, 200 + wrong):
+                rows.append({"task": "ioi", "variant": wrong % 2, "head_id": who, "layer": at.layer, "head": at.head,
+                             "role": role, "control_of": head, "wrong": wrong, "source": source, "aligned": True,
+                             "unaligned": False, "clean": -0.5, "patched": patched})
+    return pd.DataFrame(rows)
+
+
 def write_synthetic_run(root: Path, *, model: str = "synthetic-a", n_layers: int = 6, n_heads: int = 4, seed: int = 0,
                         interventions: tuple[str, ...] = ("zero",), influence: bool = False, prune: bool = False,
-                        n_tasks: int = 6, circuit: bool = False) -> Path:
-    """Write a schema-valid, finished run directory with planted layer bands; return ``root``."""
+                        n_tasks: int = 6, circuit: bool = False, evidence: bool = False) -> Path:
+    """Write a schema-valid, finished run directory with planted layer bands; return ``root``.
+
+    ``evidence`` adds role evidence, joint-intervention pairs and flip tests on the planted heads.
+    """
     tasks = dict(list(TASKS.items())[:: max(1, len(TASKS) // n_tasks)][:n_tasks])
     planted = plant_bands(n_layers, n_heads, per_task=2, seed=seed, tasks=tasks)
     effects, prompts = [], []
@@ -114,6 +180,13 @@ def write_synthetic_run(root: Path, *, model: str = "synthetic-a", n_layers: int
     if prune:
         (root / "prune").mkdir(exist_ok=True)
         _prune_curve().to_parquet(root / "prune" / "curve.parquet", index=False)
+    if evidence:
+        heads = planted_heads(tasks, n_layers, n_heads, seed)
+        _evidence(tasks, n_layers, n_heads, seed).to_parquet(root / "evidence.parquet", index=False)
+        _pairs(heads, seed).to_parquet(root / "pairs.parquet", index=False)
+        first = HeadId.parse(heads["ioi"][0])
+        control = next(str(HeadId(first.layer, h)) for h in range(n_heads) if str(HeadId(first.layer, h)) not in heads["ioi"])
+        _flips(heads["ioi"][0], control).to_parquet(root / "flips.parquet", index=False)
     manifest = _manifest(model, n_layers, n_heads, tasks, list(interventions))
     if circuit:
         table, curves, manifest["circuits"] = _circuit(n_layers, n_heads, model, seed)
@@ -146,10 +219,12 @@ def small_report(small_run: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def rich_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A synthetic run with regulators, a pruning curve and two interventions, plus a second model."""
+    """Run A (patch, mean and zero; every optional measurement) and run B, a second model (module docstring)."""
     base = tmp_path_factory.mktemp("rich")
-    run_a = write_synthetic_run(base / "a", interventions=("zero", "mean"), influence=True, prune=True, circuit=True)
-    run_b = write_synthetic_run(base / "b", model="synthetic-b", n_layers=8, n_heads=3, seed=1)
+    run_a = write_synthetic_run(base / "a", interventions=("patch", "mean", "zero"), influence=True, prune=True,
+                                circuit=True, evidence=True)
+    run_b = write_synthetic_run(base / "b", model="synthetic-b", n_layers=8, n_heads=3, seed=1,
+                                interventions=("patch", "mean"))
     return run_a, run_b
 
 

@@ -41,8 +41,8 @@ def test_effect_heatmaps_are_split_per_task(rich_runs: tuple[Path, Path]) -> Non
     from cortexmap.report.export import _per_task
     from cortexmap.report.render import build_figures
 
-    fig = build_figures(load_report_data(rich_runs[1]))["effects_zero_exact"]
-    singles = _per_task("effects_zero_exact", fig)
-    assert len(singles) == 6 and all(name.startswith("effects_zero_exact__") for name in singles)
+    fig = build_figures(load_report_data(rich_runs[1]))["effects_patch_exact"]
+    singles = _per_task("effects_patch_exact", fig)
+    assert len(singles) == 6 and all(name.startswith("effects_patch_exact__") for name in singles)
     first = next(iter(singles.values()))
     assert not first.layout.updatemenus and first.layout.title.text

@@ -56,7 +56,7 @@ def test_findings_carry_intervals_and_baselines(small_report: Path) -> None:
     page = small_report.read_text()
     assert "95% CI" in page and "p = " in page
     assert "Depth order" in page and "Functional groups" in page
-    assert 'id="role-table"' in page and "sortable" in page
+    assert 'id="critical-table"' in page and "sortable" in page
 
 
 def test_unmeasured_parts_say_how_to_measure_them(small_run: Path, small_report: Path) -> None:
@@ -70,7 +70,7 @@ def test_rich_run_shows_regulators_comparison_and_pruning(rich_report: Path) -> 
     page = rich_report.read_text()
     figures = _figures(page)
     assert {"regulator_graph", "regulator_scores", "contrasts", "compare_0", "pruning",
-            "effects_zero_exact", "effects_mean_exact"} <= set(figures)
+            "effects_patch_exact", "effects_mean_exact", "effects_zero_exact"} <= set(figures)
     assert "synthetic-a vs synthetic-b" in page
     assert "Regulator candidate L1H2" in page  # the planted regulator, stated with its interval
     assert "--regulators" not in page
@@ -95,8 +95,20 @@ def test_half_written_atlas_is_rebuilt(rich_runs: tuple[Path, Path]) -> None:
     _, run_b = rich_runs
     ensure_atlas(run_b)
     (run_b / "atlas.parquet").unlink()
-    atlas, findings = ensure_atlas(run_b)
-    assert (run_b / "atlas.parquet").exists() and len(atlas) == 8 * 3 and findings["n_layers"] == 8
+    atlas, records = ensure_atlas(run_b)
+    assert (run_b / "atlas.parquet").exists() and len(atlas) == 8 * 3 and records.n_layers == 8
+
+
+def test_an_atlas_written_by_an_older_cortexmap_is_rebuilt(rich_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(rich_runs[1], run, ignore=shutil.ignore_patterns("report.html"))
+    ensure_atlas(run)
+    (run / "atlas.json").write_text(json.dumps({"n_layers": 8, "roles": {"table": [], "evaluated": {}}}))  # old layout
+    _, records = ensure_atlas(run)
+    assert records.n_heads == 3 and records.interventions == ("patch", "mean")
+    assert "interventions" in json.loads((run / "atlas.json").read_text())  # rewritten in the current layout
 
 
 def test_not_a_run_is_refused_with_the_command_to_make_one(tmp_path: Path) -> None:
@@ -137,5 +149,6 @@ def test_a_run_without_important_heads_renders_and_says_so(small_run: Path, tmp_
     effects.assign(intervened=effects["clean"], **zero).to_parquet(run / "effects.parquet")
     page = render_report(run).read_text()
     visible = re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", "", page, flags=re.S))
-    assert "no important heads" in visible and not re.search(r"\bNone\b", visible)
+    assert "no task with important heads" in visible and "No head is critical for" in visible
+    assert not re.search(r"\bNone\b", visible)
     assert render_report(run)._repr_html_().startswith("<iframe srcdoc=")  # displays inline in Jupyter

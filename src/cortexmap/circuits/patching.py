@@ -35,7 +35,7 @@ from cortexmap.circuits.layout import circuit_layout
 from cortexmap.circuits.rewire import RewiredPass
 from cortexmap.circuits.senders import difference_store, record_contributions, source_contributions
 from cortexmap.tasks.core import EncodedBatch, logit_diff
-from cortexmap.tasks.stats import bootstrap_cis
+from cortexmap.stats import bootstrap_cis
 
 
 class PathPatcher:

@@ -48,7 +48,7 @@ from cortexmap.circuits.graph import Graph, node_layer
 from cortexmap.circuits.patching import PathPatcher
 from cortexmap.errors import CortexmapError
 from cortexmap.tasks.core import EncodedBatch, Task, encode_task
-from cortexmap.tasks.stats import bootstrap_cis
+from cortexmap.stats import bootstrap_cis
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
 SCREENS: tuple[str, ...] = ("eap", "eap-ig")
@@ -81,7 +81,7 @@ class CircuitResult:
         timings: seconds per stage and ``total_s``.
         prompts: the verified edges' exact effects per prompt: ``sender, receiver, kind, prompt,
             effect, clean`` (the prompt's clean metric; > 0: the model gets it right), the input of
-            :func:`cortexmap.analysis.mistakes.error_contrasts` (why the model errs).
+            :func:`cortexmap.analysis.mistakes.errors_of_rows` (why the model errs).
     """
 
     edges: pd.DataFrame

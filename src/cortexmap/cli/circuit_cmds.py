@@ -136,29 +136,24 @@ def circuit(
 
 
 def _print_errs(task: str, prompts: Any) -> None:
-    """Why the model errs: the verified edges whose effects differ between right and wrong prompts (as analyze states them)."""
-    import pandas as pd
-
+    """Why the model errs: the verified edges' screen (as analyze states it), its table and its findings."""
     from cortexmap.analysis import AtlasOptions
-    from cortexmap.analysis.mistakes import MIN_GROUP, edge_rows, error_contrasts, error_summary
+    from cortexmap.analysis.mistakes import edge_rows, errors_of_rows
 
     if prompts.empty:
         return
     opts = AtlasOptions()  # the settings of `cortexmap analyze`, so it states the same numbers
-    contrasts, thin = error_contrasts(edge_rows(prompts.assign(task=task)), n_boot=opts.n_boot,
-                                      n_perm=opts.n_perm, seed=opts.seed)
-    if thin:
-        console.print(f"why the model errs: not evaluated, {thin[0]} (needs {MIN_GROUP} of each)")
-        return
-    (e,) = error_summary(contrasts, "edge")
-    shown = pd.DataFrame(e["rows"])
-    table = shown.assign(edge=shown["unit"], **{"wrong - right": [_interval(r.diff, r.ci_low, r.ci_high)
-                                                                  for r in shown.itertuples()]})
-    title = (f"why the model errs ({e['n_right']} right, {e['n_wrong']} wrong prompts, mean clean margin "
-             f"{e['clean_right']:.2f} vs {e['clean_wrong']:.2f}): {e['n_differ']} of {e['n_units']} verified edges "
-             f"differ at q < {e['q']}" + ("" if e["n_differ"] else "; the smallest p"))
-    console.print(table_of(table[["edge", "mean_right", "mean_wrong", "wrong - right", "p_value", "q_value"]],
-                           title=title))
+    errors = errors_of_rows(edge_rows(prompts.assign(task=task)), n_boot=opts.n_boot, n_perm=opts.n_perm,
+                            seed=opts.seed)
+    shown = errors.contrasts.sort_values("p_value").head(8)
+    if len(shown):
+        table = shown.assign(edge=shown["unit"], step=[_interval(r.effect, r.ci_low, r.ci_high)
+                                                       for r in shown.itertuples()])
+        console.print(table_of(table[["edge", "mean_right", "mean_wrong", "unadjusted", "step", "p_value", "q_value"]],
+                               title="why the model errs: verified edges, wrong - right step within template "
+                                     "beyond the clean-margin line"))
+    for f in errors.findings():
+        console.print(f.text, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -210,12 +205,14 @@ def regulate(
     condition: Annotated[str, typer.Option(help="condition contrast: reasoning | ambiguity | length")] = "reasoning",
     prompts: Annotated[int, typer.Option(help="matched easy / demanding pairs")] = 16,
     edges: Annotated[int, typer.Option(help="query/key edges to measure exactly")] = 16,
-    random: Annotated[int, typer.Option("--random", help="random baseline heads (19 lets p reach 0.05)")] = 19,
+    random: Annotated[int, typer.Option(
+        "--random", help="baseline heads drawn at random from the candidate's layer and below, off the edges")] = 19,
+    ablation: Annotated[str, typer.Option(
+        help="how heads are ablated: mean (counterfactual) | zero (off-distribution)")] = "mean",
 ) -> None:
     """The regulator test on edges: does ablating HEAD change other heads' q/k composition more on demanding prompts?"""
     from cortexmap.analysis import AtlasOptions
-    from cortexmap.analysis.regulation import regulation_test
-    from cortexmap.analysis.summary import regulation_finding
+    from cortexmap.analysis.regulation import regulation_record
     from cortexmap.circuits.regulation import measure_regulation
     from cortexmap.circuits.store import write_regulation
     from cortexmap.errors import CortexmapError
@@ -232,10 +229,12 @@ def regulate(
         handle = _load(results.model, results.manifest.get("device", "cpu"), model.get("dtype", "float32"))
         easy, demanding = condition_sets(handle.tokenizer, n=prompts, seed=int(results.manifest.get("seed", 0)))[condition]
         result = measure_regulation(handle, easy, demanding, candidate, n_random=random, n_edges=edges,
-                                    seed=int(results.manifest.get("seed", 0)), condition=condition, progress=_say)
+                                    seed=int(results.manifest.get("seed", 0)), condition=condition, ablation=ablation,
+                                    progress=_say)
         opts = AtlasOptions()  # the settings of `cortexmap analyze`, so it states the same numbers
-        return result, regulation_test(result.prompts, n_boot=opts.n_boot, seed=opts.seed), write_regulation(run_dir, result)
+        return (result, regulation_record(result.prompts, n_boot=opts.n_boot, seed=opts.seed),
+                write_regulation(run_dir, result))
 
     result, test, path = run_guarded(go)
-    console.print(regulation_finding(test).text, soft_wrap=True, markup=False)
+    console.print(test.finding().text, soft_wrap=True, markup=False)
     console.print(f"took {result.timings['total_s']:.0f} s; wrote {path} (cortexmap analyze states it with the findings)")

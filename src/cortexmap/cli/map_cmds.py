@@ -15,7 +15,7 @@ DEFAULT_PROMPTS = 32
 # Options shared by `map` and `plan`.
 Tasks = Annotated[str, typer.Option(help="task names, levels (lexical, ...), comma lists, or all")]
 TaskFile = Annotated[Optional[str], typer.Option(help="JSONL file of your own pairs")]
-Interventions = Annotated[str, typer.Option(help="zero,mean,resample,patch,amplify:ALPHA")]
+Interventions = Annotated[str, typer.Option(help="patch,mean,resample,zero,amplify:ALPHA (default: the counterfactual patch,mean; zero ablation is off-distribution)")]
 Method = Annotated[str, typer.Option(help="auto (exact on a GPU, else screen) | exact | screen | attribution | attribution+verify:K")]
 Prompts = Annotated[int, typer.Option(help="pairs per built-in task")]
 
@@ -93,7 +93,7 @@ def map_(
     model: Model = "smollm2-135m",
     tasks: Tasks = "all",
     task_file: TaskFile = None,
-    interventions: Interventions = "zero",
+    interventions: Interventions = "patch,mean",
     method: Method = DEFAULT_METHOD,
     prompts: Prompts = DEFAULT_PROMPTS,
     out: Annotated[str, typer.Option(help="run directory")] = "runs/smollm2-135m",

@@ -15,21 +15,24 @@ from cortexmap.cli.app import _say, app, console, run_guarded, table_of
 def analyze(
     run_dir: Annotated[str, typer.Argument(help="a run directory written by cortexmap map")],
     regulators: Annotated[bool, typer.Option(help="measure head-to-head influence (loads the model)")] = False,
-    redundancy: Annotated[bool, typer.Option(help="pairwise-ablate each task's strongest heads (loads the model)")] = False,
+    redundancy: Annotated[bool, typer.Option(help="jointly patch each task's strongest heads, two at a time (loads the model)")] = False,
+    flips: Annotated[bool, typer.Option(help="why the model errs: patch heads from right into wrong prompts of the "
+                                             "same template (loads the model when the run has wrong prompts)")] = True,
     seed: int = 0,
     permutations: Annotated[int, typer.Option(help="permutations of each null distribution")] = 2000,
 ) -> None:
-    """Find functional groups, layer bands, head roles and regulator heads; write atlas.parquet + atlas.json."""
+    """Test layer bands, name roles with their evidence, find groups, regulators and why the model errs; write atlas.parquet + atlas.json."""
     from cortexmap.analysis import summarize_findings
-    from cortexmap.analysis.run import analyze_run
+    from cortexmap.analysis.run import analyze_run, error_candidates
     from cortexmap.sweep.measures import measure_run
 
     def go():  # noqa: ANN202
-        measure_run(run_dir, regulators=regulators, redundancy=redundancy, seed=seed, note=_say)
+        candidates = error_candidates(run_dir, seed=seed, n_perm=permutations) if flips else None
+        measure_run(run_dir, regulators=regulators, redundancy=redundancy, flips=candidates, seed=seed, note=_say)
         return analyze_run(run_dir, seed=seed, n_perm=permutations)
 
-    atlas, findings = run_guarded(go)
-    for line in summarize_findings(findings):
+    atlas, records = run_guarded(go)
+    for line in summarize_findings(records):
         console.print(f"• {line}", soft_wrap=True, markup=False)  # a task name in brackets is not a style
     console.print(f"wrote {Path(run_dir) / ATLAS} ({len(atlas)} heads) and {FINDINGS}; next: cortexmap report {run_dir}")
 
@@ -51,26 +54,24 @@ def compare(
     result = run_guarded(go)
     import pandas as pd
 
-    for comp in result["comparisons"]:
-        console.print(
-            f"{comp['a']} vs {comp['b']}: profile conservation {comp['conservation']:.2f} over {comp['n_pairs']} "
-            f"matched active heads and {comp['n_tasks']} tasks vs task-shuffled null mean {comp['null_mean']:.2f} "
-            f"(95th pct {comp['null_p95']:.2f}), p = {comp['p_value']:.3f}; relative depth of matched heads "
-            f"(similarity >= 0.5, {comp['n_depth_pairs']} pairs): Spearman {comp['depth_rho']:.2f} "
-            f"[95% CI {comp['depth_ci_low']:.2f}, {comp['depth_ci_high']:.2f}]", soft_wrap=True)
-        matches = pd.DataFrame(comp["matches"]).head(10)
-        console.print(table_of(matches, title=f"best-matched heads, {comp['a']} vs {comp['b']}", floatfmt="{:.2f}"))
-    def interval(r: dict, key: str) -> str:
-        stem = key.removesuffix("_mean")
-        return f"{r[key]:.2f} [{r[stem + '_ci_low']:.2f}, {r[stem + '_ci_high']:.2f}]"
+    for comp in result.comparisons:
+        for finding in comp.findings():
+            console.print(f"• {finding.text}", soft_wrap=True, markup=False)
+        console.print(table_of(comp.matches.head(10), title=f"best-matched heads, {comp.model_a} vs {comp.model_b}",
+                               floatfmt="{:.2f}"))
+
+    def interval(value: float, low: float, high: float) -> str:
+        return "not measured" if value is None or value != value else f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
     scale = pd.DataFrame([{
         "model": r["model"], "heads": f"{r['n_layers']} x {r['n_heads']}",
-        "specialization (denoised, active heads)": interval(r, "specialization_mean"),
-        "share of heads active": interval(r, "active_share"),
-        "redundant pairs": "not measured" if r["fraction_redundant"] != r["fraction_redundant"] else interval(r, "fraction_redundant"),
-    } for r in result["scale"]])
-    console.print(table_of(scale, title="scale comparison (95% bootstrap intervals over heads)"))
+        "specialization (active heads)": interval(r["specialization_mean"], r["specialization_ci_low"],
+                                                  r["specialization_ci_high"]),
+        "share of heads active": interval(r["active_share"], r["active_share_ci_low"], r["active_share_ci_high"]),
+        "redundant pairs": interval(r["fraction_redundant"], r["fraction_redundant_ci_low"],
+                                    r["fraction_redundant_ci_high"]),
+    } for r in result.scale.to_dict("records")])
+    console.print(table_of(scale, title="scale comparison (95% bootstrap intervals over heads; pairs over tasks)"))
     console.print(f"wrote {Path(run_dirs[0]) / COMPARE}")
 
 

@@ -1,7 +1,8 @@
 """Figures of the findings: layer bands, regulator heads, cross-model matches and pruning curves.
 
 Each function takes the loaded :class:`~cortexmap.report.data.ReportData` (or the part it needs)
-and returns a plotly figure, or ``None`` when its input was not measured. Intervals are the 95%
+and returns a plotly figure, or ``None`` when its input was not measured. Numbers are the fields of
+the typed atlas records (level depths, bands, regulators, conservation); intervals are the 95%
 intervals the analyses report; nothing is re-estimated here except plain means for display.
 """
 
@@ -16,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cortexmap.analysis import influence_matrix, layer_distribution
+from cortexmap.analysis.records import jsonable
 from cortexmap.report.data import Comparison, ReportData
 from cortexmap.report.maps import grid_axes, grid_height, head_details
 from cortexmap.report.theme import (
@@ -61,36 +63,45 @@ def _segments(fig: go.Figure, segmentation: list[dict], n_layers: int, row: int)
                       row=row, col=1)
 
 
+def _rows(frame: pd.DataFrame | None) -> list[dict]:
+    """A record's table as JSON-ready row dicts (NaN as None, numpy scalars unwrapped)."""
+    return [] if frame is None or not len(frame) else [jsonable(r) for r in frame.to_dict("records")]
+
+
+def _numeric(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A copy with ``columns`` as floats (a record read back from JSON holds None where NaN was)."""
+    return frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") for c in columns if c in frame})
+
+
 def band_figure(data: ReportData) -> go.Figure:
     """Level mean depths with 95% CIs (top), the layer bands (middle), importance over depth per level (bottom).
 
     Args:
-        data: the loaded run.
+        data: the loaded run (its level-depth and band records, and its view for the per-layer shares).
 
     Returns:
         The three-row figure over relative depth.
     """
-    bands = data.findings["bands"]
-    sel = data.findings.get("selection", {})
     n_layers = data.results.n_layers
-    dist = layer_distribution(data.results.effects, n_layers, data.results.n_heads,
-                            intervention=sel.get("intervention"), method=sel.get("method"))
+    dist = layer_distribution(data.view)
     per_level = dist.dropna(subset=["share"]).groupby(["level", "layer", "rel_depth"], as_index=False)["share"].mean()
-    depths = [r for r in bands["level_depths"] if r["n_important"]]
+    depths = [r for r in _rows(data.records.level_depths.table) if r["n_evaluated"] and _finite(r["mean_depth"])]
     present = {r["level"] for r in depths} | set(per_level["level"])
     levels = [lv for lv in LEVEL_ORDER if lv in present] + sorted(present - set(LEVEL_ORDER))
-    segmentation = bands.get("segmentation", [])
+    segmentation = _rows(data.records.bands.bands)
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.30, 0.07, 0.63], vertical_spacing=0.035)
     for row in depths:
-        lv = row["level"]
+        lv, mean = row["level"], row["mean_depth"]
+        low, high = (row["ci_low"], row["ci_high"]) if _finite(row["ci_low"]) and _finite(row["ci_high"]) else (mean, mean)
         fig.add_trace(go.Scatter(
-            x=[row["mean_depth"]], y=[lv], mode="markers", marker={"size": 11, "color": level_color(lv)},
-            error_x={"type": "data", "symmetric": False, "array": [row["ci_high"] - row["mean_depth"]],
-                     "arrayminus": [row["mean_depth"] - row["ci_low"]], "color": level_color(lv), "thickness": 2, "width": 5},
+            x=[mean], y=[lv], mode="markers", marker={"size": 11, "color": level_color(lv)},
+            error_x={"type": "data", "symmetric": False, "array": [high - mean], "arrayminus": [mean - low],
+                     "color": level_color(lv), "thickness": 2, "width": 5},
             showlegend=False, legendgroup=lv,
-            hovertemplate=(f"<b>{lv}</b><br>mean relative depth %{{x:.2f}} [95% CI {row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-                           f"<br>{row['n_important']} important head-task cells<extra></extra>")), row=1, col=1)
-    fig.add_vline(x=bands.get("depth_baseline", 0.5), line={"dash": "dot", "color": MUTED, "width": 1}, row=1, col=1)
+            hovertemplate=(f"<b>{lv}</b><br>mean task depth %{{x:.2f}} [95% CI {low:.2f}, {high:.2f}]"
+                           f"<br>{row['n_evaluated']} of {row['n_tasks']} tasks, {row['n_important']} important "
+                           "head-task cells<extra></extra>")), row=1, col=1)
+    fig.add_vline(x=0.5, line={"dash": "dot", "color": MUTED, "width": 1}, row=1, col=1)
     _segments(fig, segmentation, n_layers, row=2)
     for lv in levels:
         rows = per_level[per_level["level"] == lv].sort_values("rel_depth")
@@ -159,29 +170,33 @@ def regulator_graph(data: ReportData) -> go.Figure | None:
     return fig
 
 
-def regulator_bars(data: ReportData) -> go.Figure | None:
-    """Top regulator scores with 95% CIs against the all-heads median and 95th percentile.
+def regulator_bars(data: ReportData, n_top: int = 12) -> go.Figure | None:
+    """Top regulator scores with 95% CIs, each against the 95th percentile of the other heads of its layer.
 
     Args:
         data: the loaded run.
+        n_top: heads shown (best first).
 
     Returns:
-        A bar chart, or None when the findings hold no regulator scores.
+        A bar chart, or None when the run's regulator record holds no scores.
     """
-    regulators = data.findings.get("regulators")
-    if not regulators or not regulators.get("top"):
+    scores = data.records.regulators.scores
+    if scores is None or not len(scores):
         return None
-    top = pd.DataFrame(regulators["top"]).iloc[::-1]
+    top = _numeric(scores.head(n_top).iloc[::-1], ("score", "ci_low", "ci_high", "breadth", "p_value", "baseline_p95"))
     colors = [ACCENT if c else NEUTRAL for c in top["candidate"]]
-    fig = go.Figure(go.Bar(x=top["score"], y=top["head_id"], orientation="h", marker={"color": colors},
+    fig = go.Figure(go.Bar(x=top["score"], y=top["head_id"], orientation="h", marker={"color": colors}, showlegend=False,
                            error_x={"type": "data", "symmetric": False, "array": top["ci_high"] - top["score"],
                                     "arrayminus": top["score"] - top["ci_low"], "color": "#374151", "thickness": 1.2},
-                           customdata=np.stack([top["ci_low"], top["ci_high"], top["breadth"], top["p_breadth"]], axis=1),
+                           customdata=np.stack([top["ci_low"], top["ci_high"], top["breadth"], top["p_value"],
+                                                top["baseline_p95"]], axis=1),
                            hovertemplate="<b>%{y}</b> score %{x:.3f} [95% CI %{customdata[0]:.3f}, %{customdata[1]:.3f}]"
-                                         "<br>breadth %{customdata[2]:.2f}, Bonferroni p %{customdata[3]:.2g}<extra></extra>"))
-    first = top.iloc[0]
-    for value, dash in ((first["baseline_median"], "dot"), (first["baseline_p95"], "dash")):
-        fig.add_vline(x=value, line={"dash": dash, "color": MUTED, "width": 1})
+                                         "<br>breadth %{customdata[2]:.2f}, within-layer rank p %{customdata[3]:.2g} "
+                                         "(Bonferroni)<br>95th pct of its layer's other heads %{customdata[4]:.3f}"
+                                         "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=top["baseline_p95"], y=top["head_id"], mode="markers", showlegend=False,
+                             marker={"symbol": "line-ns-open", "size": 16, "color": MUTED, "line": {"width": 2}},
+                             hovertemplate="%{y}: 95th pct of its layer's other heads %{x:.3f}<extra></extra>"))
     fig.update_layout(**base_layout(height=max(240, 26 * len(top) + 90), xaxis={"title": {"text": "regulator score"},
                                                                                   "gridcolor": GRID}))
     return fig
@@ -194,20 +209,21 @@ def contrast_figure(data: ReportData) -> go.Figure | None:
         data: the loaded run.
 
     Returns:
-        A forest plot, or None when the findings hold no contrasts.
+        A forest plot, or None when the regulator record holds no contrasts.
     """
-    regulators = data.findings.get("regulators")
-    if not regulators or not regulators.get("contrasts"):
+    contrasts = data.records.regulators.contrasts
+    if contrasts is None or not len(contrasts):
         return None
-    table = pd.DataFrame(regulators["contrasts"]).sort_values(["condition_a", "diff"])
-    table["label"] = table["head_id"] + " · " + table["condition_a"] + " − " + table["condition_b"].str.split(":").str[-1]
+    table = _numeric(contrasts, ("diff", "ci_low", "ci_high", "p_value", "q_value")).sort_values(["condition_a", "diff"])
+    table["label"] = (table["head_id"].astype(str) + " · " + table["condition_a"].astype(str) + " − "
+                      + table["condition_b"].astype(str).str.split(":").str[-1])
     significant = table["q_value"].fillna(1.0) < 0.05
     fig = go.Figure(go.Scatter(
         x=table["diff"], y=table["label"], mode="markers",
         marker={"size": 9, "color": [ACCENT if s else "#ffffff" for s in significant], "line": {"width": 1.5, "color": ACCENT}},
         error_x={"type": "data", "symmetric": False, "array": table["ci_high"] - table["diff"],
                  "arrayminus": table["diff"] - table["ci_low"], "color": ACCENT, "thickness": 1.2},
-        customdata=np.stack([table["ci_low"], table["ci_high"], table["p_value"], table["q_value"].fillna(np.nan)], axis=1),
+        customdata=np.stack([table["ci_low"], table["ci_high"], table["p_value"], table["q_value"]], axis=1),
         hovertemplate="<b>%{y}</b><br>difference %{x:.3f} [95% CI %{customdata[0]:.3f}, %{customdata[1]:.3f}]"
                       "<br>permutation p %{customdata[2]:.3g}, q %{customdata[3]:.3g}<extra></extra>"))
     fig.add_vline(x=0, line={"color": MUTED, "width": 1})
@@ -218,7 +234,11 @@ def contrast_figure(data: ReportData) -> go.Figure | None:
 
 
 def compare_figure(comparison: Comparison) -> go.Figure | None:
-    """Matched heads' relative depths (A vs B, coloured by profile similarity) and the similarity distribution.
+    """Matched heads' relative depths (A vs B) and the distribution of their profile correlations.
+
+    Both panels use ``correlation`` (the cosine of the matched heads' centred z-profiles, in
+    [-1, 1]); the conservation score, a mean covariance, is stated beside the figure, not drawn on
+    this scale.
 
     Args:
         comparison: one cross-model comparison.
@@ -226,39 +246,35 @@ def compare_figure(comparison: Comparison) -> go.Figure | None:
     Returns:
         The two-panel figure, or None when the comparison could not be computed.
     """
-    if comparison.result is None:
+    record = comparison.record
+    if record is None or not len(record.matches):
         return None
-    result = comparison.result
-    matches = pd.DataFrame(result["matches"])
+    matches = _numeric(record.matches, ("similarity", "correlation", "rel_depth_a", "rel_depth_b"))
     fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.2,
-                        subplot_titles=("depth of matched heads", "profile similarity of matched pairs"))
+                        subplot_titles=("depth of matched heads", "profile correlation of matched pairs"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": MUTED, "width": 1},
                              hoverinfo="skip", showlegend=False), row=1, col=1)
     fig.add_trace(go.Scatter(
         x=matches["rel_depth_a"], y=matches["rel_depth_b"], mode="markers", showlegend=False,
-        marker={"size": 9, "color": matches["similarity"], "colorscale": "Viridis", "cmin": -1, "cmax": 1,
-                "colorbar": {"title": {"text": "similarity", "side": "top"}, "thickness": 10, "len": 0.8, "x": 0.41,
+        marker={"size": 9, "color": matches["correlation"], "colorscale": "Viridis", "cmin": -1, "cmax": 1,
+                "colorbar": {"title": {"text": "correlation", "side": "top"}, "thickness": 10, "len": 0.8, "x": 0.41,
                              "xanchor": "left"},
                 "line": {"width": 0.5, "color": "#ffffff"}},
-        text=matches["head_a"] + " ↔ " + matches["head_b"],
-        hovertemplate="%{text}<br>similarity %{marker.color:.2f}<br>depth %{x:.2f} → %{y:.2f}<extra></extra>"), row=1, col=1)
-    counts, edges = np.histogram(matches["similarity"], bins=20, range=(-1.0, 1.0))
+        text=matches["head_a"].astype(str) + " ↔ " + matches["head_b"].astype(str),
+        customdata=matches["similarity"],
+        hovertemplate="%{text}<br>correlation %{marker.color:.2f} (covariance %{customdata:.3f})"
+                      "<br>depth %{x:.2f} → %{y:.2f}<extra></extra>"), row=1, col=1)
+    values = matches["correlation"].dropna().clip(-1.0, 1.0)
+    counts, edges = np.histogram(values, bins=20, range=(-1.0, 1.0))
     centers = (edges[:-1] + edges[1:]) / 2
     fig.add_trace(go.Bar(x=centers, y=counts, width=edges[1] - edges[0], marker={"color": hcl_palette(1, start=250)[0]},
-                         showlegend=False, hovertemplate="similarity %{x:.2f}<br>%{y} pairs<extra></extra>"), row=1, col=2)
-    top = max(int(counts.max()), 1)
-    for value, label, dash, color in ((result["conservation"], "observed mean", "solid", "#111827"),
-                                      (result["null_mean"], "null mean", "dot", MUTED),
-                                      (result["null_p95"], "null 95th pct", "dash", MUTED)):
-        fig.add_trace(go.Scatter(x=[value, value], y=[0, top * 1.05], mode="lines", name=f"{label} {value:.2f}",
-                                 line={"dash": dash, "color": color, "width": 1.8},
-                                 hovertemplate=f"{label} %{{x:.3f}}<extra></extra>"), row=1, col=2)
-    fig.update_layout(**base_layout(height=380, margin={"l": 60, "r": 20, "t": 60, "b": 50}, bargap=0.05,
-                                    legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 1, "xanchor": "right",
-                                            "font": {"size": 11}}))
+                         showlegend=False, hovertemplate="correlation %{x:.2f}<br>%{y} pairs<extra></extra>"), row=1, col=2)
+    fig.add_vline(x=record.min_similarity, line={"dash": "dot", "color": MUTED, "width": 1}, row=1, col=2)
+    fig.update_layout(**base_layout(height=380, margin={"l": 60, "r": 20, "t": 60, "b": 50}, bargap=0.05))
     fig.update_xaxes(title={"text": f"relative depth in {comparison.model_a}"}, range=[-0.05, 1.05], row=1, col=1)
     fig.update_yaxes(title={"text": f"relative depth in {comparison.model_b}"}, range=[-0.05, 1.05], row=1, col=1)
-    fig.update_xaxes(title={"text": "cosine similarity of effect profiles"}, range=[-1.02, 1.02], row=1, col=2)
+    fig.update_xaxes(title={"text": "correlation of centred z-profiles (dotted: depth-correlation floor)"},
+                     range=[-1.02, 1.02], row=1, col=2)
     fig.update_yaxes(title={"text": "pairs"}, row=1, col=2)
     return fig
 

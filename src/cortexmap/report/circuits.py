@@ -6,7 +6,8 @@ their head index and its MLP one row below them, the logits at the far right; a 
 ends at the middle of its KV group's query heads. Only the circuit's strongest edges are drawn
 (``N_EDGES``, by |effect|), width proportional to |effect|, orange where patching the edge lowers
 the metric and blue where it raises it; hovering an edge's midpoint gives its numbers, with the
-95% interval of an exact (path-patched) effect. Heads carry their atlas roles in the hover text.
+95% interval of an exact (path-patched) effect. Heads carry their atlas roles (names passed on their
+evidence) and the tasks they are critical for in the hover text.
 :func:`decision_graph` draws one decision (``cortexmap explain``) the same way from its verified
 edges, with hover numbers for a single prompt (screen score, exact effect, share; no intervals).
 """
@@ -115,14 +116,19 @@ def circuit_graph(data: ReportData, task: str) -> go.Figure | None:
     edges = edges.reindex(edges["effect"].abs().sort_values(ascending=False).index).head(N_EDGES)
     n_heads = data.results.n_heads
     n_kv = int(data.results.manifest["model"].get("n_kv_heads") or n_heads)
-    roles = dict(zip(data.atlas["head_id"], data.atlas["roles"].fillna(""))) if "roles" in data.atlas else {}
+    notes = {}
+    for head, named, critical in zip(data.atlas["head_id"], data.atlas["roles"].fillna(""),
+                                     data.atlas["critical_for"].fillna("")):
+        parts = ([f"roles: {named.replace(';', ', ')}"] if named else []) + (
+            [f"critical for: {critical.replace(';', ', ')}"] if critical else [])
+        if parts:
+            notes[head] = "<br>".join(parts)
     hover = []
     for r in edges.itertuples():
         interval = (f" [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}]"
                     if isinstance(r.ci_low, float) and math.isfinite(r.ci_low) else "")
         hover.append(f"{r.sender} → {r.receiver} ({r.kind})<br>effect {r.effect:+.3f}{interval}<br>{r.method}")
-    return edge_graph(edges, hover, data.results.n_layers, n_heads, n_kv,
-                      {n: f"roles: {v.replace(';', ', ')}" for n, v in roles.items() if v})
+    return edge_graph(edges, hover, data.results.n_layers, n_heads, n_kv, notes)
 
 
 def decision_graph(edges: pd.DataFrame, heads: pd.DataFrame, n_layers: int, n_heads: int, n_kv_heads: int, *,

@@ -80,7 +80,7 @@ def export_figures(run_dir: str | Path, out_dir: str | Path, formats: Sequence[s
     Args:
         run_dir: a run directory (its atlas is built first when missing).
         out_dir: directory for the files (created); names are the report's figure names, e.g.
-            ``cortex_map.svg``, ``bands.png``, ``effects_zero_exact__ioi.svg``.
+            ``cortex_map.svg``, ``bands.png``, ``effects_patch_exact__ioi.svg``.
         formats: any of ``"svg"``, ``"png"``, ``"pdf"`` (kaleido + Chromium) and ``"html"`` (no browser
             needed; one interactive file per figure, dropdowns kept, sharing ``plotly.min.js``).
         compare: other runs, for the cross-model figures.

@@ -3,7 +3,9 @@
 Every grid figure puts layers on x (depth grows to the right, as in the layer-band view) and
 heads on y (head 0 on top). Effects are ``effect_normalized`` (a fraction of the clean logit
 difference; negative = the intervention hurts) on a zero-centred RdBu scale; a dot marks an
-*important* cell (harmful with z <= -3, the rule of :mod:`cortexmap.analysis.selection`).
+*important* cell under that intervention (:data:`cortexmap.rules.IMPORTANT`: effect <= -5% of clean
+and z <= -3). The cortex map writes each head's role codes (:data:`ROLE_CODES`, names passed on their
+evidence) and marks a head critical for some task with no mechanism named (:data:`CRITICAL_MARK`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cortexmap.analysis.selection import IMPORTANT_Z, select_effects
+from cortexmap.analysis.selection import select_effects
 from cortexmap.report.data import ReportData
+from cortexmap.rules import IMPORTANT
 from cortexmap.report.theme import (
     EFFECT_SCALE,
     LEVEL_ORDER,
@@ -29,8 +32,9 @@ from cortexmap.report.theme import (
 )
 
 ROLE_CODES = {"previous_token": "PT", "induction": "IND", "duplicate_token": "DUP", "successor": "SUC",
-              "attention_sink": "SNK", "ioi_name_mover": "NM", "coreference": "COR", "subject_verb_agreement": "SVA",
-              "article_noun": "ART", "number_date": "NUM", "fact_retrieval": "FCT", "arithmetic": "AR"}
+              "attention_sink": "SNK", "name_mover": "NM", "negative_name_mover": "NNM", "coreference": "COR",
+              "agreement": "AGR", "fact_retrieval": "FCT", "operand_mover": "OPM"}
+CRITICAL_MARK = "•"  # a head critical for some task, with no mechanism named
 MAX_MATRIX_HEADS = 400
 
 
@@ -38,47 +42,63 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
-def selected_effects(data: ReportData) -> pd.DataFrame:
-    """The effect rows the atlas was built from (its intervention, method and alpha).
+def claim_effects(data: ReportData) -> dict[str, pd.DataFrame]:
+    """The effect rows of every claim intervention of the atlas, on the atlas's method.
 
     Args:
         data: the loaded run.
 
     Returns:
-        :func:`~cortexmap.analysis.select_effects` output for the atlas's selection.
+        ``intervention -> select_effects`` output, in the atlas's claim order.
     """
-    sel = data.findings.get("selection", {})
-    return select_effects(data.results.effects, intervention=sel.get("intervention"), method=sel.get("method"),
-                          alpha=sel.get("alpha"))
+    return {iv: select_effects(data.results.effects, intervention=iv, method=data.records.method)
+            for iv in data.records.interventions}
+
+
+def selected_effects(data: ReportData) -> pd.DataFrame:
+    """The effect rows of the atlas's first claim intervention (what single-intervention figures show)."""
+    iv = data.records.interventions[0]
+    return select_effects(data.results.effects, intervention=iv, method=data.records.method)
+
+
+def _split(value: Any) -> list[str]:
+    return [v for v in value.split(";") if v] if isinstance(value, str) else []
 
 
 def head_details(data: ReportData, n_top: int = 3) -> dict[str, str]:
-    """Hover HTML per head: group, level, roles, strongest task effects with 95% CIs, top probe scores.
+    """Hover HTML per head: group, level, roles, tasks it is critical for, strongest task effects, probe scores.
 
     Args:
         data: the loaded run.
-        n_top: task effects listed per head (largest ``|effect_normalized|`` first).
+        n_top: tasks listed per head (largest ``|effect_normalized|`` under the first claim
+            intervention first), each with every claim intervention's effect and 95% CI.
 
     Returns:
         ``head_id -> HTML`` for every head of the atlas.
     """
-    effects = selected_effects(data)
-    scale = effects["clean"].abs().replace(0.0, np.nan)
-    effects = effects.assign(lo=effects["ci_low"] / scale, hi=effects["ci_high"] / scale,
-                             mag=effects["effect_normalized"].abs())
-    top = effects.sort_values("mag", ascending=False).groupby("head_id").head(n_top)
+    frames = claim_effects(data)
+    ivs = list(frames)
+    cells: dict[tuple[str, str], list[str]] = {}
+    for iv, effects in frames.items():
+        scale = effects["clean"].abs().replace(0.0, np.nan)
+        for head, task, value, lo, hi in zip(effects["head_id"], effects["task"], effects["effect_normalized"],
+                                             effects["ci_low"] / scale, effects["ci_high"] / scale):
+            cells.setdefault((head, task), []).append(f"{iv} {_fmt(value)} [{_fmt(lo)}, {_fmt(hi)}]")
+    first = frames[ivs[0]].assign(mag=lambda f: f["effect_normalized"].abs())
+    top = first.sort_values("mag", ascending=False).groupby("head_id").head(n_top)
     lines_of: dict[str, list[str]] = {}
-    for row in top.itertuples():
-        lines_of.setdefault(row.head_id, []).append(
-            f"{row.task}: {_fmt(row.effect_normalized)} [{_fmt(row.lo)}, {_fmt(row.hi)}]")
+    for head, task in zip(top["head_id"], top["task"]):
+        lines_of.setdefault(head, []).append(f"{task}: {', '.join(cells.get((head, task), []))}")
     probes = [c for c in data.atlas.columns if str(c).startswith("probe:")]
     out = {}
     for row in data.atlas.to_dict("records"):
         head = row["head_id"]
         level = row["dominant_level"] if isinstance(row["dominant_level"], str) else "none (no important task)"
         parts = [f"<b>{head}</b>  ·  {row['group_name']}", f"dominant level: {level}"]
-        if isinstance(row["roles"], str) and row["roles"]:
-            parts.append(f"roles: {row['roles'].replace(';', ', ')}")
+        if _split(row.get("roles")):
+            parts.append(f"roles (on their evidence): {', '.join(_split(row['roles']))}")
+        if _split(row.get("critical_for")):
+            parts.append(f"critical for: {', '.join(_split(row['critical_for']))}")
         parts.append("<i>effect / |clean| [95% CI]</i>")
         parts += lines_of.get(head, ["not measured"])
         scores = sorted(((row[c], c.split(":", 1)[1]) for c in probes if row[c] is not None and math.isfinite(row[c])),
@@ -91,6 +111,17 @@ def head_details(data: ReportData, n_top: int = 3) -> dict[str, str]:
             parts.append(f"regulator score {row['regulator_score']:.3f}")
         out[head] = "<br>".join(parts)
     return out
+
+
+def map_marks(atlas: pd.DataFrame) -> pd.Series:
+    """The text drawn in each head's cell: its first role's code (``+`` for more), else the critical mark, else ""."""
+    def mark(roles: Any, critical: Any) -> str:
+        named = _split(roles)
+        if named:
+            return ROLE_CODES.get(named[0], named[0][:3].upper()) + ("+" if len(named) > 1 else "")
+        return CRITICAL_MARK if _split(critical) else ""
+
+    return pd.Series([mark(r, c) for r, c in zip(atlas["roles"], atlas["critical_for"])], index=atlas.index)
 
 
 def _grid(values: pd.Series, atlas: pd.DataFrame, n_layers: int, n_heads: int, fill: Any = None) -> list[list[Any]]:
@@ -162,8 +193,9 @@ def cortex_map(data: ReportData) -> go.Figure:
     fig = go.Figure(traces)
     cell = (1100 - 120) / max(n_layers, 1)
     if cell >= 20:  # role codes fit in the cells
-        roled = atlas[atlas["roles"].astype(str) != ""]
-        codes_text = [ROLE_CODES.get(r.split(";")[0], r[:3].upper()) + ("+" if ";" in r else "") for r in roled["roles"]]
+        marks = map_marks(atlas)
+        roled = atlas[marks != ""]
+        codes_text = list(marks[marks != ""])
         colors = [text_color(gcolors[int(g)]) for g in roled["group"]]
         fig.add_trace(go.Scatter(x=roled["layer"], y=roled["head"], mode="text", text=codes_text, hoverinfo="skip",
                                  textfont={"size": 9 if cell < 30 else 10, "color": colors}, showlegend=False))
@@ -196,8 +228,7 @@ def _task_views(selected: pd.DataFrame, n_layers: int, n_heads: int) -> list[dic
             value = float(r.effect_normalized) if math.isfinite(r.effect_normalized) else None
             z[hd][lay] = value
             custom[hd][lay] = [_num(r.lo), _num(r.hi), _num(r.clean), _num(r.intervened), _num(r.effect), int(r.n_prompts)]
-            se = r.se_normalized
-            if value is not None and value < 0 and math.isfinite(se) and value <= -IMPORTANT_Z * se:
+            if value is not None and IMPORTANT.mask(value, r.se_normalized):
                 dots[hd][lay] = "•"
         magnitude = rows["effect_normalized"].abs().replace([np.inf, -np.inf], np.nan).dropna()
         bound = float(np.percentile(magnitude, 99)) if len(magnitude) else 1.0
@@ -247,7 +278,7 @@ def effect_heatmap(effects: pd.DataFrame, intervention: str, method: str, n_laye
                       updatemenus=[{"buttons": buttons, "direction": "down", "x": 0, "xanchor": "left", "y": 1.02,
                                     "yanchor": "bottom", "showactive": True, "bgcolor": "#ffffff",
                                     "bordercolor": "#d1d5db", "font": {"size": 12}}],
-                      annotations=[{"text": "• important (harmful, z ≤ −3)", "x": 1, "xref": "paper", "xanchor": "right",
+                      annotations=[{"text": "• important under this intervention (effect ≤ −5% of clean, z ≤ −3)", "x": 1, "xref": "paper", "xanchor": "right",
                                     "y": 1.02, "yref": "paper", "yanchor": "bottom", "showarrow": False,
                                     "font": {"size": 11, "color": MUTED}}])
     return fig

@@ -18,12 +18,14 @@ from cortexmap.report.theme import level_color
 
 # Where each kind of finding is shown: headlines also in the overview, settings and gaps as caveats.
 ROUTES: dict[str, tuple[str, ...]] = {
-    "audit": ("overview",), "depth_order": ("bands", "overview"), "depth_step": ("bands",),
-    "level_depth": ("bands",), "layer_bands": ("bands",), "band": ("bands",), "groups": ("map", "overview"),
-    "role": ("roles",), "specialization": ("overview",), "adaptivity": ("overview",),
+    "audit": ("overview",), "agreement": ("agreement", "overview"), "disagreement": ("agreement",),
+    "depth_order": ("bands", "overview"), "depth_step": ("bands",), "level_depth": ("bands",),
+    "layer_bands": ("bands",), "band": ("bands",), "groups": ("map", "overview"), "critical": ("roles",),
+    "role": ("roles",), "role_evidence": ("roles",), "specialization": ("overview",), "adaptivity": ("overview",),
     "regulator": ("regulators", "overview"), "contrast": ("regulators",),
-    "regulation": ("regulators", "overview"), "redundancy": ("overview",),
-    "errs": ("overview",), "errs_unit": ("overview",), "not_evaluated": ("caveats",), "note": ("caveats",),
+    "regulation": ("regulators", "overview"), "redundancy": ("overview",), "redundancy_pair": ("overview",),
+    "conservation": ("compare",), "errs": ("overview",), "errs_unit": ("overview",), "errs_flip": ("overview",),
+    "not_evaluated": ("caveats",), "note": ("caveats",),
 }
 
 
@@ -47,13 +49,33 @@ def route_findings(findings: Iterable[Finding]) -> dict[str, list[Finding]]:
 
 
 def findings_list(findings: Sequence[Finding], css: str = "findings") -> str:
-    """A bullet list of findings' texts, the label before the first colon in bold."""
+    """A bullet list of findings' texts, the label before the first colon in bold.
+
+    A detail finding (one with a ``parent`` kind) is indented under the headline it follows.
+    """
     items = []
     for finding in findings:
         head, sep, rest = finding.text.partition(": ")
         text = f"<b>{esc(head)}</b>: {esc(rest)}" if sep and len(head) < 100 else esc(finding.text)
-        items.append(f"<li>{text}</li>")
+        items.append(f'<li class="detail">{text}</li>' if finding.parent else f"<li>{text}</li>")
     return f'<ul class="{css}">{"".join(items)}</ul>' if items else ""
+
+
+def sentences(findings: Sequence[Finding], label: str = "As sentences") -> str:
+    """Findings already drawn as a table, as their sentences in a collapsed block (empty for none)."""
+    if not findings:
+        return ""
+    return (f'<details class="sentences"><summary>{esc(label)} ({len(findings)})</summary>'
+            f"{findings_list(findings, 'findings small')}</details>")
+
+
+def badge(verdict: str | None) -> str:
+    """A verdict as a coloured pill: green for a positive verdict, amber for a negative one, grey otherwise."""
+    tone = {"supported": "good", "passes": "good", "conserved": "good", "candidate": "good", "agree": "good",
+            "critical": "good", "flips": "good", "differs": "good", "not supported": "bad", "no head passes": "bad",
+            "not conserved": "bad", "no candidate": "bad", "disagree": "bad", "fails": "bad",
+            "underpowered": "bad"}.get(verdict or "", "none")
+    return f'<span class="badge {tone}">{esc(verdict or "no verdict")}</span>'
 
 
 def figure(name: str, caption: str = "") -> str:

@@ -20,11 +20,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from cortexmap.analysis import list_findings
 from cortexmap.analysis.findings import num
 from cortexmap.atomic import write_text
 from cortexmap.results.layout import REPORT
-from cortexmap.report import charts, circuits, maps, sections
+from cortexmap.report import bands, charts, circuits, maps, roles, sections
 from cortexmap.report.data import ReportData, load_report_data
 from cortexmap.report.page import esc, header, nav, route_findings
 
@@ -39,25 +38,28 @@ class ReportPath(type(Path())):  # type: ignore[misc]
 
 
 def effect_views(data: ReportData) -> list[tuple[str, str, dict]]:
-    """The effect heatmaps a run gets: one per (intervention, method, alpha).
+    """The effect heatmaps a run gets: one per (intervention, method, alpha), the atlas's claim first.
 
     Args:
         data: the loaded run.
 
     Returns:
-        ``(figure name, title, select_effects keyword arguments)`` per heatmap.
+        ``(figure name, title, select_effects keyword arguments)`` per heatmap; the title starts
+        with the intervention's name.
     """
     effects = data.results.effects
-    sel = data.findings.get("selection", {})
+    claim = list(data.records.interventions)
     keys = effects[["intervention", "method", "alpha"]].drop_duplicates()
-    keys = keys.assign(atlas=(keys["intervention"] != sel.get("intervention")) | (keys["method"] != sel.get("method")))
-    keys = keys.sort_values(["atlas", "intervention", "method", "alpha"])  # the atlas's own selection first
+    rank = [claim.index(iv) if iv in claim and m == data.records.method else len(claim)
+            for iv, m in zip(keys["intervention"], keys["method"])]
+    keys = keys.assign(rank=rank).sort_values(["rank", "intervention", "method", "alpha"])
     views = []
     for r in keys.itertuples():
         alpha = None if r.alpha is None or (isinstance(r.alpha, float) and math.isnan(r.alpha)) else float(r.alpha)
         suffix = f" · α = {alpha:g}" if alpha is not None else ""
+        role = " · claim" if r.rank < len(claim) else (" · off-distribution" if r.intervention == "zero" else "")
         name = f"effects_{r.intervention}_{r.method}" + (f"_a{alpha:g}" if alpha is not None else "")
-        views.append((name, f"{r.intervention} · {r.method}{suffix}",
+        views.append((name, f"{r.intervention} · {r.method}{suffix}{role}",
                       {"intervention": r.intervention, "method": r.method, "alpha": alpha}))
     return views
 
@@ -99,7 +101,7 @@ def _script_json(payload: str) -> str:
 def _header(data: ReportData) -> str:
     m = data.results.manifest
     model = m.get("model", {})
-    sel = data.findings.get("selection", {})
+    records = data.records
     n_layers, n_heads = data.results.n_layers, data.results.n_heads
     params = model.get("n_params")
     subtitle = f"{model.get('model_type', '')} · {n_layers} layers × {n_heads} heads = {n_layers * n_heads} heads"
@@ -109,9 +111,10 @@ def _header(data: ReportData) -> str:
         subtitle += f" · {params / 1e6:.1f}M parameters"
     tasks = m.get("tasks", {})
     levels = sorted({t.get("level") for t in tasks.values() if t.get("level")})
+    claim = (f"claims: {' + '.join(records.interventions)} · {records.method}"
+             + ("" if records.counterfactual else " (off-distribution only)"))
     chips = [f"{len(tasks)} tasks · {len(levels)} levels", f"interventions: {', '.join(m.get('interventions', []))}",
-             f"atlas: {sel.get('intervention')} · {sel.get('method')}", f"{m.get('dtype', '')} on {m.get('device', '')}",
-             f"seed {m.get('seed')}"]
+             claim, f"{m.get('dtype', '')} on {m.get('device', '')}", f"seed {m.get('seed')}"]
     total = m.get("timings", {}).get("total_s")
     if isinstance(total, (int, float)):
         chips.append(f"mapped in {num(total / 60, 1)} min")
@@ -130,18 +133,17 @@ def build_page(data: ReportData, figures: dict[str, go.Figure]) -> str:
     Returns:
         The page as one string.
     """
-    findings = list_findings(data.findings)
-    routed = route_findings(findings)
+    routed = route_findings(data.records.findings())
     present = set(figures)
-    effect_names = [(name, title) for name, title, _ in effect_views(data) if name in present]
+    effect_names = [view for view in effect_views(data) if view[0] in present]
     compare_names = [f"compare_{i}" for i in range(len(data.comparisons))]
     body = "".join([
-        sections.summary_section(data, findings),
+        sections.summary_section(data, routed),
         sections.map_section(data, routed),
         sections.findings_section(routed),
         sections.effects_section(data, effect_names),
-        sections.bands_section(data, routed),
-        sections.roles_section(data, routed),
+        bands.bands_section(data, routed),
+        roles.roles_section(data, routed),
         sections.regulators_section(data, routed, present),
         circuits.circuit_section(data, present),
         sections.compare_section(data, compare_names),
@@ -152,7 +154,8 @@ def build_page(data: ReportData, figures: dict[str, go.Figure]) -> str:
                                        for name, fig in figures.items()) + "}")
     title = f"{data.model_name} · cortexmap atlas"
     footer = ('<footer><div class="wrap">cortexmap atlas · self-contained page (no network needed) · effects are '
-              "fractions of the clean logit difference; intervals are 95% bootstrap intervals unless stated.</div></footer>")
+              "fractions of the clean logit difference; claims rest on the interventions stated under “What this atlas "
+              "measures”; intervals are 95% bootstrap intervals unless stated.</div></footer>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
             f"<style>{_asset('report.css')}</style></head><body>{_header(data)}{nav(sections.SECTIONS)}"

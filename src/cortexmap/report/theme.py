@@ -24,7 +24,8 @@ GRID = "#e5e7eb"
 NEUTRAL = "#d1d5db"
 ACCENT = "#4f46e5"
 EFFECT_SCALE = "RdBu"
-LEVEL_ORDER = ("lexical", "syntactic", "semantic", "pragmatic", "reasoning", "custom")
+# The task levels in battery order (cortexmap.tasks.core.LEVELS; repeated here so the report needs no torch).
+LEVEL_ORDER = ("lexical", "syntactic", "semantic", "pragmatic", "knowledge", "reasoning", "custom")
 
 
 def _srgb(linear: float) -> int:
