@@ -84,7 +84,7 @@ def main() -> None:
     geometry = truth.manifest["model"]
     n_layers, n_heads = int(geometry["n_layers"]), int(geometry["n_heads"])
     seed = int(truth.manifest.get("seed", 0))
-    prompts = truth.prompt_effects
+    prompts = truth.prompt_effects()
     prompts = prompts[prompts["method"] == "exact"]
     interventions = sorted(prompts["intervention"].unique())
     timings = truth.manifest.get("timings", {})

@@ -110,7 +110,7 @@ def map_(
     gpus_per_worker: Annotated[int, typer.Option(help="GPUs per Ray worker; with --device auto the replica is sharded over them")] = 1,
     screen_prompts: Annotated[int, typer.Option(help="screen method: prompts every head is measured on first")] = 4,
     max_verify: Annotated[int, typer.Option(help="screen method: most heads verified on every prompt, per task")] = 64,
-    audit: Annotated[int, typer.Option(help="screen method: unverified heads measured at random per task, for the miss rate")] = 16,
+    audit: Annotated[int, typer.Option(help="screen method: unverified heads measured at random per task, for the miss rate")] = 8,
 ) -> None:
     """Map every head x task x intervention of a model into RUN_DIR (effects, patterns, manifest)."""
     from cortexmap.sweep import run_sweep

@@ -79,7 +79,7 @@ class SweepConfig:
     batch_size: int | None = None
     screen_prompts: int = 4
     max_verify: int = 64
-    audit: int = 16
+    audit: int = 8
     measure_all_if_none: bool = True
     device: str | None = None
     dtype: str = "float32"

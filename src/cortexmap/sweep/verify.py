@@ -45,7 +45,7 @@ class VerifyPolicy:
     chunk: int = 16
     min_heads: int = 32
     max_heads: int = 64
-    audit: int = 16
+    audit: int = 8
     bar: float = ACTIVE.bar
     z_min: float = ACTIVE.z
     measure_all_if_none: bool = True
