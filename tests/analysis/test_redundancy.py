@@ -131,6 +131,20 @@ def test_redundancy_record_and_wording() -> None:
     assert all(Finding.from_dict(f.to_dict()) == f for f in sub.findings())
 
 
+
+def test_one_task_has_no_interval_and_survives_json() -> None:
+    """One task cannot give a task-level interval: NaN bounds, written as null, read back and worded as n/a."""
+    import json
+
+    record = redundancy_from_pairs(simulate_pairs(4, n_tasks=1, planted=-0.8), n_boot=200, seed=1)
+    assert record.n_tasks == 1 and record.reading is None
+    assert np.isnan(record.fraction_redundant_ci_low) and np.isnan(record.ci_low)
+    written = {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in record.to_dict().items()}
+    again = Redundancy.from_dict(json.loads(json.dumps(written, allow_nan=False, default=str)))
+    assert again.fraction_redundant_ci_low is None
+    text = again.findings()[0].text
+    assert "no interval (it needs pairs from two tasks or more)" in text and "[95% CI n/a%, n/a%]" in text
+
 def test_redundancy_of_a_view(banded: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     view = build_view(banded[0], (N_LAYERS, N_HEADS), tables={"pairs": simulate_pairs(4, n_tasks=3)})
     assert pair_redundancy(view).n_pairs == 18

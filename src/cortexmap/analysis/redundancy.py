@@ -81,6 +81,11 @@ def _widened(estimate: np.ndarray, low: np.ndarray, high: np.ndarray, n: np.ndar
     return estimate - k * (estimate - low), estimate + k * (high - estimate)
 
 
+def _pct(share: float | None) -> str:
+    """A share in [0, 1] as a whole percentage (``n/a`` for None or NaN: an interval a single task cannot give)."""
+    return num(None if share is None else 100 * share, 0)
+
+
 def _relative(interaction: np.ndarray, scale: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(scale > 0, interaction / np.where(scale > 0, scale, 1.0), np.nan)
@@ -283,14 +288,14 @@ class Redundancy:
                                    "saturating damage)",
                    "additive": "no departure from additivity on average",
                    None: "no interval (it needs pairs from two tasks or more)"}[self.reading]
-        share = (f"{num(100 * self.fraction_redundant, 0)}% of pairs redundant (super-additive, interval below 0) "
-                 f"[95% CI {num(100 * self.fraction_redundant_ci_low, 0)}%, "
-                 f"{num(100 * self.fraction_redundant_ci_high, 0)}%] vs {num(100 * BY_CHANCE, 1)}% by chance under "
-                 f"additivity; {num(100 * self.fraction_sub_additive, 0)}% sub-additive (interval above 0) "
-                 f"[95% CI {num(100 * self.fraction_sub_additive_ci_low, 0)}%, "
-                 f"{num(100 * self.fraction_sub_additive_ci_high, 0)}%]" if self.per_prompt else
-                 f"{num(100 * self.fraction_redundant, 0)}% of pairs redundant and "
-                 f"{num(100 * self.fraction_sub_additive, 0)}% sub-additive by the +-{num(100 * self.tolerance, 0)}% "
+        share = (f"{_pct(self.fraction_redundant)}% of pairs redundant (super-additive, interval below 0) "
+                 f"[95% CI {_pct(self.fraction_redundant_ci_low)}%, "
+                 f"{_pct(self.fraction_redundant_ci_high)}%] vs {num(100 * BY_CHANCE, 1)}% by chance under "
+                 f"additivity; {_pct(self.fraction_sub_additive)}% sub-additive (interval above 0) "
+                 f"[95% CI {_pct(self.fraction_sub_additive_ci_low)}%, "
+                 f"{_pct(self.fraction_sub_additive_ci_high)}%]" if self.per_prompt else
+                 f"{_pct(self.fraction_redundant)}% of pairs redundant and "
+                 f"{_pct(self.fraction_sub_additive)}% sub-additive by the +-{_pct(self.tolerance)}% "
                  "rule (no pair intervals)")
         note = f" {self.note}" if self.note else ""
         text = (f"Redundancy ({self._what()} of each task's strongest heads, {self.n_pairs} pairs over "
