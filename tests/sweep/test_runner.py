@@ -119,28 +119,34 @@ def test_exact_units_are_cut_into_blocks_of_equal_cost():
 
 
 def test_screen_verifies_in_screen_order_audits_the_rest_and_matches_exact(tiny, tmp_path):  # noqa: ANN001
-    """Screen rows cover every head on a subsample; exact rows equal an all-exact run's for the heads they cover.
+    """Screen rows cover every head on a subsample, the refined heads on more; exact rows equal an all-exact run's.
 
-    A task's interventions are verified jointly: the same heads, in the order of their largest screened
-    effect under either intervention, each measured exactly under both.
+    A task's interventions are verified jointly: the same heads, the refined ones first in the
+    order of their best rank under either intervention, each measured exactly under both.
     """
     model, tasks, _ = tiny
     run = run_sweep(config(model, tasks, interventions=["zero", "mean"], method="screen", screen_prompts=2,
-                           max_verify=4, audit=3, measure_all_if_none=False), tmp_path / "screen")
+                           refine_heads=5, refine_prompts=3, max_verify=4, audit=3, measure_all_if_none=False),
+                    tmp_path / "screen")
     full = run_sweep(config(model, tasks, interventions=["zero", "mean"]), tmp_path / "exact")
     screen = run.effects[(run.effects["method"] == "screen") & (run.effects["intervention"] == "zero")]
     exact = run.effects[run.effects["method"] == "exact"]
-    assert len(screen) == 12 and (screen["n_prompts"] == 2).all()
+    assert len(screen) == 12 and sorted(screen["n_prompts"]) == [2] * 7 + [5] * 5
     assert len(exact) == 2 * (4 + 3) and (exact["n_prompts"] == 12).all()
     # Both reuse the screen's prompts (mean ablation's replacement is the mean over every prompt, in the screen too).
+    # Every per-prompt number, screen or exact, is the all-exact run's number for that head and prompt.
+    keys = ["intervention", "layer", "head", "prompt"]
+    mine = run.prompt_effects().merge(full.prompt_effects()[keys + ["effect"]], on=keys, suffixes=("", "_full"))
+    assert len(mine) == len(run.prompt_effects()) and np.allclose(mine["effect"], mine["effect_full"], atol=1e-5)
     merged = exact.merge(full.effects, on=["intervention", "layer", "head"], suffixes=("", "_full"))
     assert len(merged) == len(exact) and np.allclose(merged["effect"], merged["effect_full"], atol=1e-6)
-    both = run.effects[run.effects["method"] == "screen"]
-    score = both.assign(size=both["effect_normalized"].abs()).groupby(["layer", "head"])["size"].max()
-    verified = set(score.sort_values(ascending=False, kind="stable").index[:4])
+    both = run.effects[(run.effects["method"] == "screen") & (run.effects["n_prompts"] == 5)]
+    size = both.pivot_table(index=["layer", "head"], columns="intervention", values="effect_normalized").abs()
+    ranks = size.rank(ascending=False, method="first")
+    interleaved = sorted(size.index, key=lambda h: (ranks.loc[h].min(), ranks.loc[h].max()))
     by_iv = exact.groupby("intervention").apply(lambda g: set(zip(g["layer"], g["head"])), include_groups=False)
     assert by_iv["zero"] == by_iv["mean"]  # jointly verified: the same heads under each
-    assert verified <= by_iv["zero"]  # the joint screen's top 4 were verified
+    assert set(interleaved[:4]) <= by_iv["zero"]  # the refined heads' interleaved top 4 were verified
     record = next(iter(run.manifest["verification"].values()))
     assert record["verified"] == 4 and record["audit_audited"] == 3 and record["stopped"] == "budget"
     assert run.manifest["method"] == "screen" and run.manifest["audit"]["audited"] == 6

@@ -11,6 +11,7 @@ from cortexmap.sweep.verify import (
     adaptive_verify,
     miss_rate,
     pooled_audit,
+    refined_order,
     screen_order,
     should_stop,
     unit_record,
@@ -94,6 +95,24 @@ def test_a_task_with_no_important_verified_head_gets_every_head_measured():
     assert adaptive_verify(strong_first, counting(truth)[1], VerifyPolicy(), seed=0).stopped != "none-important"
 
 
+def test_joint_screen_order_interleaves_the_interventions_and_refined_heads_go_first():
+    """Each intervention's best heads come early though the other's effects are ten times larger."""
+    rng = np.random.default_rng(0)
+    large, small = rng.uniform(0, 1, 40), rng.uniform(0, 0.1, 40)
+    order = screen_order(np.stack([large, small]))
+    by_large, by_small = np.argsort(-large), np.argsort(-small)
+    for k in (5, 10, 20):  # the first 2k hold each intervention's top k
+        assert set(by_large[:k]) <= set(order[:2 * k]) and set(by_small[:k]) <= set(order[:2 * k])
+    assert sorted(order.tolist()) == list(range(40))
+    assert list(screen_order(np.array([0.1, np.nan, -0.5, 0.2]))) == [2, 3, 0, 1]  # one intervention: |effect|, NaN last
+    first = screen_order(large)
+    columns = np.array([first[7], first[3], first[20]])
+    refined = np.array([0.1, 0.9, 0.5])  # refined numbers reorder them
+    out = refined_order(first, refined, columns)
+    assert list(out[:3]) == [first[3], first[20], first[7]]
+    assert list(out[3:]) == [c for c in first if c not in set(columns.tolist())]
+
+
 def test_audit_interval_covers_the_true_miss_rate():
     """A poor screen misses moderate heads; the Clopper-Pearson interval covers the truth in >= 90% of runs."""
     covered, trials, rates = 0, 150, []
@@ -125,5 +144,6 @@ def test_miss_rate_is_clopper_pearson_and_pools_over_units():
 def test_auto_is_exact_on_a_gpu_and_the_screen_elsewhere():
     config = SweepConfig(method="auto", n_prompts=32)
     assert config.resolved_method(on_gpu=True) == "exact" and config.resolved_method(on_gpu=False) == "screen"
-    assert SweepConfig(method="screen", n_prompts=8).resolved_method(False) == "exact"  # too few prompts to save anything
+    assert SweepConfig(method="screen", n_prompts=12).resolved_method(False) == "exact"  # too few prompts to save anything
+    assert SweepConfig(method="screen", n_prompts=16).resolved_method(False) == "screen"
     assert SweepConfig().method == "auto"

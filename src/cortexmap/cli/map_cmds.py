@@ -9,9 +9,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cortexmap.cli.app import Model, app, console, err, run_guarded, table_of
 from cortexmap.results.layout import EXACT
+from cortexmap.sweep.config import SweepConfig
 
 DEFAULT_METHOD = "auto"
-DEFAULT_PROMPTS = 32
+DEFAULT_PROMPTS = SweepConfig.n_prompts
 # Options shared by `map` and `plan`.
 Tasks = Annotated[str, typer.Option(help="task names, levels (lexical, ...), comma lists, or all")]
 TaskFile = Annotated[Optional[str], typer.Option(help="JSONL file of your own pairs")]
@@ -108,8 +109,10 @@ def map_(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --backend ray)")] = None,
     workers: Annotated[int, typer.Option(help="Ray workers (one model replica each)")] = 2,
     gpus_per_worker: Annotated[int, typer.Option(help="GPUs per Ray worker; with --device auto the replica is sharded over them")] = 1,
-    screen_prompts: Annotated[int, typer.Option(help="screen method: prompts every head is measured on first")] = 4,
-    max_verify: Annotated[int, typer.Option(help="screen method: most heads verified on every prompt, per task")] = 64,
+    screen_prompts: Annotated[int, typer.Option(help="screen method: prompts every head is measured on first")] = 2,
+    refine_heads: Annotated[int, typer.Option(help="screen method: the best screened heads measured on --refine-prompts more")] = 120,
+    refine_prompts: Annotated[int, typer.Option(help="screen method: prompts the refined heads are measured on besides the first")] = 4,
+    max_verify: Annotated[int, typer.Option(help="screen method: most heads verified on every prompt, per task")] = 40,
     audit: Annotated[int, typer.Option(help="screen method: unverified heads measured at random per task, for the miss rate")] = 8,
 ) -> None:
     """Map every head x task x intervention of a model into RUN_DIR (effects, patterns, manifest)."""
@@ -124,7 +127,7 @@ def map_(
                               n_prompts=prompts, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
                               probes=probes, backend=backend, address=address, n_workers=workers,
                               gpus_per_worker=gpus_per_worker, screen_prompts=screen_prompts, max_verify=max_verify,
-                              audit=audit)
+                              audit=audit, refine_heads=refine_heads, refine_prompts=refine_prompts)
         try:
             return run_sweep(config, out, resume=resume, progress=progress)
         finally:

@@ -57,8 +57,9 @@ class SweepConfig:
         n_prompts: pairs generated per built-in task.
         batch_size: rows (prompts x heads) per forward pass, or None to size passes automatically.
         probes: also score the mechanistic attention probes (``patterns.parquet``).
-        screen_prompts, max_verify, audit: the ``screen`` method's subsample, most heads verified
-            per unit, and unverified heads audited per unit.
+        screen_prompts, refine_heads, refine_prompts, max_verify, audit: the ``screen`` method's
+            subsample of every head, how many of the best screened heads it measures on how many
+            more prompts, most heads verified per unit, and unverified heads audited per unit.
         measure_all_if_none: the ``screen`` method measures every head of a unit in which no
             verified head is important (see :mod:`cortexmap.sweep.verify`).
         device: torch device, ``"auto"`` to shard the model over every visible GPU, or None for
@@ -74,11 +75,13 @@ class SweepConfig:
     interventions: Sequence[InterventionSpec | str] = ("patch", "mean")
     method: str = AUTO
     verify: int = 0
-    n_prompts: int = 32
+    n_prompts: int = 16
     seed: int = 0
     batch_size: int | None = None
-    screen_prompts: int = 4
-    max_verify: int = 64
+    screen_prompts: int = 2
+    refine_heads: int = 120
+    refine_prompts: int = 4
+    max_verify: int = 40
     audit: int = 8
     measure_all_if_none: bool = True
     device: str | None = None
@@ -105,8 +108,10 @@ class SweepConfig:
             raise CortexmapError(f"n_prompts must be at least 1, got {self.n_prompts}")
         if self.backend not in ("local", "ray"):
             raise CortexmapError(f"unknown backend {self.backend!r}: use local or ray")
-        if self.screen_prompts < 2 or self.max_verify < 1 or self.audit < 0:
-            raise CortexmapError("screen_prompts must be at least 2, max_verify at least 1 and audit at least 0")
+        if self.screen_prompts < 2 or self.max_verify < 1 or self.audit < 0 or min(self.refine_heads,
+                                                                                  self.refine_prompts) < 0:
+            raise CortexmapError("screen_prompts must be at least 2, max_verify at least 1, and audit, refine_heads "
+                                 "and refine_prompts at least 0")
         if self.gpus_per_worker < 1:
             raise CortexmapError(f"gpus_per_worker must be at least 1, got {self.gpus_per_worker}")
 
@@ -133,7 +138,7 @@ class SweepConfig:
         base = self.method
         if base == AUTO:
             base = EXACT if on_gpu else SCREEN
-        if base == SCREEN and self.n_prompts <= 2 * self.screen_prompts:
+        if base == SCREEN and self.n_prompts <= 2 * (self.screen_prompts + self.refine_prompts):
             return EXACT  # the screen would cost about as much as measuring every head
         return base
 
@@ -142,8 +147,9 @@ class SweepConfig:
         """The ``screen`` method's :class:`~cortexmap.sweep.verify.VerifyPolicy`."""
         from cortexmap.sweep.verify import VerifyPolicy
 
-        return VerifyPolicy(screen_prompts=self.screen_prompts, max_heads=self.max_verify, audit=self.audit,
-                            measure_all_if_none=self.measure_all_if_none)
+        return VerifyPolicy(screen_prompts=self.screen_prompts, refine_heads=self.refine_heads,
+                            refine_prompts=self.refine_prompts, min_heads=min(VerifyPolicy.min_heads, self.max_verify),
+                            max_heads=self.max_verify, audit=self.audit, measure_all_if_none=self.measure_all_if_none)
 
     def rows_per_pass(self, default: int = 256) -> int:
         """Rows per forward pass: ``batch_size``, or ``default`` when it is None (automatic)."""

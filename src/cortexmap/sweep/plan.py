@@ -141,7 +141,7 @@ def forward_equivalents(n_layers: int, n_heads: int, n_prompts: int, rows_per_pa
 
         policy = VerifyPolicy()
         heads = n_heads * n_layers
-        return (heads * policy.screen_share(n_prompts) + policy.expected_heads(heads)) * per_head + 1
+        return (policy.screen_heads(heads, n_prompts) + policy.expected_heads(heads)) * per_head + 1
     if method == "attribution":
         return 3 + verify * per_head + 1
     raise CortexmapError(f"unknown method {method!r}: use exact, screen or attribution")
@@ -381,7 +381,7 @@ def plan_run(model: Any, config: SweepConfig, n_tasks: int, seq: int, *, device:
         verify_s = verify * batch * (L + 1) / 2 * calibration["block_row_s"]
         if base == "screen":
             policy = config.policy
-            unit_s = exact_s * policy.screen_share(n_prompts) + policy.expected_heads(L * H) * batch * (L + 1) / 2 * calibration["block_row_s"]
+            unit_s = exact_s * policy.screen_heads(L * H, n_prompts) / (L * H) + policy.expected_heads(L * H) * batch * (L + 1) / 2 * calibration["block_row_s"]
         else:
             unit_s = exact_s if base == "exact" else calibration["attribution_s"] + verify_s
         time_s = n_tasks * n_batches * (prep_fpe * calibration["clean_s"] + len(kinds) * unit_s)

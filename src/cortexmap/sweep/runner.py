@@ -111,53 +111,74 @@ def _with_pairs(task: Any, indices: np.ndarray) -> Any:
 
 def _screen_task(backend: Any, task: Any, specs: list[Any], config: SweepConfig, metas: list[dict[str, Any]],
                  tick: Callable[[float], None]) -> list[tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]]:
-    """Screen every head on a subsample, verify adaptively, audit the rest (:mod:`cortexmap.sweep.verify`).
+    """Screen every head on a subsample, refine the best, verify adaptively, audit the rest (:mod:`cortexmap.sweep.verify`).
 
-    A task's interventions are screened each on the same subsample and then verified *jointly*:
-    heads in the order of their largest screened effect under any intervention, every verified or
-    audited head measured exactly under each, until the stopping rule holds for all of them. So
-    wherever one intervention finds a head important, the others' numbers for it are exact too, and
-    a disagreement between interventions rests on measurements, not on the screen.
+    A task's interventions are screened each on the same subsample, the ``refine_heads`` best
+    (interleaved over interventions) on ``refine_prompts`` more, and then verified *jointly*:
+    every verified or audited head measured exactly under each, until the stopping rule holds for
+    all of them. So wherever one intervention finds a head important, the others' numbers for it
+    are exact too, and a disagreement between interventions rests on measurements, not on the screen.
 
-    A verified head is measured on the prompts outside the screen's subsample only: on the
-    subsample the screen already measured it exactly, with the same per-prompt numbers (mean
-    ablation replaces a head by its mean over *every* prompt of the task, in the screen too).
-    Resample ablation is the exception: its partner prompts depend on the batch, so verified heads
-    are measured on every prompt, exactly as ``--method exact`` measures them.
+    A verified head is measured on the prompts the screen has not measured it on: there the
+    screen already measured it exactly, with the same per-prompt numbers (mean ablation replaces a
+    head by its mean over *every* prompt of the task, in the screen too). Resample ablation is the
+    exception: its partner prompts depend on the batch, so verified heads are measured on every
+    prompt, exactly as ``--method exact`` measures them.
     """
-    from cortexmap.sweep.verify import adaptive_verify, screen_order, unit_record
+    from cortexmap.sweep.verify import adaptive_verify, refined_order, screen_order, unit_record
 
     policy = config.policy
     facts = backend.describe()
     n_layers, n_heads = facts["n_layers"], facts["n_heads"]
     n_cols, n = n_layers * n_heads, len(task.pairs)
     seed = config.seed
-    sub, picked = subsample_task(task, policy.screen_prompts, seed)
-    share = len(picked) / n / len(specs)
-    states = []
-    for spec in specs:
-        reuse = spec.kind != "resample"
-        others = np.setdiff1d(np.arange(n), picked) if reuse else np.arange(n)
-        sub_matrix, sub_clean = backend.matrix(sub, spec, EXACT, tick=lambda k: tick(k * share), means_of=task)
-        screen = np.full((n, n_cols), np.nan)
-        screen[picked] = sub_matrix
-        states.append({"spec": spec, "reuse": reuse, "others": others, "rest": _with_pairs(task, others) if reuse else task,
-                       "sub_matrix": sub_matrix, "sub_clean": sub_clean, "screen": screen,
-                       "clean": np.full(n, np.nan), "exact": np.full((n, n_cols), np.nan)})
-        if reuse:
-            states[-1]["clean"][picked] = sub_clean
+    _, picked = subsample_task(task, policy.screen_prompts, seed)
+    left = np.setdiff1d(np.arange(n), picked)
+    second = np.sort(np.random.default_rng(seed + 1).choice(left, size=min(policy.refine_prompts, len(left)),
+                                                             replace=False))
+    states = [{"spec": spec, "reuse": spec.kind != "resample", "screen": np.full((n, n_cols), np.nan),
+               "clean": np.full(n, np.nan), "exact": np.full((n, n_cols), np.nan)} for spec in specs]
+
+    def run(s: dict[str, Any], prompts: np.ndarray, cols: list[int] | None, into: str) -> None:
+        """Measure ``cols`` (None: every head) of one intervention exactly on ``prompts``, into ``s[into]``."""
+        heads = None if cols is None else [divmod(int(c), n_heads) for c in cols]
+        where = slice(None) if cols is None else cols
+        matrix, clean = backend.matrix(_with_pairs(task, prompts), s["spec"], EXACT, heads=heads, means_of=task,
+                                       tick=lambda k: tick(k * len(prompts) / n / len(specs)))
+        s["clean"][prompts] = clean
+        s[into][np.ix_(prompts, np.arange(n_cols)[where])] = matrix[:, where]
+
+    def screened(cols: np.ndarray) -> np.ndarray:
+        """``[n_interventions, len(cols)]`` screened effects normalised by the clean metric of the screened prompts."""
+        out = []
+        for s in states:
+            rows = np.isfinite(s["screen"][:, cols]).any(axis=1)
+            with np.errstate(invalid="ignore"):
+                delta = np.nanmean(s["screen"][rows][:, cols] - s["clean"][rows, None], axis=0)
+            out.append(delta / (abs(float(np.nanmean(s["clean"][rows]))) or 1.0))
+        return np.stack(out)
+
+    for s in states:
+        run(s, picked, None, "screen")
+    everyone = np.arange(n_cols)
+    first = screen_order(screened(everyone))
+    refine = np.sort(first[:min(policy.refine_heads, n_cols)]) if len(second) else np.array([], dtype=int)
+    if len(refine):
+        for s in states:
+            run(s, second, refine.tolist(), "screen")
 
     def measure(cols: list[int]) -> dict[int, tuple[tuple[float, float], ...]]:
-        heads = [divmod(int(c), n_heads) for c in cols]
         out: dict[int, list[tuple[float, float]]] = {c: [] for c in cols}
         for s in states:
-            others = s["others"]
-            matrix, rest_clean = backend.matrix(s["rest"], s["spec"], EXACT, heads=heads, means_of=task,
-                                                tick=lambda k: tick(k * len(others) / n / len(specs)))
-            s["clean"][others] = rest_clean
-            s["exact"][np.ix_(others, cols)] = matrix[:, cols]
-            if s["reuse"]:
-                s["exact"][np.ix_(picked, cols)] = s["sub_matrix"][:, cols]
+            if s["reuse"]:  # the screen's exact numbers stand; measure each head where it has none
+                s["exact"][:, cols] = s["screen"][:, cols]
+            groups: dict[bytes, list[int]] = {}
+            for c in cols:
+                groups.setdefault(np.isnan(s["exact"][:, c]).tobytes(), []).append(c)
+            for mask, group in groups.items():
+                missing = np.flatnonzero(np.frombuffer(mask, dtype=bool))
+                if len(missing):
+                    run(s, missing, group, "exact")
             scale = abs(float(np.nanmean(s["clean"]))) or float("nan")
             delta = s["exact"][:, cols] - s["clean"][:, None]
             mean = np.nanmean(delta, axis=0)
@@ -167,18 +188,16 @@ def _screen_task(backend: Any, task: Any, specs: list[Any], config: SweepConfig,
                 out[c].append((float(m) / scale, float(zz)))
         return {c: tuple(v) for c, v in out.items()}
 
-    with np.errstate(invalid="ignore"):
-        screened = np.stack([np.nanmean(s["sub_matrix"] - s["sub_clean"][:, None], axis=0)
-                             / (abs(float(np.nanmean(s["sub_clean"]))) or 1.0) for s in states])
-    result = adaptive_verify(screen_order(screened), measure, policy, seed=seed)
+    order = refined_order(first, screened(refine), refine) if len(refine) else first
+    result = adaptive_verify(order, measure, policy, seed=seed)
     out = []
     for i, (s, meta) in enumerate(zip(states, metas)):
-        screen_clean = np.full(n, np.nan)
-        screen_clean[picked] = s["sub_clean"]
+        screen_clean = np.where(np.isfinite(s["screen"]).any(axis=1), s["clean"], np.nan)
         sc_eff, sc_prompts = effect_rows(s["screen"], screen_clean, {**meta, "method": SCREEN}, n_layers, n_heads, seed)
         ex_eff, ex_prompts = effect_rows(s["exact"], s["clean"], {**meta, "method": EXACT}, n_layers, n_heads, seed)
         record = unit_record(result, n_cols, policy, index=i)
         record["joint"] = [sp.label for sp in specs]
+        record["refined"] = int(len(refine))
         merged = sc_eff.merge(ex_eff[["layer", "head", "effect"]], on=["layer", "head"], suffixes=("", "_exact"))
         rho = spearmanr(merged["effect"], merged["effect_exact"]).statistic if len(merged) > 2 else float("nan")
         record["spearman_screen_exact"] = None if np.isnan(rho) else float(rho)
@@ -248,7 +267,7 @@ def unit_weight(base: str, config: SweepConfig, n_heads_total: int) -> float:
         return float(n_heads_total)
     if base == SCREEN:
         policy = config.policy
-        return n_heads_total * policy.screen_share(config.n_prompts) + policy.expected_heads(n_heads_total)
+        return policy.screen_heads(n_heads_total, config.n_prompts) + policy.expected_heads(n_heads_total)
     return n_heads_total * 0.05 + config.verify
 
 

@@ -4,9 +4,12 @@
 measurement:
 
 1. **Screen.** Every head is measured *exactly* on a seeded subsample of ``screen_prompts``
-   prompts (stored as ``method == "screen"`` rows). On SmolLM2 this ranks heads far better than
+   prompts, then the ``refine_heads`` best of them (:func:`screen_order`) on ``refine_prompts``
+   more (successive halving: the budget goes where the ranking is uncertain and matters). These
+   are stored as ``method == "screen"`` rows. On SmolLM2 this ranks heads far better than
    first-order attribution (BENCHMARKS.md, "cost of verified recall").
-2. **Verify.** Heads are measured exactly on every prompt in screen order, ``chunk`` at a time,
+2. **Verify.** Heads are measured exactly on every prompt in screen order (the refined heads by
+   their refined numbers first, then the rest; :func:`refined_order`), ``chunk`` at a time,
    until none of the last ``chunk`` verified heads is *important* (``|effect_normalized| >= bar``
    and ``|z| >= z_min``: the atlas's "active" rule) or would enter the top 10 by ``|effect|``;
    at least ``min_heads``, at most ``max_heads`` heads per unit.
@@ -41,10 +44,12 @@ TOP = 10
 class VerifyPolicy:
     """Budget and stopping rule of the ``screen`` method (recorded in the manifest)."""
 
-    screen_prompts: int = 4
+    screen_prompts: int = 2
+    refine_heads: int = 120
+    refine_prompts: int = 4
     chunk: int = 16
     min_heads: int = 32
-    max_heads: int = 64
+    max_heads: int = 40
     audit: int = 8
     bar: float = ACTIVE.bar
     z_min: float = ACTIVE.z
@@ -55,10 +60,13 @@ class VerifyPolicy:
 
     def expected_heads(self, n_columns: int) -> float:
         """Heads a unit typically measures on every prompt (verified and audited), for plans and progress."""
-        return min(float(n_columns), self.min_heads * 1.5 + self.audit)
+        return min(float(n_columns), float(self.max_heads + self.audit))
 
-    def screen_share(self, n_prompts: int) -> float:
-        return min(1.0, self.screen_prompts / max(1, n_prompts))
+    def screen_heads(self, n_columns: int, n_prompts: int) -> float:
+        """The screen's cost in heads measured on every prompt: all heads on the subsample, the refined ones on more."""
+        n = max(1, n_prompts)
+        return (n_columns * min(1.0, self.screen_prompts / n)
+                + min(n_columns, self.refine_heads) * min(1.0, self.refine_prompts / n))
 
 
 @dataclass
@@ -96,11 +104,31 @@ def _important_at(value: Any, policy: VerifyPolicy, index: int | None) -> bool:
 
 
 def screen_order(screen_effect: np.ndarray) -> np.ndarray:
-    """Columns by decreasing screened ``|effect|`` (the largest over interventions for ``[n_interventions, n]``); NaN last."""
+    """Columns by decreasing screened ``|effect|``; NaN last.
+
+    With ``[n_interventions, n]`` (interventions verified jointly) a column's place is its best
+    rank under any intervention, ties broken by its worst: the lists are interleaved, so each
+    intervention's top heads come early even where another intervention's effects are larger.
+    """
     magnitude = np.nan_to_num(np.abs(np.asarray(screen_effect, dtype=float)), nan=-1.0)
-    if magnitude.ndim == 2:
-        magnitude = magnitude.max(axis=0)
-    return np.argsort(-magnitude, kind="stable")
+    if magnitude.ndim == 1:
+        return np.argsort(-magnitude, kind="stable")
+    ranks = np.stack([np.argsort(np.argsort(-m, kind="stable"), kind="stable") for m in magnitude])
+    return np.lexsort((ranks.max(axis=0), ranks.min(axis=0)))
+
+
+def refined_order(first: np.ndarray, refined: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``columns`` (the refined heads) in :func:`screen_order` of their refined effects, then every other column in ``first``'s order.
+
+    Args:
+        first: every column, in the first screen's order.
+        refined: the refined screened effects of ``columns``, ``[n_interventions, len(columns)]`` or ``[len(columns)]``.
+        columns: the refined columns.
+    """
+    columns = np.asarray(columns, dtype=int)
+    head = columns[screen_order(refined)]
+    rest = np.asarray([c for c in first if c not in set(columns.tolist())], dtype=int)
+    return np.concatenate([head, rest])
 
 
 def should_stop(values_in_order: list[Any], policy: VerifyPolicy) -> bool:
