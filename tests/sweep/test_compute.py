@@ -70,9 +70,13 @@ def test_exact_sweep_equals_one_hooked_forward_per_head(arch, kind, alpha, rows)
     assert np.allclose(clean_metrics(prepared), reference_matrix(handle, batches, "amplify", 0.0)[:, 0], atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [8, 1000])
 @pytest.mark.parametrize("prefix", [1, 5])
-def test_patching_reruns_only_past_the_shared_prefix_and_stays_exact(arch, prefix):  # noqa: ANN001
-    """Corrupt prompts that share their first tokens with the clean ones take the suffix-only path."""
+def test_patching_reruns_only_past_the_shared_prefix_and_stays_exact(arch, prefix, rows):  # noqa: ANN001
+    """Corrupt prompts that share their first tokens with the clean ones take the suffix-only path.
+
+    1000 rows: every head of the model in one pass, rows joining at every layer, each layer's
+    prefix keys and values tiled to the rows alive there."""
     handle = tiny_handle(arch)
     batches = make_batches(seed=3)
     for b in batches:  # corrupt = clean up to `prefix`, random after it
@@ -81,7 +85,7 @@ def test_patching_reruns_only_past_the_shared_prefix_and_stays_exact(arch, prefi
     prepared = prepare(handle, batches, need_corrupt=True)
     assert all(tb.suffix is not None and tb.suffix.prefix == prefix for tb in prepared)
     assert prepared[0].suffix.block_inputs[0].shape[1] == batches[0].input_ids.shape[1] - prefix
-    fast = exact_matrix(handle, prepared, "patch", rows_per_pass=8)
+    fast = exact_matrix(handle, prepared, "patch", rows_per_pass=rows)
     slow = reference_matrix(handle, batches, "patch")
     assert np.allclose(fast, slow, atol=1e-5), np.abs(fast - slow).max()
 

@@ -131,7 +131,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _chunk_size(todo: list[tuple[int, int]], rows_per_pass: int, batch: int, one_layer: bool) -> int:
     k = max(1, min(len(todo), rows_per_pass // batch))
-    if one_layer:  # a prefix KV cache has a fixed number of rows: every row joins at the first layer
+    if one_layer:
         k = min(k, sum(1 for layer, _ in todo if layer == todo[0][0]))
     return k
 
@@ -143,8 +143,7 @@ def exact_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: float 
     """Metric under each single-head intervention, exactly: ``[n_prompts, n_layers * n_heads]``.
 
     Each pass holds up to ``rows_per_pass`` rows (prompts x heads), heads of several layers
-    together (:func:`~cortexmap.sweep.engine.run_joined`); patching past a shared prefix keeps one
-    layer per pass.
+    together (:func:`~cortexmap.sweep.engine.run_joined`), past a shared prefix too.
 
     Args:
         heads: restrict to these ``(layer, head)`` pairs (other columns stay NaN).
@@ -169,7 +168,7 @@ def exact_matrix(handle: Any, batches: list[TaskBatch], kind: str, alpha: float 
             if tick:
                 tick(len(items) * batch / total)
             continue
-        one_layer = not mix_layers or (kind == "patch" and tb.suffix is not None)
+        one_layer = not mix_layers
         todo = items
         while todo:
             k = _chunk_size(todo, rows_per_pass, batch, one_layer)

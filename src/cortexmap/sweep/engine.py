@@ -29,6 +29,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from transformers import Cache
 
@@ -53,14 +54,19 @@ class CleanCache:
     def batch(self) -> int:
         return self.block_inputs[0].shape[0]
 
-    def kv_for(self, k: int) -> Any:
-        """A fresh copy of the prefix cache with rows ordered like ``k`` tiled copies of the batch."""
+    def kv_for(self, copies: list[int]) -> Any:
+        """A fresh copy of the prefix cache whose layer ``j`` holds ``copies[j]`` tiled copies of the batch.
+
+        Each layer's attention reads only its own layer of the cache, so rows that join a pass at a
+        later layer need the prefix there only: layer ``j`` is tiled to the rows alive at ``j``.
+        """
         if self.prefix_cache is None:
             return None
         kv = copy.deepcopy(self.prefix_cache)
-        if k > 1:
-            # CPU indices: the layers of a sharded model keep their caches on different GPUs
-            kv.batch_select_indices(torch.arange(self.batch).repeat(k))
+        for layer, k in zip(kv.layers, copies):
+            if k > 1:
+                # CPU indices: the layers of a sharded model keep their caches on different GPUs
+                layer.batch_select_indices(torch.arange(self.batch).repeat(k))
         return kv
 
 
@@ -182,17 +188,16 @@ def run_joined(handle: Any, cache: CleanCache, groups: list[tuple[int, LayerEdit
 
     ``groups`` holds ``(layer, edit, k)`` sorted by layer: ``k`` tiled copies of the cached batch
     start from the clean input of block ``layer`` with ``edit`` applied there (to them only); rows
-    that joined earlier run through that layer unedited. Row order follows ``groups``. A pass over
-    a :func:`suffix_cache` takes one group (its prefix cache has a fixed number of rows).
+    that joined earlier run through that layer unedited. Row order follows ``groups``. Over a
+    :func:`suffix_cache`, each layer's prefix keys and values are tiled to the rows alive there.
 
     Returns:
         Last-position logits ``[sum(k) * batch, vocab]``.
     """
     batch = cache.batch
-    if cache.prefix_cache is not None and len(groups) > 1:
-        raise ValueError("a pass over a prefix cache takes the heads of one layer")
     joins = {layer: (edit, k) for layer, edit, k in groups}
-    kv = cache.kv_for(groups[0][2]) if cache.prefix_cache is not None else None
+    alive = np.cumsum([joins[j][1] if j in joins else 0 for j in range(handle.n_layers)]).tolist()
+    kv = cache.kv_for(alive) if cache.prefix_cache is not None else None
     blocks = handle.blocks()
     hidden: torch.Tensor | None = None
     k_now = 0
