@@ -438,7 +438,8 @@ class Roles:
         measured = _float(r["value"]) is not None
         verdict = ("passes" if r["passed"] else "fails") if measured else "not evaluated"
         bound = "" if _float(r["bound"]) is None or r["comparator"] in ("critical", "helps", "outlier") else \
-            f", familywise bound {num(r['bound'])} over {int(r['m'])} tests"
+            f", familywise bound {num(r['bound'])} over {int(r['m'])} tests" if int(r["m"]) > 0 else \
+            f", bound {num(r['bound'])} (no head reached this row, none was tested on it)"
         extra = "" if r["required"] else " (shown, not required)"
         on = _name(r["task"]) or r["on"]
         return Finding(kind="role_evidence", subject=role, head=r["head_id"], task=on, effect=_float(r["value"]),

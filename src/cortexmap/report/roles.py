@@ -68,7 +68,9 @@ def _bar_text(r: dict) -> str:
     if comparator in ("critical", "helps"):
         return f"{SYMBOL[comparator]} (under every claim intervention)"
     bound = _finite(r.get("bound"))
-    extra = f"; familywise bound {num(bound)} over {r.get('m')} tests" if bound is not None and comparator != "outlier" else ""
+    extra = "" if bound is None or comparator == "outlier" else \
+        f"; familywise bound {num(bound)} over {r.get('m')} tests" if r.get("m") else \
+        f"; bound {num(bound)} (no head reached this row, none was tested on it)"
     return f"{SYMBOL.get(comparator, esc(comparator))} {num(r.get('bar'))}{extra}"
 
 

@@ -130,8 +130,10 @@ def measure_flips(handle: Any, task: Task, heads: Sequence[Any], *, max_sources:
     by_length: dict[int, list[int]] = {}
     for k, (w, _) in enumerate(pairs):
         by_length.setdefault(int(length[w]), []).append(k)
-    note(f"{task.name}: patching {len(candidates)} heads and {len(measured) - len(candidates)} controls into "
-         f"{len(info)} wrong prompts ({len(pairs)} pairs)")
+    n_heads, n_controls = len(candidates), len(measured) - len(candidates)
+    note(f"{task.name}: patching {n_heads} head{'s' * (n_heads != 1)} and {n_controls} "
+         f"control{'s' * (n_controls != 1)} into {len(info)} wrong prompt{'s' * (len(info) != 1)} "
+         f"({len(pairs)} pairs)")
     for rows in by_length.values():
         for start in range(0, len(rows), max_batch):
             chunk = rows[start:start + max_batch]
