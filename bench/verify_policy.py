@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/verify_policy.py runs/smollm2-exact16 --tune ioi,capitals,subject_verb_agreement,past_tense,antonyms
+    python bench/verify_policy.py runs/smollm2-exact --tune ioi,capitals,subject_verb_agreement,past_tense,antonyms
 
 The screen measures every head *exactly* on a seeded subsample of prompts, so its numbers are the
 exact map's numbers on those prompts: for any policy, :func:`cortexmap.sweep.verify.adaptive_verify`
