@@ -78,9 +78,17 @@ def recall_table(truth: pd.DataFrame, run: pd.DataFrame, levels: dict[str, str])
         by_iv[iv] = [per[t][iv] for t in per]
     lines = ["| task | level | patch | mean |", "|---|---|---:|---:|"]
     lines += [f"| {t} | {levels.get(t, '')} | {v['patch']} | {v['mean']} |" for t, v in per.items()]
-    lines.append("| **median / worst** | | " + " | ".join(f"**{np.median(by_iv[iv]):.0f} / {min(by_iv[iv])}**"
-                                                      for iv in COUNTERFACTUAL) + " |")
+    lines.append("| **median / worst** | | " + " | ".join(f"**{_median_worst(by_iv[iv])}**" for iv in COUNTERFACTUAL) + " |")
     return "\n".join(lines), by_iv
+
+
+def _median_worst(counts: list[int]) -> str:
+    return f"{np.median(counts):.0f} / {min(counts)}"
+
+
+def recall_summary(by_iv: dict[str, list[int]]) -> str:
+    """``patch M / W, mean M / W``: median and worst top-10 recall over tasks per intervention."""
+    return ", ".join(f"{iv} {_median_worst(by_iv[iv])}" for iv in COUNTERFACTUAL)
 
 
 def effect_cell(effects: pd.DataFrame | None, head: str, task: str, iv: str) -> str:
@@ -207,8 +215,7 @@ Truth: {run_facts(exact)}.
 ### The default map against the truth
 
 Of each task's 10 heads with the largest exact |effect| (either sign) under each intervention, how
-many the default map measured exactly. Median / worst over tasks: patch
-{np.median(by_iv['patch']):.0f} / {min(by_iv['patch'])}, mean {np.median(by_iv['mean']):.0f} / {min(by_iv['mean'])}.
+many the default map measured exactly. Median / worst over tasks: {recall_summary(by_iv)}.
 The screen's policy (`VerifyPolicy`: 2 screen pairs, the best 120 heads refined on 4 more, 32 to
 40 heads verified, 8 audited) was chosen by replaying candidates on the first 16 pairs of an
 earlier 32-pair exact map of SmolLM2 and checked on this truth (`bench/verify_policy.py`), so this
@@ -248,8 +255,7 @@ Truth: {run_facts(gemma_exact)}.
 
 ### The default map against the truth
 
-Median / worst over tasks: patch {np.median(gemma_by_iv['patch']):.0f} / {min(gemma_by_iv['patch'])}, mean
-{np.median(gemma_by_iv['mean']):.0f} / {min(gemma_by_iv['mean'])} of the exact top-10 measured exactly.
+Median / worst over tasks: {recall_summary(gemma_by_iv)} of the exact top-10 measured exactly.
 
 {gemma_table}
 

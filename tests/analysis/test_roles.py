@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from cortexmap.analysis.findings import KINDS, VERDICTS
-from cortexmap.analysis.roles import CATALOGUE, COMPARATORS, Roles, catalogue_table, roles
+from cortexmap.analysis.roles import CATALOGUE, COMPARATORS, Roles, bound_phrase, catalogue_table, roles
 from cortexmap.analysis.view import build_view
 from cortexmap.stats import bootstrap_cis
 
@@ -313,3 +313,10 @@ def test_false_naming_rate_is_calibrated() -> None:
     record = roles(view, evidence=null_evidence(0.3, seed=99))
     assert {"name_mover", "coreference", "fact_retrieval", "agreement", "operand_mover", "induction",
             "successor"} <= set(record.calls["role"])
+
+
+def test_bound_phrase_names_the_family_only_when_a_head_reached_the_row():
+    assert bound_phrase(0.47, 40) == "familywise bound 0.47 over 40 tests"
+    untested = bound_phrase(0.47, 0)
+    assert "over 0 tests" not in untested and "familywise" not in untested
+    assert "no head reached this row" in untested

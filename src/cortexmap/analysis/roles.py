@@ -438,8 +438,7 @@ class Roles:
         measured = _float(r["value"]) is not None
         verdict = ("passes" if r["passed"] else "fails") if measured else "not evaluated"
         bound = "" if _float(r["bound"]) is None or r["comparator"] in ("critical", "helps", "outlier") else \
-            f", familywise bound {num(r['bound'])} over {int(r['m'])} tests" if int(r["m"]) > 0 else \
-            f", bound {num(r['bound'])} (no head reached this row, none was tested on it)"
+            ", " + bound_phrase(r["bound"], int(r["m"]))
         extra = "" if r["required"] else " (shown, not required)"
         on = _name(r["task"]) or r["on"]
         return Finding(kind="role_evidence", subject=role, head=r["head_id"], task=on, effect=_float(r["value"]),
@@ -477,6 +476,13 @@ class Roles:
                 text=f"{len(rows)} head(s) critical for {task} (harm under every claim intervention; no mechanism "
                      f"named); strongest {best['head_id']}: {', '.join(parts)} (effect / |clean|){caveat}."))
         return out
+
+
+def bound_phrase(bound: float, m: int) -> str:
+    """An evidence row's familywise bound in words; ``m = 0`` means no head reached the row (gated rows)."""
+    if m > 0:
+        return f"familywise bound {num(bound)} over {m} tests"
+    return f"bound {num(bound)} (no head reached this row, none was tested on it)"
 
 
 def _name(value: Any) -> str | None:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from cortexmap.analysis.findings import Finding, ci, num
 from cortexmap.analysis.records import jsonable
+from cortexmap.analysis.roles import bound_phrase
 from cortexmap.heads import HeadId
 from cortexmap.report.data import ReportData
 from cortexmap.report.page import badge, card, esc, findings_list, level_tag, note, section, sentences, swatch, table
@@ -68,9 +69,7 @@ def _bar_text(r: dict) -> str:
     if comparator in ("critical", "helps"):
         return f"{SYMBOL[comparator]} (under every claim intervention)"
     bound = _finite(r.get("bound"))
-    extra = "" if bound is None or comparator == "outlier" else \
-        f"; familywise bound {num(bound)} over {r.get('m')} tests" if r.get("m") else \
-        f"; bound {num(bound)} (no head reached this row, none was tested on it)"
+    extra = "" if bound is None or comparator == "outlier" else "; " + bound_phrase(bound, int(r.get("m") or 0))
     return f"{SYMBOL.get(comparator, esc(comparator))} {num(r.get('bar'))}{extra}"
 
 
