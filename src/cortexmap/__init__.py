@@ -29,6 +29,7 @@ _EXPORTS = {
     "compare_runs": "cortexmap.analysis.run",
     "render_report": "cortexmap.report",
     "monitor": "cortexmap.apply",
+    "check": "cortexmap.checks",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -33,3 +33,7 @@ class TaskError(CortexmapError):
 
 class ResultsError(CortexmapError):
     """A run directory or results file is missing, incomplete or of another schema."""
+
+
+class CheckFailedError(CortexmapError):
+    """An invariant of ``cortexmap check`` failed on the model: the tool's results would not be trustworthy."""

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cortexmap.cli.app import Model, app, console, err, run_guarded, table_of
+from cortexmap.cli.app import Model, _say, app, console, err, run_guarded, table_of
 from cortexmap.results.layout import EXACT
 from cortexmap.sweep.config import SweepConfig
 
@@ -89,6 +89,21 @@ def summary_table(effects: Any, top: int = 3) -> Any:
     return pd.DataFrame(rows)
 
 
+def checked_model(config: Any, skip: bool) -> tuple[Any, dict[str, Any]]:
+    """The model ``map`` measures, loaded here and gated by the fast check (:func:`cortexmap.checks.gate`).
+
+    With the Ray backend the workers load their own replicas; the check is then left to
+    ``cortexmap check`` and the manifest says so.
+    """
+    if config.backend != "local":
+        return None, {"status": "not run", "reason": f"{config.backend} backend: run cortexmap check {config.model} first"}
+    from cortexmap.checks import gate
+    from cortexmap.models import load_model
+
+    handle = load_model(config.model, device=config.resolved_device, dtype=config.dtype, progress=_say)
+    return handle, gate(handle, skip=skip, progress=_say)
+
+
 @app.command("map")
 def map_(
     model: Model = "smollm2-135m",
@@ -114,6 +129,7 @@ def map_(
     refine_prompts: Annotated[int, typer.Option(help="screen method: prompts the refined heads are measured on besides the first")] = 4,
     max_verify: Annotated[int, typer.Option(help="screen method: most heads verified on every prompt, per task")] = 40,
     audit: Annotated[int, typer.Option(help="screen method: unverified heads measured at random per task, for the miss rate")] = 8,
+    skip_check: Annotated[bool, typer.Option(help="map a model that is not bundled without checking cortexmap's invariants on it first (recorded)")] = False,
 ) -> None:
     """Map every head x task x intervention of a model into RUN_DIR (effects, patterns, manifest)."""
     from cortexmap.sweep import run_sweep
@@ -128,8 +144,9 @@ def map_(
                               probes=probes, backend=backend, address=address, n_workers=workers,
                               gpus_per_worker=gpus_per_worker, screen_prompts=screen_prompts, max_verify=max_verify,
                               audit=audit, refine_heads=refine_heads, refine_prompts=refine_prompts)
+        handle, check = checked_model(config, skip_check)
         try:
-            return run_sweep(config, out, resume=resume, progress=progress)
+            return run_sweep(config, out, resume=resume, progress=progress, handle=handle, check=check)
         finally:
             progress.stop()
 

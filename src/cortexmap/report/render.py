@@ -98,6 +98,23 @@ def _script_json(payload: str) -> str:
     return payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def check_chip(record: dict | None) -> str:
+    """Whether and when ``cortexmap check`` checked the model, from the manifest's ``check`` record."""
+    if not record:
+        return "model not checked (run made before cortexmap check)"
+
+    def when(r: dict) -> str:
+        return f"{r.get('status')} ({r.get('subset')} check, {str(r.get('checked_at', ''))[:10]})"
+
+    status = record.get("status")
+    if status in ("passed", "failed"):
+        return f"invariants {when(record)}"
+    last = record.get("last")
+    if last:
+        return f"invariants {when(last)}" + (", map ran with --skip-check" if status == "skipped" else "")
+    return f"invariants not checked: {record.get('reason', status)}"
+
+
 def _header(data: ReportData) -> str:
     m = data.results.manifest
     model = m.get("model", {})
@@ -115,6 +132,7 @@ def _header(data: ReportData) -> str:
              + ("" if records.counterfactual else " (off-distribution only)"))
     chips = [f"{len(tasks)} tasks · {len(levels)} levels", f"interventions: {', '.join(m.get('interventions', []))}",
              claim, f"{m.get('dtype', '')} on {m.get('device', '')}", f"seed {m.get('seed')}"]
+    chips.append(check_chip(m.get("check")))
     total = m.get("timings", {}).get("total_s")
     if isinstance(total, (int, float)):
         chips.append(f"mapped in {num(total / 60, 1)} min")

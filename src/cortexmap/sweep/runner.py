@@ -296,7 +296,7 @@ def _audits(verification: dict[str, Any], labels: list[str]) -> dict[str, Any]:
 
 
 def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dict[str, Any] | None,
-               progress: SweepProgress) -> list[tuple[Any, Any, str]]:
+               progress: SweepProgress, check: dict[str, Any] | None = None) -> list[tuple[Any, Any, str]]:
     """Compute and store every unfinished unit; return all units of the run."""
     tasks, skipped = build_tasks(config, backend.tokenizer, progress.note)
     facts = backend.describe()
@@ -311,6 +311,9 @@ def _run_units(backend: Any, config: SweepConfig, store: RunStore, previous: dic
     if previous:
         manifest.update(previous)
     manifest["arguments_identity"] = config.identity()
+    if check is not None or "check" not in manifest:
+        manifest["check"] = check or {"status": "not run", "reason": "run_sweep was not given a check record "
+                                                                    "(cortexmap map runs cortexmap.checks.gate first)"}
     manifest.setdefault("units", {})
     manifest.setdefault("attribution", {})
     manifest.setdefault("verification", {})
@@ -369,7 +372,7 @@ def _in_turn(backend: Any, todo: list[tuple[Any, list[Any], str]], config: Sweep
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False, handle: Any = None,
-              progress: SweepProgress | None = None) -> Results:
+              progress: SweepProgress | None = None, check: dict[str, Any] | None = None) -> Results:
     """Map every head of a model on a task battery and store the run in ``out_dir``.
 
     Args:
@@ -378,6 +381,8 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False,
         resume: continue a killed run, redoing only its unfinished units (same numbers).
         handle: an already-loaded model handle (else ``config.model`` is loaded).
         progress: a :class:`SweepProgress` (the CLI passes a rich progress bar).
+        check: the record of the invariant check run on the model first
+            (:func:`cortexmap.checks.gate`), written to the manifest's ``check``.
 
     Raises:
         CortexmapError: bad arguments, an existing run without ``resume``, or a mismatched resume.
@@ -399,7 +404,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, resume: bool = False,
 
         backend = LocalBackend(config, handle, note=progress.note)
     try:
-        units = _run_units(backend, config, store, previous, progress)
+        units = _run_units(backend, config, store, previous, progress, check)
     finally:
         backend.close()
     keys = [unit_key(t.name, s.label, b) for t, s, b in units]
