@@ -70,7 +70,8 @@ class AttentionExplanation:
         totals: one row per ``side`` in ``query, key, both`` (every sender patched on that side):
             ``effect, ci_low, ci_high, eap`` (the sum of the side's screen estimates).
         prompts: one row per prompt: ``prompt`` (its pair index), ``clean`` (metric), ``source``
-            (metric with every sender patched on both sides), ``key`` and ``contrast`` (positions).
+            (metric with every sender patched on both sides), ``key`` and ``contrast`` (positions,
+            ``"3,9"``; None: no contrast) and ``key_tokens`` / ``contrast_tokens`` (with a tokenizer).
         per_prompt: one row per (prompt, sender, side): ``effect, eap``.
         clean: mean clean metric with ``clean_low`` / ``clean_high``, its 95% interval.
         screen_spearman: rank correlation of ``eap`` and ``effect`` over the rows of ``senders``.
@@ -110,8 +111,10 @@ class AttentionExplanation:
         from cortexmap.report.circuits import attention_graph
 
         both = self.totals.set_index("side").loc["both"]
+        key_node = self.senders.loc[self.senders["side"] == "key", "receiver"].iloc[0]
         title = (f"{self.head}: {self.describe_metric()} = {self.clean:+.3f} clean, {self.clean + both.effect:+.3f} "
-                 f"with every sender patched ({self.arguments.get('ablation')}); width = |exact effect|")
+                 f"with every sender patched ({self.arguments.get('ablation')})<br>edges into {self.head}: query "
+                 f"side, into {key_node}: key side; width = |exact effect|")
         return attention_graph(self.senders.head(top), self.head, self.graph.n_layers, self.graph.n_heads,
                                self.graph.n_kv_heads, title=title)
 
@@ -211,6 +214,17 @@ def _describe(rule: Key | _Rule) -> str | None:
     return f"position {rule}" if isinstance(rule, int) else f"token {rule!r}"
 
 
+def _where(tok: Any, ids: torch.Tensor, masks: list[torch.Tensor | None], row: int) -> dict[str, Any]:
+    """One prompt's key and contrast positions (``"1,9"``) and, with a tokenizer, their tokens (``"' Mary'"``)."""
+    out: dict[str, Any] = {}
+    for name, mask in zip(("key", "contrast"), masks):
+        where = [] if mask is None else mask[row].nonzero().flatten().tolist()
+        out[name] = ",".join(map(str, where)) or None
+        out[f"{name}_tokens"] = None if tok is None or not where else " ".join(repr(tok.decode([int(ids[p])]))
+                                                                                 for p in where)
+    return out
+
+
 def _check(metric: str, ablation: str, key: Key, contrast: Key, n_boot: int) -> None:
     if metric not in METRICS:
         raise CortexmapError(f"unknown attention metric {metric!r}: use one of {', '.join(METRICS)}")
@@ -260,6 +274,9 @@ def explain_attention(handle: Any, prompts: Task | Pair | str | Sequence[Encoded
     layout = circuit_layout(handle)
     tic = time.perf_counter()
     batches, answers = _encode(handle, prompts, corrupt, max_batch)
+    if ablation == "corrupt" and any(b.corrupt_ids is None for b in batches):
+        raise TaskError("corrupt ablation needs a corrupt prompt of the same token length for every prompt: give "
+                        "corrupt (CLI: --corrupt), a target and foil to swap, or use mean ablation over a task")
     dropped = 0
     if ablation == "mean":
         dropped = sum(len(b) for b in batches if len(b) < 2)
@@ -287,10 +304,8 @@ def explain_attention(handle: Any, prompts: Task | Pair | str | Sequence[Encoded
         effect = patcher.effects(both, measure, [edges["query"], edges["key"], both], rows_per_pass)
         effects.append(effect)
         scores.append(patcher.eap(both, measure))
-        positions = [["" if m is None else ",".join(map(str, m[j].nonzero().flatten().tolist())) for m in masks]
-                     for j in range(len(batch))]
         rows += [{"prompt": int(p), "clean": float(clean[j]), "source": float(clean[j] + effect[j, -1]),
-                  "key": positions[j][0], "contrast": positions[j][1] or None} for j, p in enumerate(batch.indices)]
+                  **_where(handle.tokenizer, batch.input_ids[j], masks, j)} for j, p in enumerate(batch.indices)]
     per = np.concatenate(effects)
     eap = np.concatenate(scores)
     if not np.isfinite(per).all() or not np.isfinite(eap).all():
