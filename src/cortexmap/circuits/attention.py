@@ -33,7 +33,6 @@ first axis is the batch are tiled; others broadcast.
 
 from __future__ import annotations
 
-import gc
 from typing import Any, Callable
 
 import numpy as np
@@ -87,6 +86,26 @@ def attention_metric(rows: torch.Tensor, key: torch.Tensor, contrast: torch.Tens
 
     out = measure(key)
     return out if contrast is None else out - measure(contrast)
+
+
+class _FrozenPass(RewiredPass):
+    """A :class:`RewiredPass` on a frozen store whose pairs weight few senders each (single edges).
+
+    ``_delta`` adds a store chunk only to the pairs that weight one of its senders, instead of
+    every pair: the same sum, without ``[pairs, batch, seq * d]`` products of zeros per chunk.
+    """
+
+    def _delta(self, w: torch.Tensor, groups: torch.Tensor) -> torch.Tensor | None:
+        total = None
+        for start, n, chunk in self._store(w.shape[1]):
+            wc = w[:, start:start + n].to(chunk.dtype)  # [P, n]
+            pairs = wc.any(1).nonzero().flatten()
+            if not len(pairs):
+                continue
+            if total is None:
+                total = chunk.new_zeros(len(w), self.batch, chunk.shape[-1])
+            total[pairs] += (wc[pairs] @ chunk.reshape(n, -1)).reshape(len(pairs), self.batch, -1)
+        return total
 
 
 def _tile(value: Any, batch: int, k: int) -> Any:
@@ -178,7 +197,7 @@ class HeadPatcher:
         """
         k = len(patched)
         weights = torch.as_tensor(np.asarray(patched, dtype=np.float32), device=self.x.device)
-        rewired = RewiredPass(self.layout, self.source, weights, frozen=self.store)
+        rewired = _FrozenPass(self.layout, self.source, weights, frozen=self.store)
         rewired.batch, rewired.seq = self.batch, self.seq
         hooks = rewired._attention_hooks(self.head.layer, self.block)
         try:
@@ -205,9 +224,12 @@ class HeadPatcher:
             masks[len(edges) + i, self.graph.index(group)] = True
         clean = measure(self.clean_rows)
         k = max(1, rows_per_pass // self.batch)
+        # joint sets in a pass of their own: a pass sums every store chunk any of its groups weights
+        starts = [*range(0, len(edges), k), *range(len(edges), len(masks), k)]
+        ends = [*starts[1:], len(masks)]
         out = np.empty((self.batch, len(masks)))
-        for start in range(0, len(masks), k):
-            rows = self.rows(masks[start:start + k])  # [k', batch, seq]
+        for start, end in zip(starts, ends):
+            rows = self.rows(masks[start:min(end, start + k)])  # [k', batch, seq]
             values = measure(rows.reshape(-1, self.seq)).reshape(-1, self.batch) - clean
             out[:, start:start + len(rows)] = values.T.cpu().numpy()
         return out
@@ -225,6 +247,5 @@ class HeadPatcher:
         finally:
             for h in hooks:
                 h.remove()
-            scoring.release()
-            gc.collect()  # the hooks on the pass's tensors hold it in cycles
+            scoring.release()  # drops its store and inputs; what the tensor hooks' cycles still hold is small
         return scores[:, self.graph.index(edges)].cpu().numpy()
