@@ -254,3 +254,37 @@ def test_patching_nothing_is_the_models_attention_and_hooks_are_removed():
     assert handle.model.config._attn_implementation == "eager"  # as the tiny model was built; restored
     patcher.eap(side_edges(patcher.graph, head)["key"], _measure(batch))
     assert hooks() == before
+
+
+@pytest.mark.slow
+def test_smollm2_l23h3_attention_patching_is_exact(smollm2):  # noqa: ANN001
+    """The real model (sdpa by default, switched to eager for the patched calls): edges and both sides exact."""
+    from cortexmap.tasks import build_task, encode_task
+
+    task = build_task("ioi", smollm2.tokenizer, n=8)
+    batch = max(encode_task(task, smollm2.tokenizer, max_batch=4), key=len)
+    head = HeadId(23, 3)
+    ids = batch.input_ids
+    key, contrast = ids == batch.target_ids[:, None], ids == batch.foil_ids[:, None]  # IO against S1 and S2
+    n = len(batch)
+    measure = lambda rows: attention_metric(rows, key.repeat(len(rows) // n, 1),  # noqa: E731
+                                            contrast.repeat(len(rows) // n, 1))
+    patcher = HeadPatcher(smollm2, batch, head)
+    edges = side_edges(patcher.graph, head)
+    picked = [edges["key"][patcher.graph.senders.index("M20")], edges["query"][patcher.graph.senders.index("L19H2")],
+              edges["query"][0], edges["key"][patcher.graph.senders.index("L8H1")]]
+    effects = patcher.effects(picked, measure, [edges["query"] + edges["key"]])
+    clean, _ = cache_run(smollm2, ids)
+    corrupt, _ = cache_run(smollm2, batch.corrupt_ids)
+    x, shape = clean[("attn_in", 23)], clean["emb"].shape
+    with torch.no_grad():
+        base = measure(hand_row(smollm2, head, x, x))
+        for i, edge in enumerate(picked):
+            delta = contribution(smollm2, corrupt, edge.sender, shape) - contribution(smollm2, clean, edge.sender, shape)
+            x_q, x_k = (x + delta, x) if edge.kind == "q" else (x, x + delta)
+            reference = (measure(hand_row(smollm2, head, x_q, x_k)) - base).numpy()
+            np.testing.assert_allclose(effects[:, i], reference, atol=5e-5, err_msg=str(edge))
+        with eager_attention(smollm2.model):
+            own = smollm2.model(input_ids=batch.corrupt_ids, output_attentions=True, use_cache=False).attentions[23]
+    np.testing.assert_allclose(effects[:, -1], (measure(own[:, 3, -1].float()) - base).numpy(), atol=5e-5)
+    assert np.abs(effects[:, 0]).max() > 0.02 and smollm2.model.config._attn_implementation != "eager"
