@@ -137,7 +137,7 @@ def test_hand_attention_is_the_models(arch):  # noqa: ANN001
 
 
 def _reference(handle, batch, head: HeadId, measure, ablation: str = "corrupt"):  # noqa: ANN001, ANN202
-    """Per prompt ``[batch, 2U + 3]``: each sender on the query side, on the key side, then every sender per side and both."""
+    """Per prompt ``[batch, 2U + 3]``: each sender on the query side, then on the key side; all per side; both."""
     clean, _ = cache_run(handle, batch.input_ids)
     source = cache_run(handle, batch.corrupt_ids)[0] if ablation == "corrupt" else clean
     x = clean[("attn_in", head.layer)]
@@ -280,7 +280,8 @@ def test_smollm2_l23h3_attention_patching_is_exact(smollm2):  # noqa: ANN001
     with torch.no_grad():
         base = measure(hand_row(smollm2, head, x, x))
         for i, edge in enumerate(picked):
-            delta = contribution(smollm2, corrupt, edge.sender, shape) - contribution(smollm2, clean, edge.sender, shape)
+            sent = [contribution(smollm2, run, edge.sender, shape) for run in (corrupt, clean)]
+            delta = sent[0] - sent[1]
             x_q, x_k = (x + delta, x) if edge.kind == "q" else (x, x + delta)
             reference = (measure(hand_row(smollm2, head, x_q, x_k)) - base).numpy()
             np.testing.assert_allclose(effects[:, i], reference, atol=5e-5, err_msg=str(edge))

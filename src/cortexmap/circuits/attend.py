@@ -37,6 +37,7 @@ from cortexmap.circuits.graph import Graph, node_layer
 from cortexmap.circuits.layout import circuit_layout
 from cortexmap.errors import CortexmapError, TaskError
 from cortexmap.heads import HeadLike
+from cortexmap.models.hooks import eager_attention
 from cortexmap.stats import bootstrap_cis
 from cortexmap.tasks.core import EncodedBatch, Pair, Task, encode_task, prompt_ids
 
@@ -192,7 +193,8 @@ def _positions(batch: EncodedBatch, rule: Key | _Rule, query: int, tok: Any, cle
     mask = torch.tensor([[t == want for t in row] for row in texts]) & allowed
     missing = (~mask.any(1)).nonzero().flatten().tolist()
     if missing:
-        raise TaskError(f"token {rule!r} is not among the tokens up to the query of prompt {batch.indices[missing[0]]}: "
+        first = batch.indices[missing[0]]
+        raise TaskError(f"token {rule!r} is not among the tokens up to the query of prompt {first}: "
                         f"{' | '.join(texts[missing[0]])}; give one of them or a position")
     return mask
 
@@ -234,6 +236,27 @@ def _check(metric: str, ablation: str, key: Key, contrast: Key, n_boot: int) -> 
         raise CortexmapError("a contrast needs a key: give key as well (a token or a position)")
     if n_boot < 1:
         raise CortexmapError(f"n_boot must be at least 1, got {n_boot}")
+
+
+def _explain_batch(handle: Any, layout: Any, head: Any, batch: EncodedBatch, edges: dict[str, list[Any]],
+                   key: Key | _Rule, contrast: Key | _Rule | None, query: int, ablation: str, metric: str,
+                   rows_per_pass: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """One batch's per-prompt effects ``[n, 2U + 3]``, EAP scores ``[n, 2U]`` and prompt rows."""
+    patcher = HeadPatcher(handle, batch, head, ablation, query, layout)
+    masks = [None if r is None else _positions(batch, r, patcher.query, handle.tokenizer, patcher.clean_rows)
+             .to(patcher.x.device) for r in (key, contrast)]
+    n = len(batch)
+
+    def measure(att: torch.Tensor) -> torch.Tensor:  # rows tiled per batch
+        tile = lambda m: None if m is None else m.repeat(att.shape[0] // n, 1)  # noqa: E731
+        return attention_metric(att, tile(masks[0]), tile(masks[1]), metric)
+
+    both = edges["query"] + edges["key"]
+    clean = measure(patcher.clean_rows).cpu().numpy()
+    effect = patcher.effects(both, measure, [edges["query"], edges["key"], both], rows_per_pass)
+    rows = [{"prompt": int(p), "clean": float(clean[j]), "source": float(clean[j] + effect[j, -1]),
+             **_where(handle.tokenizer, batch.input_ids[j], masks, j)} for j, p in enumerate(batch.indices)]
+    return effect, patcher.eap(both, measure), rows
 
 
 def explain_attention(handle: Any, prompts: Task | Pair | str | Sequence[EncodedBatch], head: HeadLike, *,
@@ -287,25 +310,17 @@ def explain_attention(handle: Any, prompts: Task | Pair | str | Sequence[Encoded
     if key is None:
         key, contrast = _default_rules(batches, answers, query)
     edges = side_edges(layout.graph, target)
-    both = edges["query"] + edges["key"]
-    effects, scores, rows = [], [], []
-    for i, batch in enumerate(batches):
-        if progress:
-            progress(f"batch {i + 1}/{len(batches)}: {len(batch)} prompts of {batch.input_ids.shape[1]} tokens")
-        patcher = HeadPatcher(handle, batch, target, ablation, query, layout)
-        masks = [None if r is None else _positions(batch, r, patcher.query, handle.tokenizer, patcher.clean_rows)
-                 .to(patcher.x.device) for r in (key, contrast)]
-
-        def measure(att: torch.Tensor, masks: list[Any] = masks, n: int = len(batch)) -> torch.Tensor:
-            tile = lambda m: None if m is None else m.repeat(att.shape[0] // n, 1)
-            return attention_metric(att, tile(masks[0]), tile(masks[1]), metric)
-
-        clean = measure(patcher.clean_rows).cpu().numpy()
-        effect = patcher.effects(both, measure, [edges["query"], edges["key"], both], rows_per_pass)
-        effects.append(effect)
-        scores.append(patcher.eap(both, measure))
-        rows += [{"prompt": int(p), "clean": float(clean[j]), "source": float(clean[j] + effect[j, -1]),
-                  **_where(handle.tokenizer, batch.input_ids[j], masks, j)} for j, p in enumerate(batch.indices)]
+    effects, scores, rows = [], [], []  # per batch; rows per prompt
+    with eager_attention(handle.model):  # once for every batch, not per attention call
+        for i, batch in enumerate(batches):
+            effect, score, batch_rows = _explain_batch(handle, layout, target, batch, edges, key, contrast, query,
+                                                       ablation, metric, rows_per_pass)
+            effects.append(effect)
+            scores.append(score)
+            rows += batch_rows
+            if progress:
+                progress(f"batch {i + 1}/{len(batches)} done: {len(batch)} prompts of {batch.input_ids.shape[1]} "
+                         "tokens")
     per = np.concatenate(effects)
     eap = np.concatenate(scores)
     if not np.isfinite(per).all() or not np.isfinite(eap).all():
@@ -344,6 +359,6 @@ def _assemble(head: Any, edges: dict[str, list[Any]], per: np.ndarray, eap: np.n
         "effect": per[:, :n_single].ravel(), "eap": eap.ravel()})
     clean_low, clean_high = bootstrap_cis(prompts[["clean"]].to_numpy(), n_boot=n_boot, seed=seed)
     rho = spearmanr(senders["eap"], senders["effect"]).statistic if n_single > 2 else float("nan")
-    return AttentionExplanation(str(head), arguments["metric"], arguments["key"], arguments["contrast"], senders, totals,
-                                prompts, per_prompt, float(prompts["clean"].mean()), float(clean_low[0]),
+    return AttentionExplanation(str(head), arguments["metric"], arguments["key"], arguments["contrast"], senders,
+                                totals, prompts, per_prompt, float(prompts["clean"].mean()), float(clean_low[0]),
                                 float(clean_high[0]), float(rho), graph, arguments, {"total_s": round(seconds, 3)})

@@ -182,12 +182,16 @@ def explain(
     key: Annotated[str | None, typer.Option(
         help="--attention: key position (an index) or token (default: the target's token against the foil's "
              "where the prompts hold both, else the position the head attends most)")] = None,
-    contrast: Annotated[str | None, typer.Option(help="--attention: position or token subtracted from the key's")] = None,
+    contrast: Annotated[str | None, typer.Option(
+        help="--attention: position or token subtracted from the key's")] = None,
     query: Annotated[int, typer.Option(help="--attention: query position (default: the last)")] = -1,
-    ablation: Annotated[str, typer.Option(help="--attention: what a patched sender carries: corrupt | mean")] = "corrupt",
-    metric: Annotated[str, typer.Option(help="--attention: weight | log-weight (the attention on the key positions)")] = "weight",
+    ablation: Annotated[str, typer.Option(
+        help="--attention: what a patched sender carries: corrupt | mean")] = "corrupt",
+    metric: Annotated[str, typer.Option(
+        help="--attention: weight | log-weight (of the attention on the key positions)")] = "weight",
 ) -> None:
-    """Explain one decision (which heads and paths carried the target over the foil), or with --attention why a head attends where it does."""
+    """Explain one decision (the heads and paths that carried the target over the foil), or with --attention why a
+    head attends where it does."""
     if attention is not None:
         _explain_attention(model, attention, prompt, target, foil, corrupt, task, task_file, prompts, seed, key,
                            contrast, query, ablation, metric, device, top, out)
@@ -272,20 +276,18 @@ def _explain_attention(model: str, head: str, prompt: str | None, target: str | 
         return ex, path, time.perf_counter() - tic
 
     ex, path, seconds = run_guarded(go)
-    t = ex.totals.set_index("side")
-    first = ex.prompts.iloc[0]
-    where = (f"key {first.key_tokens or first.key}" + (f" against {first.contrast_tokens or first.contrast}"
-                                                       if ex.contrast else "") + " on the first prompt")
-    console.print(f"{ex.head}: {ex.describe_metric()} at query position {query} = {_interval(ex.clean, ex.clean_low, ex.clean_high)} "
-                  f"over {len(ex.prompts)} prompts ({where}); every sender patched ({ex.arguments['ablation']}): "
-                  f"{_interval(t.loc['both', 'effect'], t.loc['both', 'ci_low'], t.loc['both', 'ci_high'], '{:+.3f}')}"
-                  f" (query side {_interval(t.loc['query', 'effect'], t.loc['query', 'ci_low'], t.loc['query', 'ci_high'], '{:+.3f}')},"
-                  f" key side {_interval(t.loc['key', 'effect'], t.loc['key', 'ci_low'], t.loc['key', 'ci_high'], '{:+.3f}')})",
-                  soft_wrap=True, markup=False)
-    shown = ex.senders.head(top)
     one = len(ex.prompts) == 1  # one prompt: no interval
-    table = shown.assign(effect=[f"{r.effect:+.4f}" if one else _interval(r.effect, r.ci_low, r.ci_high, "{:+.4f}")
-                                 for r in shown.itertuples()])
+    shown_as = lambda v, lo, hi, fmt="{:+.3f}": fmt.format(v) if one else _interval(v, lo, hi, fmt)  # noqa: E731
+    sides = {r.side: shown_as(r.effect, r.ci_low, r.ci_high) for r in ex.totals.itertuples()}
+    first = ex.prompts.iloc[0]
+    where = f"key {first.key_tokens or first.key}" + (
+        f" against {first.contrast_tokens or first.contrast}" if ex.contrast else "")
+    console.print(f"{ex.head}: {ex.describe_metric()} at query position {query} = "
+                  f"{shown_as(ex.clean, ex.clean_low, ex.clean_high)} over {len(ex.prompts)} prompts ({where} on the "
+                  f"first prompt); every sender patched ({ex.arguments['ablation']}): {sides['both']} (query side "
+                  f"{sides['query']}, key side {sides['key']})", soft_wrap=True, markup=False)
+    shown = ex.senders.head(top)
+    table = shown.assign(effect=[shown_as(r.effect, r.ci_low, r.ci_high, "{:+.4f}") for r in shown.itertuples()])
     console.print(table_of(table[["sender", "side", "effect", "share", "eap"]].rename(columns={"eap": "eap (screen)"}),
                            title=f"senders that move {ex.head}'s attention: exact effect of patching each alone on one "
                                  "side (patched - clean" + ("" if one else ", 95% CI over prompts") + ")"))
