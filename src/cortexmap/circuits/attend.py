@@ -10,13 +10,17 @@ on the source residual (for corrupt ablation: the corrupt run's pattern at the c
 
 Key positions (``key`` and ``contrast``): an int is a position (negative: from the end), a
 string a token (every position whose token reads as it, leading spaces ignored). The default,
-where every prompt of the batch has its answers among its tokens: the target answer's positions
+where every prompt has its answers among its tokens: the target answer's positions
 against the foil answer's (for IOI: the indirect object against both mentions of the subject).
 Otherwise: the key position the head attends most on the clean prompt, the first token excluded
 (most heads park attention there), with no contrast. The query position defaults to the last.
 
 Mean ablation replaces a sender by its mean over the prompts of one token length; prompts alone
 in their length are dropped (the mean would be the prompt itself) and counted in ``arguments``.
+
+Cost: per batch, the clean and source forward passes, then ``2 U + 3`` re-runs of one layer's
+attention over the batch (``U`` senders) and one backward through it for the screen. SmolLM2-135M,
+L23H3 (``U = 231``), 16 IOI prompts: about 16 s on one CPU thread.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ from cortexmap.heads import HeadLike
 from cortexmap.models.hooks import eager_attention
 from cortexmap.stats import bootstrap_cis
 from cortexmap.tasks.core import EncodedBatch, Pair, Task, encode_task, prompt_ids
-
 
 
 @dataclass(frozen=True)
