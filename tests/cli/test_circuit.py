@@ -109,6 +109,58 @@ def test_explain_bad_input_is_one_line(tiny, extra, message):
     assert_one_line_error(invoke("explain", "--model", model, "--prompt", PROMPT, *extra), message)
 
 
+def test_explain_without_a_prompt_or_a_head_is_one_line(tiny):
+    model, _, _ = tiny
+    assert_one_line_error(invoke("explain", "--model", model, "--target", " anna"), "explain needs --prompt")
+
+
+def test_explain_attention_over_a_task_prints_senders_and_draws_them(tiny, tmp_path):
+    from cortexmap.circuits import explain_attention
+    from cortexmap.models import load_model
+    from cortexmap.tasks import load_task_file
+
+    model, tasks, _ = tiny
+    path = tmp_path / "attention.html"
+    out = assert_ok(invoke("explain", "--model", model, "--attention", "L2H1", "--task-file", tasks, "--prompts", "6",
+                           "--top", "5", "--out", path))
+    assert "L2H1: A(target token) - A(foil token) at query position -1 =" in out and "over 6 prompts" in out
+    assert "query side" in out and "key side" in out and "95% CI over prompts" in out and f"wrote {path}" in out
+    handle = load_model(str(model))
+    task = load_task_file(tasks, handle.tokenizer, min_pairs=1)
+    task.pairs = task.pairs[:6]
+    ex = explain_attention(handle, task, "L2H1")  # the same numbers through the library
+    page = path.read_text(encoding="utf-8")
+    for r in ex.senders.head(5).itertuples():
+        assert f"{r.effect:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" in out
+        assert in_html(f"{r.sender} → {r.receiver} ({r.side} side of L2H1)", page)
+
+
+def test_explain_attention_on_one_prompt_has_no_intervals(tiny):
+    model, _, _ = tiny
+    out = assert_ok(invoke("explain", "--model", model, "--attention", "L2H1", "--prompt", PROMPT, "--key", "anna",
+                           "--contrast", "3", "--corrupt", "when bert and anna went to the store anna gave a drink to",
+                           "--metric", "log-weight"))
+    assert "log A(token 'anna') - log A(position 3)" in out and "over 1 prompts" in out and "95% CI" not in out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--attention", "L9H0", "--prompt", PROMPT], "L9H0 does not exist"),
+    (["--attention", "H2", "--prompt", PROMPT], "is not a head name"),
+    (["--attention", "L2H1"], "exactly one of --task NAME, --task-file FILE or --prompt TEXT"),
+    (["--attention", "L2H1", "--task", "nope"], "unknown task 'nope'"),
+    (["--attention", "L2H1", "--prompt", PROMPT, "--key", "carl", "--target", " anna", "--foil", " bert"],
+     "token 'carl' is not among the tokens"),
+    (["--attention", "L2H1", "--prompt", PROMPT], "corrupt ablation needs a corrupt prompt"),
+    (["--attention", "L2H1", "--prompt", PROMPT, "--target", " anna", "--foil", " bert", "--metric", "score"],
+     "unknown attention metric 'score'"),
+    (["--attention", "L2H1", "--prompt", PROMPT, "--target", " anna", "--foil", " bert", "--out", "a.gif"],
+     "give a path ending in .svg, .png, .pdf, .html"),
+])
+def test_explain_attention_bad_input_is_one_line(tiny, extra, message):
+    model, _, _ = tiny
+    assert_one_line_error(invoke("explain", "--model", model, *extra), message)
+
+
 def test_regulate_writes_its_table_and_analyze_states_it(tiny_run):
     run, _ = tiny_run
     out = assert_ok(invoke("regulate", run, "--head", "L1H0", "--condition", "ambiguity", "--prompts", "3",

@@ -66,3 +66,24 @@ def test_explain_figure_renders_offline_without_errors(tmp_path: Path) -> None:
     assert run.console == [], run.console
     assert run.requests == [], run.requests
     assert 'class="main-svg"' in run.dom and re.search(r">L0KV1</text>", run.dom)  # the nodes were drawn
+
+
+def test_attention_figure_renders_offline_without_errors(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from cortexmap.report.circuits import attention_graph
+    from cortexmap.report.export import write_figure
+
+    senders = pd.DataFrame({
+        "sender": ["M0", "L0H1", "emb", "L1H0"], "side": ["key", "query", "query", "key"],
+        "receiver": ["L2KV1", "L2H3", "L2H3", "L2KV1"], "kind": ["k", "q", "q", "k"],
+        "effect": [0.08, -0.05, 0.03, -0.01], "ci_low": [0.06, -0.07, 0.01, -0.02], "ci_high": [0.1, -0.03, 0.05, 0.0],
+        "share": [1.6, -1.0, 0.6, -0.2], "eap": [0.07, -0.04, 0.02, -0.01], "n_prompts": 16})
+    fig = attention_graph(senders, "L2H3", 3, 4, 2, title="why L2H3 attends<br>edges into L2H3: query side")
+    page = write_figure(fig, tmp_path / "attention.html")
+    run = rendered_dom(page, width=1100, height=600)
+    assert run.console == [], run.console
+    assert run.requests == [], run.requests
+    assert 'class="main-svg"' in run.dom
+    assert re.search(r">L2KV1</text>", run.dom) and re.search(r">L2H3</text>", run.dom)  # both receivers drawn
+    assert len(re.findall(r'class="js-line"', run.dom)) >= 4  # one path per sender edge

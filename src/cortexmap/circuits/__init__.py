@@ -5,7 +5,9 @@
 circuits exactly, :mod:`~cortexmap.circuits.attribution` estimates every edge at once,
 :mod:`~cortexmap.circuits.curves` evaluates rankings over circuit sizes and
 :mod:`~cortexmap.circuits.faithfulness` turns those into MIB's faithfulness, CPR and CMD;
-:mod:`~cortexmap.circuits.explain` explains one decision and :mod:`~cortexmap.circuits.regulation`
+:mod:`~cortexmap.circuits.explain` explains one decision,
+:mod:`~cortexmap.circuits.attend` why a head attends where it does (path patching into
+its query and key, :mod:`~cortexmap.circuits.attention`) and :mod:`~cortexmap.circuits.regulation`
 measures the regulator test on edges.
 
 Names load their modules on first use, so ``graph`` and ``faithfulness`` (no torch) serve
@@ -30,6 +32,8 @@ _EXPORTS = {
     "curve_table": "faithfulness", "summarize_curves": "faithfulness",
     "CircuitResult": "run", "trace_circuit": "run", "write_circuit": "store",
     "Explanation": "explain", "explain_decision": "explain",
+    "HeadPatcher": "attention", "attention_metric": "attention",
+    "AttentionExplanation": "attend", "explain_attention": "attend",
     "RegulationResult": "regulation", "measure_regulation": "regulation", "write_regulation": "store",
 }
 

@@ -1,4 +1,5 @@
-"""`cortexmap circuit` (a task's circuit in a run) and `cortexmap explain` (one decision's edges and heads)."""
+"""`cortexmap circuit` (a task's circuit in a run) and `cortexmap explain` (one decision's edges and heads, or with
+``--attention`` why a head attends where it does)."""
 
 from __future__ import annotations
 
@@ -159,23 +160,48 @@ def _print_errs(task: str, prompts: Any) -> None:
 @app.command()
 def explain(
     model: Model,
-    prompt: Annotated[str, typer.Option(help="the prompt")],
-    target: Annotated[str, typer.Option(help="the answer the model gives (one token, e.g. ' Mary')")],
-    foil: Annotated[str, typer.Option(help="the competing answer (one token)")],
+    prompt: Annotated[str | None, typer.Option(help="the prompt")] = None,
+    target: Annotated[str | None, typer.Option(help="the answer the model gives (one token, e.g. ' Mary')")] = None,
+    foil: Annotated[str | None, typer.Option(help="the competing answer (one token)")] = None,
     corrupt: Annotated[str | None, typer.Option(
         help="same-length prompt whose answer is the foil (default: the prompt with target and foil swapped)")] = None,
     verify: Annotated[int, typer.Option(help="top screened edges to measure exactly")] = 16,
     screen: Screen = "eap-ig",
     steps: Steps = 5,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps")] = "cpu",
-    top: Annotated[int, typer.Option(help="edges to print")] = 10,
+    top: Annotated[int, typer.Option(help="edges (senders) to print")] = 10,
     out: Annotated[str | None, typer.Option(
         help="also draw the verified edges: .html (interactive, self-contained) or .svg / .png / .pdf")] = None,
+    attention: Annotated[str | None, typer.Option(
+        "--attention", help="explain why this head attends where it does, e.g. L23H3 (every upstream sender, "
+                            "query side and key side, exactly)")] = None,
+    task: Annotated[str | None, typer.Option(help="--attention over a built-in task's pairs (e.g. ioi)")] = None,
+    task_file: Annotated[str | None, typer.Option(help="--attention over a JSONL file of pairs")] = None,
+    prompts: Annotated[int, typer.Option(help="--attention --task: pairs")] = 16,
+    seed: Annotated[int, typer.Option(help="--attention --task: seed of the pairs and of the intervals")] = 0,
+    key: Annotated[str | None, typer.Option(
+        help="--attention: key position (an index) or token (default: the target's token against the foil's "
+             "where the prompts hold both, else the position the head attends most)")] = None,
+    contrast: Annotated[str | None, typer.Option(
+        help="--attention: position or token subtracted from the key's")] = None,
+    query: Annotated[int, typer.Option(help="--attention: query position (default: the last)")] = -1,
+    ablation: Annotated[str, typer.Option(
+        help="--attention: what a patched sender carries: corrupt | mean")] = "corrupt",
+    metric: Annotated[str, typer.Option(
+        help="--attention: weight | log-weight (of the attention on the key positions)")] = "weight",
 ) -> None:
-    """Explain one decision: which heads and paths carried the target over the foil (edges verified exactly)."""
+    """Explain one decision (the heads and paths that carried the target over the foil), or with --attention why a
+    head attends where it does."""
+    if attention is not None:
+        _explain_attention(model, attention, prompt, target, foil, corrupt, task, task_file, prompts, seed, key,
+                           contrast, query, ablation, metric, device, top, out)
+        return
     from cortexmap.circuits.explain import explain_decision
+    from cortexmap.errors import CortexmapError
 
     def go():
+        if prompt is None or target is None or foil is None:
+            raise CortexmapError("explain needs --prompt, --target and --foil (or --attention HEAD to explain a head)")
         if out is not None:
             from cortexmap.report.export import figure_format
 
@@ -196,6 +222,80 @@ def explain(
     console.print("heads: " + ", ".join(f"{r.node} (out {r.effect_out:+.2f}, in {r.effect_in:+.2f})"
                                         for r in heads.itertuples()), soft_wrap=True)
     console.print(f"took {sum(ex.timings.values()):.0f} s" + (f"; wrote {path}" if path else ""), soft_wrap=True)
+
+
+def _position(text: str | None) -> int | str | None:
+    """``--key 5`` is a position, ``--key ' Mary'`` a token."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _explain_attention(model: str, head: str, prompt: str | None, target: str | None, foil: str | None,
+                       corrupt: str | None, task: str | None, task_file: str | None, prompts: int, seed: int,
+                       key: str | None, contrast: str | None, query: int, ablation: str, metric: str, device: str,
+                       top: int, out: str | None) -> None:
+    """``explain --attention``: every upstream sender's exact effect on the head's attention, per side."""
+    import time
+
+    from cortexmap.circuits.attend import explain_attention
+    from cortexmap.errors import CortexmapError
+    from cortexmap.heads import HeadId
+    from cortexmap.tasks.core import Pair
+
+    def go():
+        tic = time.perf_counter()
+        HeadId.parse(head)  # a bad name fails before the model loads
+        if out is not None:
+            from cortexmap.report.export import figure_format
+
+            figure_format(out)
+        if sum(x is not None for x in (task, task_file, prompt)) != 1:
+            raise CortexmapError("--attention needs exactly one of --task NAME, --task-file FILE or --prompt TEXT")
+        if prompts < 1:
+            raise CortexmapError(f"--prompts must be at least 1, got {prompts}")
+        handle = _load(model, device)
+        if task is not None or task_file is not None:
+            from cortexmap.tasks import build_task, builtin_task_names, load_task_file
+
+            if task is not None and task not in builtin_task_names():
+                raise CortexmapError(f"unknown task {task!r}: give a built-in task name or --task-file with its pairs")
+            source = (build_task(task, handle.tokenizer, n=prompts, seed=seed, min_pairs=1) if task is not None
+                      else load_task_file(task_file, handle.tokenizer, min_pairs=1))
+            source.pairs = source.pairs[:prompts]
+        elif target is not None and foil is not None:
+            source = Pair(prompt, target, foil, corrupt)
+        else:
+            source = prompt
+        ex = explain_attention(handle, source, head, key=_position(key), contrast=_position(contrast), query=query,
+                               corrupt=corrupt, ablation=ablation, metric=metric, seed=seed, progress=_say)
+        path = None if out is None else ex.save(out)
+        return ex, path, time.perf_counter() - tic
+
+    ex, path, seconds = run_guarded(go)
+    one = len(ex.prompts) == 1  # one prompt: no interval
+    shown_as = lambda v, lo, hi, fmt="{:+.3f}": fmt.format(v) if one else _interval(v, lo, hi, fmt)  # noqa: E731
+    sides = {r.side: shown_as(r.effect, r.ci_low, r.ci_high) for r in ex.totals.itertuples()}
+    first = ex.prompts.iloc[0]
+    where = f"key {first.key_tokens or first.key}" + (
+        f" against {first.contrast_tokens or first.contrast}" if ex.contrast else "")
+    console.print(f"{ex.head}: {ex.describe_metric()} at query position {query} = "
+                  f"{shown_as(ex.clean, ex.clean_low, ex.clean_high)} over {len(ex.prompts)} prompts ({where} on the "
+                  f"first prompt); every sender patched ({ex.arguments['ablation']}): {sides['both']} (query side "
+                  f"{sides['query']}, key side {sides['key']})", soft_wrap=True, markup=False)
+    shown = ex.senders.head(top)
+    table = shown.assign(effect=[shown_as(r.effect, r.ci_low, r.ci_high, "{:+.4f}") for r in shown.itertuples()])
+    console.print(table_of(table[["sender", "side", "effect", "share", "eap"]].rename(columns={"eap": "eap (screen)"}),
+                           title=f"senders that move {ex.head}'s attention: exact effect of patching each alone on one "
+                                 "side (patched - clean" + ("" if one else ", 95% CI over prompts") + ")"))
+    console.print(f"screen: EAP ranks the {len(ex.senders)} sender-sides with Spearman {ex.screen_spearman:.2f} "
+                  "against the exact effects", soft_wrap=True)
+    if ex.arguments.get("n_dropped"):
+        console.print(f"{ex.arguments['n_dropped']} prompts alone in their token length were left out (mean ablation)")
+    console.print(f"took {seconds:.0f} s" + (f"; wrote {path}" if path else ""), soft_wrap=True)
 
 
 @app.command()

@@ -9,7 +9,9 @@ the metric and blue where it raises it; hovering an edge's midpoint gives its nu
 95% interval of an exact (path-patched) effect. Heads carry their atlas roles (names passed on their
 evidence) and the tasks they are critical for in the hover text.
 :func:`decision_graph` draws one decision (``cortexmap explain``) the same way from its verified
-edges, with hover numbers for a single prompt (screen score, exact effect, share; no intervals).
+edges, with hover numbers for a single prompt (screen score, exact effect, share; no intervals);
+:func:`attention_graph` draws why a head attends (``cortexmap explain --attention``): each sender
+as an edge into the head's query or its KV group's key, width = |effect on the attention metric|.
 """
 
 from __future__ import annotations
@@ -158,6 +160,36 @@ def decision_graph(edges: pd.DataFrame, heads: pd.DataFrame, n_layers: int, n_he
     fig = edge_graph(edges, hover, n_layers, n_heads, n_kv_heads, nodes, label_all=True)
     if title:
         fig.update_layout(title={"text": title, "x": 0, "font": {"size": 13}}, margin={"t": 70})
+    return fig
+
+
+def attention_graph(senders: pd.DataFrame, head: str, n_layers: int, n_heads: int, n_kv_heads: int, *,
+                    title: str | None = None) -> go.Figure:
+    """The senders that move one head's attention, as edges into its query and its KV group's key.
+
+    Args:
+        senders: ``sender, side, receiver, kind, effect, ci_low, ci_high, share, eap, n_prompts`` per
+            drawn edge (:attr:`~cortexmap.circuits.attend.AttentionExplanation.senders`).
+        head: the receiving head, ``"L{l}H{h}"``.
+        n_layers: layers of the model.
+        n_heads: query heads per layer.
+        n_kv_heads: KV groups per layer.
+        title: a title above the graph.
+
+    Returns:
+        The figure (see :func:`edge_graph` for its traces); orange where patching the sender's edge
+        lowers the attention metric, blue where it raises it; hover gives the exact effect with its
+        95% interval over prompts, its share of the whole change and the EAP screen's estimate.
+    """
+    hover = [f"{r.sender} → {r.receiver} ({r.side} side of {head})<br>effect {r.effect:+.4f} "
+             f"[95% CI {r.ci_low:+.4f}, {r.ci_high:+.4f}] (exact, {r.n_prompts} prompts)<br>"
+             + (f"share {r.share:.2f} of the whole change" if math.isfinite(r.share) else "share n/a (no change)")
+             + f"<br>eap {r.eap:+.4f} (screen)" for r in senders.itertuples()]
+    nodes = {head: "the receiving head: its attention is the metric"}
+    nodes.update({r: f"the key of {head}'s KV group" for r in senders.loc[senders["side"] == "key", "receiver"]})
+    fig = edge_graph(senders, hover, n_layers, n_heads, n_kv_heads, nodes, label_all=True)
+    if title:
+        fig.update_layout(title={"text": title, "x": 0, "font": {"size": 13}}, margin={"t": 84})
     return fig
 
 
