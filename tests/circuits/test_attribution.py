@@ -12,15 +12,17 @@ from cortexmap.circuits.rewire import RewiredPass
 from cortexmap.errors import CortexmapError
 from cortexmap.tasks.core import logit_diff
 from tests.circuits.test_patching import sample_edges
-from tests.circuits.tiny_circuits import circuit_handle, task_batch
+from tests.circuits.tiny_circuits import SUPPORTED, circuit_handle, task_batch
 
 
-@pytest.mark.parametrize("arch", ["llama_gqa", "qwen3", "opt"])
+@pytest.mark.parametrize("arch", SUPPORTED)
 def test_eap_score_is_the_derivative_along_the_edge_weight(arch):  # noqa: ANN001
     """EAP's score of e is dM/dw_e at the clean run: compare with a central finite difference.
 
-    The model is float64 but eager attention takes its softmax in float32, so the step is 1e-3:
-    truncation error ~2e-5, rounding ~5e-6, against scores of order 0.01-0.2.
+    The model is float64 but eager attention takes its softmax in float32 (and Gemma's RMSNorms
+    normalize in float32), so the step is 1e-3: truncation error ~2e-5, rounding ~5e-6 (~1e-4 on
+    the Gemma models), against scores of order 0.01-0.7. Largest deviation measured: 1.2e-4
+    (gemma3_text), 9e-5 on the others.
     """
     handle, batch = circuit_handle(arch, dtype=torch.float64), task_batch()
     patcher = PathPatcher(handle, batch)
@@ -34,17 +36,18 @@ def test_eap_score_is_the_derivative_along_the_edge_weight(arch):  # noqa: ANN00
         with torch.no_grad():
             logits = RewiredPass(patcher.layout, patcher.source, weights).run(patcher.input_ids)
         plus, minus = logit_diff(logits, batch.target_ids.repeat(2), batch.foil_ids.repeat(2)).view(2, -1).numpy()
-        np.testing.assert_allclose(eap[:, e], (plus - minus) / (2 * step), rtol=1e-3, atol=1e-4, err_msg=str(edge))
+        np.testing.assert_allclose(eap[:, e], (plus - minus) / (2 * step), rtol=1e-3, atol=2e-4, err_msg=str(edge))
 
 
-def test_eap_ig_scores_are_complete():
+@pytest.mark.parametrize("arch", ["llama_gqa", "gpt2", "gpt_neox", "gemma3_text"])
+def test_eap_ig_scores_are_complete(arch):  # noqa: ANN001
     """Integrated gradients sum to M(corrupt) - M(clean); the midpoint rule's error falls as 1/steps^2."""
-    handle, batch = circuit_handle("llama_gqa", dtype=torch.float64), task_batch()
+    handle, batch = circuit_handle(arch, dtype=torch.float64), task_batch()
     patcher = PathPatcher(handle, batch)
     total = patcher.patch(np.ones(patcher.graph.n_edges, dtype=bool)) - patcher.clean_metric
     errors = [np.abs(edge_scores(handle, batch, "eap-ig", steps).sum(1) - total).max() for steps in (8, 32)]
     assert errors[1] < 2e-3 * np.abs(total).max()
-    assert errors[1] < errors[0] / 8  # measured ratio 16.3 (second order)
+    assert errors[1] < errors[0] / 8  # measured ratio 16.3 on llama_gqa (second order)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -63,10 +66,11 @@ def test_eap_agrees_with_exact_edge_effects(seed):  # noqa: ANN001
         assert np.corrcoef(exact.ravel(), scores.ravel())[0, 1] > 0.75, method
 
 
-def test_eap_ig_inputs_first_point_is_eap_at_the_corrupt_run():
+@pytest.mark.parametrize("arch", ["llama_gqa", "gpt2", "gemma3_text"])
+def test_eap_ig_inputs_first_point_is_eap_at_the_corrupt_run(arch):  # noqa: ANN001
     """EAP-IG-inputs' k = 0 point runs on the corrupt embeddings with clean-run differences:
     that is minus EAP with clean and corrupt prompts swapped."""
-    handle, batch = circuit_handle("llama_gqa", dtype=torch.float64), task_batch()
+    handle, batch = circuit_handle(arch, dtype=torch.float64), task_batch()
     swapped = task_batch()
     swapped.input_ids, swapped.corrupt_ids = batch.corrupt_ids, batch.input_ids
     np.testing.assert_allclose(edge_scores(handle, batch, "eap-ig-inputs", steps=1),

@@ -2,10 +2,15 @@
 
 The reference for one edge is built by hand, sharing nothing with :mod:`cortexmap.circuits` but
 the geometry facts: plain torch hooks cache every sender's output (a head's through the output
-projection *module* on an input with the other heads zeroed, minus the projection of zeros) and
-every receiver's input in a clean and a corrupt run; the receiver's input is rebuilt as clean
-input + (corrupt - clean) contribution of the sender; a second forward runs the receiving norm and
-projection modules on it and splices the receiving head's (or KV group's) slice into the pass.
+projection *module* on an input with the other heads zeroed, minus the projection of zeros; a
+sandwich layer's ``A{l}`` as its post-attention norm's output) and every receiver's input in a
+clean and a corrupt run; the receiver's input is rebuilt as clean input + (corrupt - clean)
+contribution of the sender; a second forward runs the receiving norm and projection modules on it
+and splices the receiving head's (or KV group's) columns into the pass. Where those columns sit in
+a fused q/k/v output is written here from transformers' modeling code (GPT-2 splits ``c_attn`` in
+``[q | k | v]``; GPT-NeoX views ``query_key_value`` as ``[n_heads, 3 * d_head]`` and chunks it),
+not read from the geometry row, and :func:`test_fused_columns_are_where_the_model_reads_them`
+checks them against the model itself.
 """
 
 from __future__ import annotations
@@ -26,6 +31,34 @@ ATOL = 1e-5
 
 def _arg(args, kwargs):  # noqa: ANN001, ANN202
     return args[0] if args else kwargs["hidden_states"]
+
+
+def sandwich(handle) -> bool:  # noqa: ANN001
+    return handle.geometry.block.residual == "sandwich"
+
+
+def mlp_out(handle, layer: int):  # noqa: ANN001, ANN201
+    """The module whose output is the MLP's term of the residual."""
+    block = handle.geometry.block
+    return getattr(handle.blocks()[layer], block.post_mlp_norm if sandwich(handle) else block.mlp)
+
+
+def receiver_columns(handle, kind: str, slot: int) -> torch.Tensor:  # noqa: ANN001
+    """Columns of head / KV group ``slot``'s ``kind`` in the output of the module computing it."""
+    d, width = handle.d_head, handle.n_heads * handle.d_head
+    if handle.model_type == "gpt2":  # query, key, value = c_attn(x).split(split_size=width)
+        return "qkv".index(kind) * width + slot * d + torch.arange(d)
+    if handle.model_type == "gpt_neox":  # qkv.view(.., n_heads, 3 * d).chunk(3, dim=-1)
+        return slot * 3 * d + "qkv".index(kind) * d + torch.arange(d)
+    return slot * d + torch.arange(d)
+
+
+def receiver_module(handle, layer: int, kind: str):  # noqa: ANN001, ANN201
+    geometry, block = handle.geometry, handle.geometry.block
+    attn = getattr(handle.blocks()[layer], geometry.attn)
+    if geometry.qkv_fused:
+        return getattr(attn, geometry.qkv_fused)
+    return getattr(attn, {"q": geometry.q_proj, "k": block.k_proj, "v": block.v_proj}[kind])
 
 
 @torch.no_grad()
@@ -51,7 +84,11 @@ def cache_run(handle, ids):  # noqa: ANN001, ANN201
     for layer, b in enumerate(blocks):
         attn = getattr(b, geometry.attn)
         hooks.append(getattr(attn, geometry.out_proj).register_forward_pre_hook(keep(("z", layer)), with_kwargs=True))
-        hooks.append(getattr(b, block.mlp).register_forward_hook(keep_out(("mlp", layer))))
+        hooks.append(mlp_out(handle, layer).register_forward_hook(keep_out(("mlp", layer))))
+        if sandwich(handle):
+            post = getattr(b, block.post_attn_norm)
+            hooks.append(post.register_forward_hook(keep_out(("attn", layer))))
+            hooks.append(post.register_forward_pre_hook(keep(("attn_out_in", layer)), with_kwargs=True))
         hooks.append(getattr(b, block.attn_norm).register_forward_pre_hook(keep(("attn_in", layer)), with_kwargs=True))
         hooks.append(getattr(b, block.mlp_norm).register_forward_pre_hook(keep(("mlp_in", layer)), with_kwargs=True))
     hooks.append(handle.final_modules()[0].register_forward_pre_hook(keep("final_in"), with_kwargs=True))
@@ -67,8 +104,8 @@ def cache_run(handle, ids):  # noqa: ANN001, ANN201
 def contribution(handle, cache, sender, shape):  # noqa: ANN001, ANN201
     if sender == "emb":
         return cache["emb"]
-    if sender.startswith("M"):
-        return cache[("mlp", int(sender[1:]))].reshape(shape)
+    if sender[0] in "MA":
+        return cache[("mlp" if sender[0] == "M" else "attn", int(sender[1:]))].reshape(shape)
     layer, head = (int(x) for x in sender[1:].split("H"))
     z = cache[("z", layer)]
     d = handle.d_head
@@ -97,26 +134,25 @@ def independent_metric(handle, batch, edge: Edge, ablation: str = "corrupt"):  #
     if receiver == "logits":
         modified = clean["final_in"] + delta
         module, hook_kind = handle.final_modules()[0], "pre"
-    elif receiver.startswith("M"):
+    elif receiver[0] in "MA":
         layer = int(receiver[1:])
-        modified = clean[("mlp_in", layer)] + delta.reshape(clean[("mlp_in", layer)].shape)
-        module, hook_kind = getattr(blocks[layer], block.mlp_norm), "pre"
+        key, norm = ("mlp_in", block.mlp_norm) if receiver[0] == "M" else ("attn_out_in", block.post_attn_norm)
+        modified = clean[(key, layer)] + delta.reshape(clean[(key, layer)].shape)
+        module, hook_kind = getattr(blocks[layer], norm), "pre"
     else:
         layer = int(receiver[1:].split("H")[0].split("K")[0])
         slot = int(receiver.split("H")[-1]) if edge.kind == "q" else int(receiver.split("KV")[-1])
-        b = blocks[layer]
-        attn = getattr(b, geometry.attn)
-        proj = getattr(attn, {"q": geometry.q_proj, "k": block.k_proj, "v": block.v_proj}[edge.kind])
-        normed = getattr(b, block.attn_norm)(clean[("attn_in", layer)] + delta)
+        proj = receiver_module(handle, layer, edge.kind)
+        normed = getattr(blocks[layer], block.attn_norm)(clean[("attn_in", layer)] + delta)
         rebuilt = proj(normed)
-        d = handle.d_head
+        columns = receiver_columns(handle, edge.kind, slot)
         module, hook_kind = proj, "post"
     if hook_kind == "pre":
         hook = module.register_forward_pre_hook(lambda m, a: (modified.reshape(a[0].shape),) + tuple(a[1:]))
     else:
         def splice(m, a, out):  # noqa: ANN001, ANN202
             out = out.clone()
-            out[..., slot * d:(slot + 1) * d] = rebuilt[..., slot * d:(slot + 1) * d]
+            out[..., columns] = rebuilt[..., columns]
             return out
 
         hook = module.register_forward_hook(splice)
@@ -127,21 +163,28 @@ def independent_metric(handle, batch, edge: Edge, ablation: str = "corrupt"):  #
     return logit_diff(logits.float(), batch.target_ids, batch.foil_ids).numpy()
 
 
+def _node_type(name: str) -> str:
+    return name if name in ("emb", "logits") else ("head" if "H" in name or "KV" in name else name[0])
+
+
 def sample_edges(graph: Graph, n_random: int = 10, seed: int = 0) -> list[Edge]:
-    """One edge of every receiver kind and sender kind, plus seeded random ones."""
-    last = graph.n_layers - 1
-    picked = [Edge("emb", "L0H1", "q"), Edge("emb", "L0KV0", "k"), Edge("L0H2", f"L{last}KV0", "v"),
-              Edge("M0", "L1H0", "q"), Edge("L1H3", "M1", "in"), Edge("emb", "M0", "in"),
-              Edge(f"L{last}H1", "logits", "in"), Edge(f"M{last}", "logits", "in"), Edge("emb", "logits", "in")]
+    """One edge of every (sender type, receiver type, kind) the graph has, plus seeded random ones."""
     rng = np.random.default_rng(seed)
-    return picked + [graph.edges[i] for i in rng.choice(graph.n_edges, n_random, replace=False)]
+    order = rng.permutation(graph.n_edges)
+    picked: dict[tuple[str, str, str], Edge] = {}
+    for i in order:
+        edge = graph.edges[i]
+        picked.setdefault((_node_type(edge.sender), _node_type(edge.receiver), edge.kind), edge)
+    rest = [graph.edges[i] for i in order if graph.edges[i] not in picked.values()]
+    return list(picked.values()) + rest[:n_random]
 
 
 @pytest.mark.parametrize("arch", SUPPORTED)
 def test_single_edge_effect_equals_independent_computation(arch):  # noqa: ANN001
     handle, batch = circuit_handle(arch), task_batch()
     patcher = PathPatcher(handle, batch)
-    edges = sample_edges(patcher.graph)
+    strongest = patcher.graph.edges[int(np.abs(patcher.edge_effects()).max(0).argmax())]
+    edges = sample_edges(patcher.graph) + [strongest]  # every kind of edge, and the largest effect
     effects = patcher.edge_effects(edges, rows_per_pass=16)  # 4 edges per pass: batching exercised
     for i, edge in enumerate(edges):
         reference = independent_metric(handle, batch, edge) - patcher.clean_metric
@@ -176,7 +219,7 @@ def test_zero_ablation_edges_in_a_head_ablated_model_equal_independent_computati
     assert np.abs(effects - intact.edge_effects(edges)).max() > 1e-3  # ... and the edges
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama_gqa", "mistral", "qwen2"])
+@pytest.mark.parametrize("arch", SUPPORTED)
 def test_patching_every_edge_is_the_corrupt_run_and_none_the_clean_run(arch):  # noqa: ANN001
     handle, batch = circuit_handle(arch), task_batch()
     patcher = PathPatcher(handle, batch)
@@ -206,10 +249,11 @@ def test_query_key_and_value_inputs_differ():
 def node_patched_metric(handle, batch, sender: str):  # noqa: ANN001, ANN201
     """Replace one sender's output by its corrupt output with a plain hook (a node patch)."""
     corrupt, _ = cache_run(handle, batch.corrupt_ids)
-    if sender.startswith("M"):
-        layer = int(sender[1:])
-        module = getattr(handle.blocks()[layer], handle.geometry.block.mlp)
-        hook = module.register_forward_hook(lambda m, a, out: corrupt[("mlp", layer)].reshape(out.shape))
+    if sender[0] in "MA":
+        layer, key = int(sender[1:]), "mlp" if sender[0] == "M" else "attn"
+        block = handle.geometry.block
+        module = mlp_out(handle, layer) if key == "mlp" else getattr(handle.blocks()[layer], block.post_attn_norm)
+        hook = module.register_forward_hook(lambda m, a, out: corrupt[(key, layer)].reshape(out.shape))
     else:
         layer, head = (int(x) for x in sender[1:].split("H"))
         d = handle.d_head
@@ -227,13 +271,15 @@ def node_patched_metric(handle, batch, sender: str):  # noqa: ANN001, ANN201
     return logit_diff(logits, batch.target_ids, batch.foil_ids).numpy()
 
 
-@pytest.mark.parametrize("arch", ["llama_gqa", "qwen2"])
-@pytest.mark.parametrize("sender", ["L0H2", "M0", "L1H1"])
-def test_patching_every_edge_out_of_a_sender_is_a_node_patch(arch, sender):  # noqa: ANN001
+@pytest.mark.parametrize("arch", ["llama_gqa", "qwen2", "gpt2", "gpt_neox", "gemma3_text"])
+def test_patching_every_edge_out_of_a_sender_is_a_node_patch(arch):  # noqa: ANN001
     handle, batch = circuit_handle(arch), task_batch()
     patcher = PathPatcher(handle, batch)
-    out_of = [e for e in patcher.graph.edges if e.sender == sender]
-    np.testing.assert_allclose(patcher.patch(out_of), node_patched_metric(handle, batch, sender), atol=ATOL)
+    for sender in ["L0H2", "M0", "L1H1"] + (["A0", "A1"] if sandwich(handle) else []):
+        out_of = [e for e in patcher.graph.edges if e.sender == sender]
+        node = node_patched_metric(handle, batch, sender)
+        np.testing.assert_allclose(patcher.patch(out_of), node, atol=ATOL, err_msg=sender)
+        assert np.abs(node - patcher.clean_metric).max() > 1e-3, sender
 
 
 def test_circuits_in_one_pass_equal_circuits_one_at_a_time():

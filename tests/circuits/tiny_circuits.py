@@ -1,4 +1,5 @@
-"""Tiny random models for circuit tests: the shared tiny configs plus qwen3 and gemma, weights scaled up.
+"""Tiny random models for circuit tests: every shared tiny config plus qwen3, gemma, gemma2 and a
+sequential GPT-NeoX, weights scaled up.
 
 At the default init (std 0.02) a 32-wide model is nearly linear in its inputs: attention is almost
 uniform, the MLP barely leaves the linear part of its activation, and every first-order estimate
@@ -13,23 +14,28 @@ import transformers as tf
 
 from cortexmap.models import wrap_model
 from cortexmap.tasks.core import EncodedBatch
-from tests.tiny import VOCAB, model_from_config, random_ids, tiny_model
+from tests.tiny import ARCHS, VOCAB, model_from_config, random_ids, tiny_model
 
 SCALE = 4.0
-SUPPORTED = ["llama", "llama_gqa", "mistral", "qwen2", "qwen3", "gemma", "opt"]
-UNSUPPORTED = ["gpt2", "gpt_neox", "gemma3_text"]
+EXTRA = ["qwen3", "gemma", "gemma2", "gpt_neox_sequential"]
+SUPPORTED = ARCHS + EXTRA  # every tiny architecture: fused q/k/v, parallel, sandwich and GQA included
+FUSED = ["gpt2", "gpt_neox", "gpt_neox_sequential"]
+SANDWICH = ["gemma2", "gemma3_text"]
 
 
 def _extra_model(arch: str, seed: int, dtype: torch.dtype):  # noqa: ANN202
     common = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
-              "intermediate_size": 64, "max_position_embeddings": 64, "head_dim": 8}
-    config = {"qwen3": lambda: tf.Qwen3Config(**common, num_key_value_heads=2),
-              "gemma": lambda: tf.GemmaConfig(**common, num_key_value_heads=1)}[arch]()
+              "intermediate_size": 64, "max_position_embeddings": 64}
+    config = {"qwen3": lambda: tf.Qwen3Config(**common, num_key_value_heads=2, head_dim=8),
+              "gemma": lambda: tf.GemmaConfig(**common, num_key_value_heads=1, head_dim=8),
+              "gemma2": lambda: tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=8, sliding_window=4),
+              "gpt_neox_sequential": lambda: tf.GPTNeoXConfig(**common, rotary_pct=0.25, use_parallel_residual=False),
+              }[arch]()
     return model_from_config(config, seed, dtype)
 
 
 def circuit_handle(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, scale: float = SCALE):  # noqa: ANN201
-    model = _extra_model(arch, seed, dtype) if arch in ("qwen3", "gemma") else tiny_model(arch, seed, dtype)
+    model = _extra_model(arch, seed, dtype) if arch in EXTRA else tiny_model(arch, seed, dtype)
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() >= 2:

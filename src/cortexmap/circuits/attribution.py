@@ -31,11 +31,12 @@ How the per-receiver gradients are had without per-receiver copies. On every pat
 attention receivers of a layer read the same input ``x`` (every edge has the same weight), so
 the pass runs with one copy, as the model does. ``dM/d input_r`` for query head ``h`` is the
 vector-Jacobian product of ``x -> q_proj(attn_norm(x))`` at ``x`` with the gradient at the
-projection output *restricted to head h's slice*; likewise for KV group ``g`` and the k or v
-projection. A backward hook on each projection output re-runs that norm and projection (the
-model's modules, on a detached ``x``) and takes all of the layer's slices at once as one batched
-VJP (``is_grads_batched``). MLP and logits receivers are one per input: a hook on the norm's input
-gives their gradient directly. Each gradient is contracted with the store of
+projection output *restricted to head h's columns*; likewise for KV group ``g`` and the k or v
+projection (a fused q/k/v projection: its columns of the fused output). A backward hook on each
+projection output re-runs that norm and projection (the model's modules, on a detached ``x``)
+and takes all of its receivers' slices at once as one batched VJP (``is_grads_batched``).
+``A{l}`` (sandwich), MLP and logits receivers are one per input: a hook on the norm's input gives
+their gradient directly. Each gradient is contracted with the store of
 ``source - current`` differences (:mod:`~cortexmap.circuits.senders`) at once and dropped.
 
 Memory: one forward + backward at the batch size (parameters get no gradients), plus a compact
@@ -58,7 +59,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cortexmap.circuits.layout import Layout, circuit_layout
+from cortexmap.circuits.graph import ReceiverBlock
+from cortexmap.circuits.layout import Layout, Projection, circuit_layout
 from cortexmap.circuits.rewire import RewiredPass, replace_hidden
 from cortexmap.circuits.senders import (
     Contributions,
@@ -104,16 +106,23 @@ class ScoringPass(RewiredPass):
         self.attn_in.clear()
         self._sum = None
 
-    def _uniform_delta(self, n_up: int) -> torch.Tensor | None:
-        """``alpha * sum_s (source_s - current_s)`` over the first ``n_up`` senders: ``[1, batch, x]`` (None at 0).
+    def _uniform_delta(self, upstream: tuple[int, ...]) -> torch.Tensor | None:
+        """``alpha * sum_s (source_s - current_s)`` over the sender groups ``upstream``: ``[1, batch, x]`` (None at 0).
 
-        Upstream sets are prefixes of the sender order and receivers come in that order, so a
-        running sum over the store serves every receiver (``O(n_senders)`` adds in all).
+        The residual receivers' upstream sets are prefixes of the logits' (every residual sender,
+        in writing order) and receivers come in that order, so a running sum over the store serves
+        them all (``O(n_senders)`` adds in all). A sandwich layer's ``A{l}`` reads its heads only:
+        summed on its own.
         """
         if self.alpha == 0.0:
             return None
-        while self._summed < len(self.chunks) and self._span(self._summed)[0] < n_up:
-            part = self._chunk_total(self._summed, self.chunks[self._summed])  # [batch, x]
+        order = self.graph.block("logits").groups
+        if upstream != order[:len(upstream)] or self._summed > len(upstream):
+            total = sum(self._chunk_total(c, self.chunks[c]) for c in upstream)
+            return self.alpha * total.unsqueeze(0)
+        while self._summed < len(upstream):
+            c = order[self._summed]
+            part = self._chunk_total(c, self.chunks[c])  # [batch, x]
             self._sum = part if self._sum is None else self._sum + part
             self._summed += 1
         return self.alpha * self._sum.unsqueeze(0)
@@ -129,20 +138,20 @@ class ScoringPass(RewiredPass):
         """Store chunk ``c`` summed over its senders, ``[batch, x]`` (a head chunk: the heads' joint write)."""
         if chunk.dim() == 3:
             return chunk.sum(0)
-        out = torch.einsum("bshd,Dhd->bsD", chunk, self.layout.out_weight((c - 1) // 2).to(chunk.dtype))
-        return out.reshape(chunk.shape[0], -1)
+        weight = self.layout.out_weight(self.graph.sender_groups[c].layer).to(chunk.dtype)
+        return torch.einsum("bshd,Dhd->bsD", chunk, weight).reshape(chunk.shape[0], -1)
 
-    def _store(self, n_up: int) -> Iterator[tuple[int, int, torch.Tensor]]:  # type: ignore[override]
-        """The store's chunks below sender ``n_up``, head chunks projected to residual space one at a time."""
+    def _store(self, upstream: tuple[int, ...]) -> Iterator[tuple[int, int, torch.Tensor]]:  # type: ignore[override]
+        """The store's chunks of sender groups ``upstream``, head chunks projected to residual space one at a time."""
         chunks = self.frozen if self.frozen is not None else self.chunks
-        for c, chunk in enumerate(chunks):
-            start, n = self._span(c)
-            if start >= n_up:
-                return
+        column = 0
+        for c in upstream:
+            chunk, n = chunks[c], self.graph.sender_groups[c].count
             if chunk.dim() == 4:
                 with torch.no_grad():
-                    chunk = head_chunk(self.layout, (c - 1) // 2, chunk.detach())
-            yield start, n, chunk
+                    chunk = head_chunk(self.layout, self.graph.sender_groups[c].layer, chunk.detach())
+            yield column, n, chunk
+            column += n
 
     def _register(self) -> list[Any]:
         hooks = super()._register()
@@ -156,36 +165,35 @@ class ScoringPass(RewiredPass):
 
     def _attention_hooks(self, layer: int, block: Any) -> list[Any]:
         hooks = [block.attn_norm.register_forward_pre_hook(self._attn_input_hook(layer), with_kwargs=True)]
-        for kind, proj in (("q", block.q_proj), ("k", block.k_proj), ("v", block.v_proj)):
-            hooks.append(proj.register_forward_hook(self._proj_grad_hook(layer, kind, proj, block.attn_norm)))
+        for proj in self.layout.projections(layer):
+            hooks.append(proj.module.register_forward_hook(self._proj_grad_hook(layer, proj, block.attn_norm)))
         return hooks
 
     def _attn_input_hook(self, layer: int) -> Callable[..., Any]:
-        n_up = self.graph.n_before(layer)
+        upstream = self.graph.block("attention", layer).groups
 
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if self._inner:
                 return None
             x = hidden_arg(args, kwargs)
-            delta = self._uniform_delta(n_up)
+            delta = self._uniform_delta(upstream)
             self.attn_in[layer] = x if delta is None else x + delta.reshape(x.shape)
             return None if delta is None else replace_hidden(args, kwargs, self.attn_in[layer])
 
         return hook
 
-    def _proj_grad_hook(self, layer: int, kind: str, proj: Any, norm: Any) -> Callable[..., None]:
-        h, g = self.graph.n_heads, self.graph.n_kv_heads
-        lo, n = {"q": (0, h), "k": (h, g), "v": (h + g, g)}[kind]
-        sl, n_up = self.graph.attention_slice(layer), self.graph.n_before(layer)
+    def _proj_grad_hook(self, layer: int, proj: Projection, norm: Any) -> Callable[..., None]:
+        block, n = self.graph.block("attention", layer), len(proj.columns)
 
-        def on_grad(grad: torch.Tensor) -> None:  # [batch, seq, n * d_head]: dM / d projection output
+        def on_grad(grad: torch.Tensor) -> None:  # [batch, seq, width]: dM / d projection output
             x = self.attn_in[layer].detach().requires_grad_(True)
             with torch.enable_grad():
-                y = self._call(proj, self._call(norm, x))
-            eye = torch.eye(n, dtype=grad.dtype, device=grad.device)
-            slots = grad.reshape(1, *grad.shape[:-1], n, -1) * eye.reshape(n, *[1] * (grad.dim() - 1), n, 1)
-            per_receiver, = torch.autograd.grad(y, x, slots.reshape(n, *grad.shape), is_grads_batched=True)
-            self._contract(sl, n_up, self.graph.n_attention_receivers, lo, per_receiver.reshape(n, self.batch, -1))
+                y = self._call(proj.module, self._call(norm, x))
+            mask = torch.zeros(n, grad.shape[-1], dtype=grad.dtype, device=grad.device)
+            mask.scatter_(1, proj.columns.to(grad.device), 1.0)  # row r: receiver r's columns
+            slots = grad.unsqueeze(0) * mask.reshape(n, *[1] * (grad.dim() - 1), -1)
+            per_receiver, = torch.autograd.grad(y, x, slots, is_grads_batched=True)
+            self._contract(block, proj.lo, per_receiver.reshape(n, self.batch, -1))
 
         def hook(module: Any, args: tuple[Any, ...], out: torch.Tensor) -> None:
             if not self._inner:
@@ -193,23 +201,23 @@ class ScoringPass(RewiredPass):
 
         return hook
 
-    def _single_hook(self, sl: slice, n_up: int) -> Callable[..., Any]:
+    def _single_hook(self, block: ReceiverBlock) -> Callable[..., Any]:
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if self._inner:
                 return None
             x = hidden_arg(args, kwargs)
-            delta = self._uniform_delta(n_up)
+            delta = self._uniform_delta(block.groups)
             new = x.clone() if delta is None else x + delta.reshape(x.shape)  # this receiver's own input
-            new.register_hook(lambda grad: self._contract(sl, n_up, 1, 0, grad.reshape(1, self.batch, -1)))
+            new.register_hook(lambda grad: self._contract(block, 0, grad.reshape(1, self.batch, -1)))
             return replace_hidden(args, kwargs, new)
 
         return hook
 
-    def _contract(self, sl: slice, n_up: int, n_rec: int, lo: int, grad: torch.Tensor) -> None:
-        """``scores[:, edges into receivers lo..] += scale * <store, grad>``; ``grad [n, batch, seq * d]``."""
-        target = self.scores[:, sl].view(self.batch, n_rec, n_up)[:, lo:lo + len(grad)]
+    def _contract(self, block: ReceiverBlock, lo: int, grad: torch.Tensor) -> None:
+        """``scores[:, edges into block's receivers lo..] += scale * <store, grad>``; ``grad [n, batch, seq * d]``."""
+        target = self.scores[:, block.edges].view(self.batch, len(block.receivers), block.n_up)[:, lo:lo + len(grad)]
         grad = grad.float()
-        for start, count, chunk in self._store(n_up):
+        for start, count, chunk in self._store(block.groups):
             target[:, :, start:start + count] += self.scale * torch.einsum("nbx,rbx->brn", chunk.detach().float(), grad)
 
 

@@ -16,13 +16,16 @@ run; fractional weights interpolate (EAP-IG's path, :mod:`~cortexmap.circuits.at
 Mechanics, all through hooks on the model's own modules (no modeling code is copied):
 
 * senders: a pre-hook on the first block (emb), the out-projection pre-hook (head outputs ``z``)
-  and a forward hook on the MLP write ``source - current`` into the store
-  (:mod:`~cortexmap.circuits.senders`), as the pass reaches them;
+  and forward hooks on the MLP's output module and (sandwich blocks) the post-attention norm
+  write ``source - current`` into the store (:mod:`~cortexmap.circuits.senders`), as the pass
+  reaches them;
 * attention receivers: for each receiver with a weighted edge, ``resid + delta`` goes through the
-  attention norm module, then the q/k/v projection module, and that receiver's slice of the
-  projection output (query head ``h`` or KV group ``g``) is replaced; the other slices keep the
-  pass's own values;
-* MLP and logits receivers: a pre-hook on their norm replaces its input by ``resid + delta``.
+  attention norm module, then the q/k/v projection module (the fused one where q, k and v share
+  one), and that receiver's columns of the projection output (query head ``h`` or KV group ``g``
+  of its kind, :meth:`Layout.columns <cortexmap.circuits.layout.Layout.columns>`) are replaced;
+  the other columns keep the pass's own values;
+* ``A{l}``, MLP and logits receivers: a pre-hook on their norm replaces its input by ``resid + delta``
+  (for ``A{l}``, ``resid`` is the layer's attention output before its norm).
 
 Rows: ``k`` groups of the batch run together; row ``g * batch + i`` is prompt ``i`` under
 ``weights[g]``. A **frozen** store (``source - clean``, from :func:`~cortexmap.circuits.senders.difference_store`)
@@ -37,7 +40,8 @@ from typing import Any, Callable
 
 import torch
 
-from cortexmap.circuits.layout import Layout
+from cortexmap.circuits.graph import ReceiverBlock
+from cortexmap.circuits.layout import Layout, Projection
 from cortexmap.circuits.senders import Contributions, head_chunk, hidden_arg, residual_chunk
 from cortexmap.models.hooks import register_head_hooks
 
@@ -87,26 +91,30 @@ class RewiredPass:
         self.variants.clear()
 
     def _register(self) -> list[Any]:
-        layout, hooks = self.layout, []
+        layout, graph, hooks = self.layout, self.graph, []
         live = self.frozen is None
         if live:
             hooks.append(layout.first_block.register_forward_pre_hook(self._emb_hook, with_kwargs=True))
             hooks += register_head_hooks(layout.handle, {l: self._z_hook(l) for l in range(len(layout.blocks))})
         for layer, block in enumerate(layout.blocks):
-            if live:
-                hooks.append(block.mlp.register_forward_hook(self._mlp_hook(layer)))
             hooks += self._attention_hooks(layer, block)
-            sl, n_up = self.graph.mlp_slice(layer), self.graph.mlp_sender(layer)  # its own layer's heads included
-            hooks.append(block.mlp_norm.register_forward_pre_hook(self._single_hook(sl, n_up), with_kwargs=True))
-        sl = self.graph.logits_slice()
-        hooks.append(layout.final_norm.register_forward_pre_hook(self._single_hook(sl, len(self.graph.senders)),
+            if block.attn_out is not None:  # sandwich: A{l} reads the heads, then writes the residual
+                hooks.append(block.attn_out.register_forward_pre_hook(self._single_hook(graph.block("attn", layer)),
+                                                                      with_kwargs=True))
+                if live:
+                    hooks.append(block.attn_out.register_forward_hook(self._output_hook("attn", layer)))
+            if live:
+                hooks.append(block.mlp_out.register_forward_hook(self._output_hook("mlp", layer)))
+            hooks.append(block.mlp_norm.register_forward_pre_hook(self._single_hook(graph.block("mlp", layer)),
+                                                                  with_kwargs=True))
+        hooks.append(layout.final_norm.register_forward_pre_hook(self._single_hook(graph.block("logits")),
                                                                   with_kwargs=True))
         return hooks
 
     def _attention_hooks(self, layer: int, block: Any) -> list[Any]:
         hooks = [block.attn_norm.register_forward_hook(self._attn_norm_hook(layer), with_kwargs=True)]
-        for kind, proj in (("q", block.q_proj), ("k", block.k_proj), ("v", block.v_proj)):
-            hooks.append(proj.register_forward_hook(self._proj_hook(layer, kind)))
+        for proj in self.layout.projections(layer):
+            hooks.append(proj.module.register_forward_hook(self._proj_hook(layer, proj)))
         return hooks
 
     def _call(self, module: Any, x: torch.Tensor) -> torch.Tensor:
@@ -138,37 +146,36 @@ class RewiredPass:
 
         return hook
 
-    def _mlp_hook(self, layer: int) -> Callable[..., None]:
+    def _output_hook(self, kind: str, layer: int) -> Callable[..., None]:
+        """Forward hook storing ``source - current`` of sender group ``kind`` (``"attn"`` or ``"mlp"``) of ``layer``."""
         def hook(module: Any, args: tuple[Any, ...], out: Any) -> None:
             out = out[0] if isinstance(out, tuple) else out
             current = out.reshape(self.k * self.batch, self.seq, -1)
-            diff = (self.source.mlp[layer].unsqueeze(0) - self._tiled(current)).reshape(current.shape)
+            diff = (self.source.output(kind, layer).unsqueeze(0) - self._tiled(current)).reshape(current.shape)
             self.chunks.append(residual_chunk(diff))
 
         return hook
 
     # ---- deltas ----------------------------------------------------------------------------
-    def _span(self, c: int) -> tuple[int, int]:
-        """First sender index and sender count of store chunk ``c``."""
-        if c == 0:
-            return 0, 1
-        layer, is_mlp = divmod(c - 1, 2)
-        start = self.graph.n_before(layer)
-        return (start + self.graph.n_heads, 1) if is_mlp else (start, self.graph.n_heads)
-
-    def _store(self, n_up: int) -> list[tuple[int, int, torch.Tensor]]:
+    def _store(self, upstream: tuple[int, ...]) -> list[tuple[int, int, torch.Tensor]]:
+        """``(column, n_senders, chunk)`` of the store chunks of sender groups ``upstream``, in column order."""
         chunks = self.frozen if self.frozen is not None else self.chunks
-        spans = [(*self._span(c), chunk) for c, chunk in enumerate(chunks)]
-        return [(start, n, chunk) for start, n, chunk in spans if start < n_up]
+        out, column = [], 0
+        for c in upstream:
+            n = self.graph.sender_groups[c].count
+            out.append((column, n, chunks[c]))
+            column += n
+        return out
 
-    def _delta(self, w: torch.Tensor, groups: torch.Tensor) -> torch.Tensor | None:
+    def _delta(self, w: torch.Tensor, groups: torch.Tensor, upstream: tuple[int, ...]) -> torch.Tensor | None:
         """``sum_s w[p, s] * store_s`` for pairs ``p`` of group ``groups[p]``: ``[P, batch, seq * d]``.
 
-        Returns None when every weight is zero.
+        ``w [P, n_up]`` has one column per sender of the sender groups ``upstream``. Returns None
+        when every weight is zero.
         """
         total = None
         one_group = self.frozen is not None or self.k == 1
-        for start, n, chunk in self._store(w.shape[1]):
+        for start, n, chunk in self._store(upstream):
             wc = w[:, start:start + n].to(chunk.dtype)  # [P, n]
             if not bool(wc.any()):
                 continue
@@ -185,8 +192,8 @@ class RewiredPass:
 
     # ---- attention receivers ---------------------------------------------------------------
     def _attn_norm_hook(self, layer: int) -> Callable[..., None]:
-        n_rec, n_up = self.graph.n_attention_receivers, self.graph.n_before(layer)
-        sl = self.graph.attention_slice(layer)
+        block = self.graph.block("attention", layer)
+        n_rec, n_up, sl = len(block.receivers), block.n_up, block.edges
 
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
             if self._inner or self.weights is None:
@@ -198,7 +205,7 @@ class RewiredPass:
             groups, receivers = active[:, 0], active[:, 1]
             resid = x.reshape(self.k, self.batch, -1)[groups]  # [P, batch, seq * d]
             w = self.weights[:, sl].reshape(self.k, n_rec, n_up)[groups, receivers]  # [P, n_up]
-            delta = self._delta(w, groups)
+            delta = self._delta(w, groups, block.groups)
             if delta is not None:
                 resid = resid + delta
             normed = self._call(module, resid.reshape(len(groups) * self.batch, *x.shape[1:]))
@@ -206,9 +213,8 @@ class RewiredPass:
 
         return hook
 
-    def _proj_hook(self, layer: int, kind: str) -> Callable[..., Any]:
-        h, g = self.graph.n_heads, self.graph.n_kv_heads
-        lo, n = {"q": (0, h), "k": (h, g), "v": (h + g, g)}[kind]
+    def _proj_hook(self, layer: int, proj: Projection) -> Callable[..., Any]:
+        lo, n = proj.lo, len(proj.columns)
 
         def hook(module: Any, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
             if self._inner or layer not in self.variants:
@@ -217,18 +223,22 @@ class RewiredPass:
             sel = ((receivers >= lo) & (receivers < lo + n)).nonzero().squeeze(1)
             if not len(sel):
                 return None
-            slot = receivers[sel] - lo
+            columns = proj.columns.to(out.device)[receivers[sel] - lo]  # [P', d_head]
             edited = normed.reshape(len(groups), self.batch, *normed.shape[1:])[sel]
-            new = self._call(module, edited.reshape(-1, *normed.shape[1:]))  # [P' * batch, seq, n * d_head]
-            new = new.reshape(len(sel), self.batch, self.seq, n, -1)
-            out5 = out.reshape(self.k, self.batch, self.seq, n, -1).clone()
-            out5[groups[sel], :, :, slot] = new[torch.arange(len(sel), device=new.device), :, :, slot]
-            return out5.reshape(out.shape)
+            new = self._call(module, edited.reshape(-1, *normed.shape[1:]))  # [P' * batch, seq, width]
+            width = out.shape[-1]
+            new = new.reshape(len(sel), self.batch, self.seq, width).permute(0, 3, 1, 2)  # [P', width, batch, seq]
+            spliced = out.reshape(self.k, self.batch, self.seq, width).permute(0, 3, 1, 2).clone()
+            rows = torch.arange(len(sel), device=out.device)[:, None]
+            spliced[groups[sel][:, None], columns] = new[rows, columns]  # pair p: its group's rows, its columns
+            return spliced.permute(0, 2, 3, 1).reshape(out.shape)
 
         return hook
 
-    # ---- MLP and logits receivers ----------------------------------------------------------
-    def _single_hook(self, sl: slice, n_up: int) -> Callable[..., Any]:
+    # ---- A{l}, MLP and logits receivers -----------------------------------------------------
+    def _single_hook(self, block: ReceiverBlock) -> Callable[..., Any]:
+        sl = block.edges
+
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if self._inner or self.weights is None:
                 return None
@@ -237,7 +247,7 @@ class RewiredPass:
             groups = w.any(-1).nonzero().squeeze(1)
             if not len(groups):
                 return None
-            delta = self._delta(w[groups], groups)
+            delta = self._delta(w[groups], groups, block.groups)
             if delta is None:
                 return None
             new = x.reshape(self.k, self.batch, -1).clone()

@@ -9,18 +9,20 @@ Conventions fixed here:
   not depend on the input) is identical in the clean, corrupt and mean runs, so it is no sender:
   it stays in every receiver's input and never enters a ``source - clean`` difference. Heads are
   recorded as ``z [batch, seq, n_heads, d_head]`` and projected when a difference is needed.
-* ``M{l}`` writes the MLP module's output.
+* ``A{l}`` (sandwich blocks) writes the post-attention norm's output, the layer's whole attention term.
+* ``M{l}`` writes the MLP module's output (on sandwich blocks its post-norm's output).
 * **Mean** ablation replaces a sender's output by its mean over the batch's prompts, position by
   position (``[1, seq, ...]``; the prompts of a batch share one length).
 * A **store** holds ``source - current`` per sender in residual space, as chunks in sender order
-  (:attr:`Graph.senders <cortexmap.circuits.graph.Graph.senders>`): emb ``[1, rows, seq * d_model]``,
-  then per layer its heads ``[n_heads, rows, seq * d_model]`` and its MLP ``[1, rows, seq * d_model]``.
+  (:attr:`Graph.sender_groups <cortexmap.circuits.graph.Graph.sender_groups>`, one chunk per group):
+  emb ``[1, rows, seq * d_model]``, then per layer its heads ``[n_heads, rows, seq * d_model]``,
+  ``A{l}`` on sandwich blocks and its MLP, ``[1, rows, seq * d_model]`` each.
   The sender axis comes first so that a receiver's weights contract with a chunk by one matmul.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,22 +43,30 @@ class Contributions:
         z: per layer, head outputs ``[batch, seq, n_heads, d_head]``.
         mlp: per layer, ``[batch, seq, d_model]``.
         last_logits: ``[batch, vocab]`` of the run (None for means).
+        attn: per layer, the normalized attention output ``[batch, seq, d_model]`` (sandwich blocks; else empty).
     """
 
     emb: torch.Tensor
     z: list[torch.Tensor]
     mlp: list[torch.Tensor]
     last_logits: torch.Tensor | None = None
+    attn: list[torch.Tensor] = field(default_factory=list)
+
+    def _each(self, fn: Any) -> "Contributions":
+        return Contributions(fn(self.emb), [fn(z) for z in self.z], [fn(m) for m in self.mlp],
+                             attn=[fn(a) for a in self.attn])
 
     def mean(self) -> "Contributions":
         """Per-position means over the batch, ``[1, seq, ...]``."""
-        return Contributions(self.emb.mean(0, keepdim=True), [z.mean(0, keepdim=True) for z in self.z],
-                             [m.mean(0, keepdim=True) for m in self.mlp])
+        return self._each(lambda x: x.mean(0, keepdim=True))
 
     def zeros(self) -> "Contributions":
         """Zeros of the per-position shapes, ``[1, seq, ...]``: a patched edge carries nothing."""
-        return Contributions(torch.zeros_like(self.emb[:1]), [torch.zeros_like(z[:1]) for z in self.z],
-                             [torch.zeros_like(m[:1]) for m in self.mlp])
+        return self._each(lambda x: torch.zeros_like(x[:1]))
+
+    def output(self, kind: str, layer: int) -> torch.Tensor:
+        """The residual-space output of sender group ``kind`` (``"emb"``, ``"attn"``, ``"mlp"``) of ``layer``."""
+        return self.emb if kind == "emb" else (self.attn if kind == "attn" else self.mlp)[layer]
 
 
 def hidden_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
@@ -69,7 +79,7 @@ def record_contributions(layout: Layout, input_ids: torch.Tensor) -> Contributio
     """Run the model once on ``input_ids [batch, seq]`` and record every sender's output."""
     handle = layout.handle
     batch, seq = input_ids.shape
-    found: dict[str, Any] = {"z": {}, "mlp": {}}
+    found: dict[str, Any] = {"z": {}, "mlp": {}, "attn": {}}
 
     def emb_hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         found["emb"] = hidden_arg(args, kwargs).detach().clone()
@@ -80,24 +90,27 @@ def record_contributions(layout: Layout, input_ids: torch.Tensor) -> Contributio
 
         return store
 
-    def mlp_store(layer: int):  # noqa: ANN202
+    def output_store(kind: str, layer: int):  # noqa: ANN202
         def store(module: Any, args: tuple[Any, ...], out: Any) -> None:
             out = out[0] if isinstance(out, tuple) else out
-            found["mlp"][layer] = out.detach().reshape(batch, seq, -1).clone()  # OPT's fc2 sees [batch * seq, d]
+            found[kind][layer] = out.detach().reshape(batch, seq, -1).clone()  # OPT's fc2 sees [batch * seq, d]
 
         return store
 
     hooks = [layout.first_block.register_forward_pre_hook(emb_hook, with_kwargs=True)]
     try:
         hooks += register_head_hooks(handle, {layer: z_store(layer) for layer in range(handle.n_layers)})
-        hooks += [b.mlp.register_forward_hook(mlp_store(layer)) for layer, b in enumerate(layout.blocks)]
+        for layer, b in enumerate(layout.blocks):
+            hooks.append(b.mlp_out.register_forward_hook(output_store("mlp", layer)))
+            if b.attn_out is not None:
+                hooks.append(b.attn_out.register_forward_hook(output_store("attn", layer)))
         out = handle.model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
     finally:
         for h in hooks:
             h.remove()
     n = handle.n_layers
     return Contributions(found["emb"], [found["z"][l] for l in range(n)], [found["mlp"][l] for l in range(n)],
-                         out.logits[:, -1].detach())
+                         out.logits[:, -1].detach(), [found["attn"][l] for l in sorted(found["attn"])])
 
 
 def source_contributions(layout: Layout, input_ids: torch.Tensor, corrupt_ids: torch.Tensor | None,
@@ -154,9 +167,12 @@ def difference_store(layout: Layout, source: Contributions, current: Contributio
     (``d_model / (H * d_head)``, typically ``1 / H``, of the residual-space chunk), for a reader
     that projects them with :func:`head_chunk` when it needs them.
     """
-    chunks = [residual_chunk(source.emb - current.emb)]
-    for layer in range(layout.handle.n_layers):
-        dz = source.z[layer] - current.z[layer]
-        chunks.append(dz if compact else head_chunk(layout, layer, dz))
-        chunks.append(residual_chunk(source.mlp[layer] - current.mlp[layer]))
+    chunks = []
+    for group in layout.graph.sender_groups:
+        if group.kind == "heads":
+            dz = source.z[group.layer] - current.z[group.layer]
+            chunks.append(dz if compact else head_chunk(layout, group.layer, dz))
+        else:
+            kind, layer = group.kind, group.layer
+            chunks.append(residual_chunk(source.output(kind, layer) - current.output(kind, layer)))
     return chunks

@@ -30,14 +30,22 @@ class BlockLayout:
     Attributes:
         attn_norm: block attribute normalizing the residual that the q/k/v projections read.
         mlp_norm: block attribute normalizing the residual that the MLP reads.
-        mlp: block attribute whose output is the MLP's whole contribution to the residual.
-        k_proj: attribute of the attention module projecting keys (queries: ``HeadGeometry.q_proj``).
+        mlp: block attribute holding the MLP (its output is the MLP's contribution, unless
+            ``post_mlp_norm`` normalizes it first).
+        k_proj: attribute of the attention module projecting keys (queries: ``HeadGeometry.q_proj``;
+            a fused projection: ``HeadGeometry.qkv_fused``).
         v_proj: attribute of the attention module projecting values.
         residual: ``"pre_norm"``: ``x += attn(attn_norm(x)); x += mlp(mlp_norm(x))``, every head
             adds its own term to the residual; ``"sandwich"``: each sublayer's output is normalized
-            again before it is added (Gemma 2/3), so head outputs are not added one by one.
+            again before it is added (Gemma 2/3), ``x += post_attn_norm(attn(attn_norm(x)));
+            x += post_mlp_norm(mlp(mlp_norm(x)))``, so head outputs are not added one by one.
         pre_norm_flag: config attribute that must be true for the pre-norm order (OPT's
-            ``do_layer_norm_before``), or None.
+            ``do_layer_norm_before``; false: ``"post_norm"``, the residual normalized after each add), or None.
+        parallel_flag: config attribute that, when true, makes attention and MLP read the same
+            residual, ``x += attn(attn_norm(x)) + mlp(mlp_norm(x))`` (GPT-NeoX's
+            ``use_parallel_residual``: ``"parallel"``), or None.
+        post_attn_norm: block attribute normalizing the attention output before it is added (sandwich).
+        post_mlp_norm: block attribute normalizing the MLP output before it is added (sandwich).
     """
 
     attn_norm: str
@@ -47,6 +55,17 @@ class BlockLayout:
     v_proj: str = "v_proj"
     residual: str = "pre_norm"
     pre_norm_flag: str | None = None
+    parallel_flag: str | None = None
+    post_attn_norm: str | None = None
+    post_mlp_norm: str | None = None
+
+    def residual_of(self, config: Any) -> str:
+        """The residual order under ``config``: ``"pre_norm"``, ``"parallel"``, ``"sandwich"`` or ``"post_norm"``."""
+        if self.pre_norm_flag and not getattr(config, self.pre_norm_flag, True):
+            return "post_norm"
+        if self.parallel_flag and getattr(config, self.parallel_flag, False):
+            return "parallel"
+        return self.residual
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,10 @@ class HeadGeometry:
         n_kv_heads: config attribute with the number of key/value heads (None: no GQA).
         out_proj_is_conv1d: GPT-2's ``Conv1D`` stores the weight as ``[in, out]``.
         qkv_fused: attribute of the fused query/key/value projection, if any.
+        qkv_order: how the fused projection's output columns are laid out: ``"kind_major"``,
+            ``[q | k | v]`` with each part head-major ``[n, d_head]`` (GPT-2's ``c_attn``, split by
+            ``split_size``); ``"head_major"``, ``[n_heads, (q, k, v), d_head]`` (GPT-NeoX's
+            ``query_key_value``, viewed as ``[.., n_heads, 3 * d_head]`` and chunked in three).
         block: the decoder block's residual layout, for circuits (None: not described).
     """
 
@@ -76,13 +99,15 @@ class HeadGeometry:
     n_kv_heads: str | None = "num_key_value_heads"
     out_proj_is_conv1d: bool = False
     qkv_fused: str | None = None
+    qkv_order: str = "kind_major"
     block: BlockLayout | None = None
 
 
 _LLAMA_LIKE = HeadGeometry("model.layers", "self_attn", "o_proj", ("model.norm",),
                            block=BlockLayout("input_layernorm", "post_attention_layernorm", "mlp"))
-_GEMMA_SANDWICH = replace(_LLAMA_LIKE, block=BlockLayout("input_layernorm", "pre_feedforward_layernorm", "mlp",
-                                                         residual="sandwich"))
+_GEMMA_SANDWICH = replace(_LLAMA_LIKE, block=BlockLayout(
+    "input_layernorm", "pre_feedforward_layernorm", "mlp", residual="sandwich",
+    post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm"))
 
 GEOMETRY: dict[str, HeadGeometry] = {
     "llama": _LLAMA_LIKE,
@@ -95,10 +120,12 @@ GEOMETRY: dict[str, HeadGeometry] = {
     "gpt2": HeadGeometry(
         "transformer.h", "attn", "c_proj", ("transformer.ln_f",),
         q_proj=None, n_heads="n_head", n_kv_heads=None, out_proj_is_conv1d=True, qkv_fused="c_attn",
+        block=BlockLayout("ln_1", "ln_2", "mlp"),
     ),
     "gpt_neox": HeadGeometry(
         "gpt_neox.layers", "attention", "dense", ("gpt_neox.final_layer_norm",),
-        q_proj=None, n_kv_heads=None, qkv_fused="query_key_value",
+        q_proj=None, n_kv_heads=None, qkv_fused="query_key_value", qkv_order="head_major",
+        block=BlockLayout("input_layernorm", "post_attention_layernorm", "mlp", parallel_flag="use_parallel_residual"),
     ),
     "opt": HeadGeometry(
         "model.decoder.layers", "self_attn", "out_proj",

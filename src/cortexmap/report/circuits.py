@@ -2,7 +2,8 @@
 
 Read from ``circuit.parquet`` / ``circuit_curves.parquet`` (written by ``cortexmap circuit``; see
 docs/schema.md). Layers run left to right: the embeddings at the far left, each layer's heads at
-their head index and its MLP one row below them, the logits at the far right; a key or value edge
+their head index and its MLP one row below them (on sandwich models the layer's normalized
+attention output ``A{l}`` between the two), the logits at the far right; a key or value edge
 ends at the middle of its KV group's query heads. Only the circuit's strongest edges are drawn
 (``N_EDGES``, by |effect|), width proportional to |effect|, orange where patching the edge lowers
 the metric and blue where it raises it; hovering an edge's midpoint gives its numbers, with the
@@ -35,6 +36,7 @@ RANKING_COLORS = {"verified": ACCENT, "eap-ig": "#059669", "eap": "#d97706", "ra
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 _KV = re.compile(r"^L(\d+)KV(\d+)$")
 _MLP = re.compile(r"^M(\d+)$")
+_ATTN = re.compile(r"^A(\d+)$")  # a sandwich layer's normalized attention output
 
 
 def _position(node: str, n_layers: int, n_heads: int, group: int) -> tuple[float, float]:
@@ -49,6 +51,8 @@ def _position(node: str, n_layers: int, n_heads: int, group: int) -> tuple[float
         return float(m.group(1)), int(m.group(2)) * group + (group - 1) / 2
     if m := _MLP.match(node):
         return float(m.group(1)) + 0.3, float(n_heads)
+    if m := _ATTN.match(node):
+        return float(m.group(1)) + 0.15, n_heads - 0.5
     raise ValueError(f"unknown circuit node {node!r}")
 
 
