@@ -45,7 +45,7 @@ def test_eap_ig_scores_are_complete(arch):  # noqa: ANN001
     handle, batch = circuit_handle(arch, dtype=torch.float64), task_batch()
     patcher = PathPatcher(handle, batch)
     total = patcher.patch(np.ones(patcher.graph.n_edges, dtype=bool)) - patcher.clean_metric
-    errors = [np.abs(edge_scores(handle, batch, "eap-ig", steps).sum(1) - total).max() for steps in (8, 32)]
+    errors = [np.abs(edge_scores(handle, batch, "eap-ig-edges", steps).sum(1) - total).max() for steps in (8, 32)]
     assert errors[1] < 2e-3 * np.abs(total).max()
     assert errors[1] < errors[0] / 8  # measured ratio 16.3 on llama_gqa (second order)
 
@@ -61,34 +61,34 @@ def test_eap_agrees_with_exact_edge_effects(seed):  # noqa: ANN001
     """
     handle, batch = circuit_handle("llama_gqa", seed), task_batch(seed=seed + 1)
     exact = PathPatcher(handle, batch).edge_effects()
-    for method in ("eap", "eap-ig"):
+    for method in ("eap", "eap-ig-edges"):
         scores = edge_scores(handle, batch, method, steps=4)
         assert np.corrcoef(exact.ravel(), scores.ravel())[0, 1] > 0.75, method
 
 
 @pytest.mark.parametrize("arch", ["llama_gqa", "gpt2", "gemma3_text"])
-def test_eap_ig_inputs_first_point_is_eap_at_the_corrupt_run(arch):  # noqa: ANN001
-    """EAP-IG-inputs' k = 0 point runs on the corrupt embeddings with clean-run differences:
+def test_eap_ig_first_point_is_eap_at_the_corrupt_run(arch):  # noqa: ANN001
+    """EAP-IG's (MIB's EAP-IG-inputs) k = 0 point runs on the corrupt embeddings with clean-run differences:
     that is minus EAP with clean and corrupt prompts swapped."""
     handle, batch = circuit_handle(arch, dtype=torch.float64), task_batch()
     swapped = task_batch()
     swapped.input_ids, swapped.corrupt_ids = batch.corrupt_ids, batch.input_ids
-    np.testing.assert_allclose(edge_scores(handle, batch, "eap-ig-inputs", steps=1),
+    np.testing.assert_allclose(edge_scores(handle, batch, "eap-ig", steps=1),
                                -edge_scores(handle, swapped, "eap"), atol=1e-6)
     exact = PathPatcher(handle, batch).edge_effects()
-    assert np.corrcoef(exact.ravel(), edge_scores(handle, batch, "eap-ig-inputs", steps=5).ravel())[0, 1] > 0.75
+    assert np.corrcoef(exact.ravel(), edge_scores(handle, batch, "eap-ig", steps=5).ravel())[0, 1] > 0.75
     with pytest.raises(CortexmapError, match="ablation='corrupt'"):
-        edge_scores(handle, batch, "eap-ig-inputs", ablation="mean")
+        edge_scores(handle, batch, "eap-ig", ablation="mean")
 
 
 def test_mean_ablation_scores_and_table():
     handle, batch = circuit_handle("llama_gqa"), task_batch()
-    table = attribute_edges(handle, batch, "eap-ig", steps=16, ablation="mean")
+    table = attribute_edges(handle, batch, "eap-ig-edges", steps=16, ablation="mean")
     assert list(table.columns) == ["sender", "receiver", "kind", "sender_layer", "receiver_layer", "score", "score_sd",
                                    "n_prompts", "method", "steps", "ablation"]
     patcher = PathPatcher(handle, batch, ablation="mean")
     assert len(table) == patcher.graph.n_edges
-    assert (table["method"] == "eap-ig").all() and (table["steps"] == 16).all() and (table["ablation"] == "mean").all()
+    assert (table["method"] == "eap-ig-edges").all() and (table["steps"] == 16).all() and (table["ablation"] == "mean").all()
     # complete toward the all-mean run too (measured error 1e-3 of a total of 1.05)
     total = patcher.patch(np.ones(patcher.graph.n_edges, dtype=bool)) - patcher.clean_metric
     assert abs(table["score"].sum() - total.mean()) < 5e-3 * np.abs(total).max()

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -41,21 +42,69 @@ def _documented_columns(heading: str) -> set[str]:
 def test_circuit_writes_documented_tables_and_prints_rankings(tiny_run):
     run, _ = tiny_run
     out = assert_ok(invoke("circuit", run, "--task", "ioi_tiny", "--verify", "8", "--fractions", "5%,0.2,1",
-                           "--prompts", "8", "--steps", "2"))
-    for word in ("verified", "eap-ig", "random #0", "CPR", "CMD", "smallest 80% circuit", "strongest verified edges"):
-        assert word in out
+                           "--prompts", "8", "--steps", "2", "--random", "2"))
+    out = " ".join(out.split())  # rich wraps long titles
+    for word in ("verified", "eap-ig", "random (mean of 2 draws)", "CPR (absolute", "CMD (absolute",
+                 "smallest 80% circuit", "strongest verified edges", "4 held-out prompts (screen and verification on "
+                 "the other 4)", "in sample", "paired bootstrap", "per KV group", "per query head"):
+        assert word in out, word
     edges = pd.read_parquet(run / CIRCUIT)
     assert set(edges.columns) == _documented_columns("circuit.parquet")
     assert (edges["method"] == "exact").sum() == 8 and set(edges["task"]) == {"ioi_tiny"}
     curves = pd.read_parquet(run / CIRCUIT_CURVES)
     assert set(curves.columns) == _documented_columns("circuit_curves.parquet")
     assert {"verified", "eap", "eap-ig", "random", "full", "empty"} == set(curves["method"])
+    assert set(curves["split"]) == {"heldout", "discovery"}
     prompts = pd.read_parquet(run / CIRCUIT_PROMPTS)
-    assert set(prompts.columns) == _documented_columns("circuit_prompts.parquet") and len(prompts) == 8 * 8
+    assert set(prompts.columns) == _documented_columns("circuit_prompts.parquet") and len(prompts) == 8 * 4
     assert "why the model errs on ioi_tiny (edges" in out.lower()
     entry = json.loads((run / MANIFEST).read_text())["circuits"]["ioi_tiny"]
     assert entry["arguments"]["n_prompts"] == 8 and entry["arguments"]["fractions"] == [0.05, 0.2, 1.0]
-    assert any(row["method"] == "random" for row in entry["summary"])
+    assert (entry["arguments"]["n_discovery"], entry["arguments"]["n_heldout"]) == (4, 4)
+    assert [row["method"] for row in entry["summary"]] == ["verified", "eap", "eap-ig", "random"]
+
+
+@pytest.fixture(scope="module")
+def bos_run(tiny, tmp_path_factory):
+    """The tiny model with a BOS token (MIB's protocol prepends one) and a finished run of it."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model, tasks, _ = tiny
+    root = tmp_path_factory.mktemp("bos")
+    shutil.copytree(model, root / "bos-model")
+    tok = AutoTokenizer.from_pretrained(root / "bos-model")
+    tok.bos_token = "[UNK]"
+    tok.save_pretrained(root / "bos-model")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert_ok(invoke("map", "--model", root / "bos-model", "--task-file", tasks, "--method", "exact", "--no-probes",
+                         "--interventions", "zero", "--out", root / "run"))
+    finally:
+        torch.set_num_threads(before)
+    return root / "run"
+
+
+def test_mib_protocol_exports_and_a_reimport_reproduces_its_numbers(bos_run, tmp_path):
+    common = ["--task", "ioi_tiny", "--verify", "6", "--fractions", "5%,0.2,1", "--prompts", "8", "--steps", "2",
+              "--random", "2", "--protocol", "mib"]
+    path = tmp_path / "ioi.json"
+    out = " ".join(assert_ok(invoke("circuit", bos_run, *common, "--export", path)).split())
+    assert "protocol mib" in out and "CPR (signed" in out and "CMD (absolute" in out and f"exported {path}" in out
+    assert "key/value inputs per query head as MIB counts them" in out and "after MIB's pruning" in out
+    graph = json.loads(path.read_text())
+    assert set(graph) == {"cfg", "nodes", "edges"} and graph["cfg"]["parallel_attn_mlp"] is False
+    again = assert_ok(invoke("circuit", bos_run, *common, "--import-graph", path, "--no-in-sample"))
+    assert "imported" in again
+    circuits = json.loads((bos_run / MANIFEST).read_text())["circuits"]
+    rows = {row["method"]: row for row in circuits["ioi_tiny@mib"]["summary"]}
+    exported = circuits["ioi_tiny@mib"]["circuit_method"] or "eap-ig"
+    for name in ("cpr", "cmd", "smallest"):
+        assert rows["imported"][name] == pytest.approx(rows[exported][name], abs=1e-6), name
+    curves = pd.read_parquet(bos_run / CIRCUIT_CURVES)
+    assert set(curves.loc[curves["protocol"] == "mib", "order"]) == {"absolute", "signed", "random", ""}
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -64,10 +113,28 @@ def test_circuit_writes_documented_tables_and_prints_rankings(tiny_run):
     (["--task", "ioi_tiny", "--fractions", "0.5,0.1"], "must increase"),
     (["--task", "ioi_tiny", "--fractions", "a,b"], "bad circuit fraction"),
     (["--task", "ioi_tiny", "--prompts", "0"], "--prompts must be at least 1"),
+    (["--task", "ioi_tiny", "--prompts", "1"], "at least two prompts"),
+    (["--task", "ioi_tiny", "--heldout", "1"], "in [0, 1)"),
+    (["--task", "ioi_tiny", "--protocol", "acdc"], "unknown protocol 'acdc'"),
+    (["--task", "ioi_tiny", "--protocol", "mib"], "prepends a BOS token"),
+    (["--task", "ioi_tiny", "--protocol", "mib", "--ablation", "mean"], "MIB's protocol patches edges from corrupt"),
+    (["--task", "ioi_tiny", "--export", "x.csv"], "--export writes an EAP-IG / MIB graph .json"),
+    (["--task", "ioi_tiny", "--import-graph", "no_such.json"], "is not an EAP-IG / MIB graph file"),
 ])
 def test_circuit_bad_input_is_one_line(tiny_run, extra, message):
     run, _ = tiny_run
     assert_one_line_error(invoke("circuit", run, *extra), message)
+
+
+def test_importing_a_per_head_graph_under_grouped_counting_is_refused(tiny_run, tmp_path):
+    from cortexmap.circuits.graph import Graph
+    from cortexmap.circuits.interchange import write_mib_graph
+
+    run, _ = tiny_run
+    path = write_mib_graph(tmp_path / "g.json", Graph(3, 4, 4), np.zeros(Graph(3, 4, 4).n_edges),
+                           np.zeros(Graph(3, 4, 4).n_edges, bool), 32)
+    assert_one_line_error(invoke("circuit", run, "--task", "ioi_tiny", "--import-graph", path),
+                          "import it with --protocol mib")
 
 
 def test_circuit_on_a_directory_that_is_no_run(tmp_path):

@@ -9,19 +9,21 @@ current_s) . dM/d input_r``, a dot product over positions and ``d_model``.
 * **EAP** (Syed et al. 2023): the first-order term at the clean run, ``score_e = (source_s -
   clean_s) . dM/d input_r`` at ``w = 0``: one source forward (recorded) and one clean forward +
   backward.
-* **EAP-IG** (``"eap-ig"``): integrated gradients along ``w = alpha * 1``, i.e. every edge
-  patched with weight ``alpha``, so that each receiver's input moves on the straight line from its
-  value in the pass toward the source's (``(1 - alpha) resid_r + alpha source_resid_r``):
-  ``score_e = (1/steps) sum_j (source_s - current_s(alpha_j)) . dM/d input_r(alpha_j)`` at the
-  midpoints ``alpha_j = (j + 1/2) / steps``. These scores are complete: they sum to
-  ``M(source) - M(clean)`` up to the quadrature error, which shrinks as ``1 / steps**2``.
-  ``steps`` forward + backward passes.
-* **EAP-IG-inputs** (``"eap-ig-inputs"``, Hanna et al. 2024, MIB's "EAP-IG-inputs"): the
-  gradients are taken on runs whose *input embeddings* are interpolated, ``corrupt + (k / steps)
-  (clean - corrupt)`` for ``k = 0 .. steps - 1`` (hannamw/EAP-IG's points, corrupt end included,
-  clean end not), averaged and multiplied by the clean run's differences ``source_s - clean_s``.
-  Corrupt ablation only (it needs corrupt embeddings); not complete. MIB's
-  "EAP-IG-activations" (one layer's outputs interpolated at a time) is not provided.
+* **EAP-IG along the edges** (``"eap-ig-edges"``, cortexmap's variant): integrated gradients
+  along ``w = alpha * 1``, i.e. every edge patched with weight ``alpha``, so that each receiver's
+  input moves on the straight line from its value in the pass toward the source's (``(1 - alpha)
+  resid_r + alpha source_resid_r``): ``score_e = (1/steps) sum_j (source_s - current_s(alpha_j)) .
+  dM/d input_r(alpha_j)`` at the midpoints ``alpha_j = (j + 1/2) / steps``. These scores are
+  complete: they sum to ``M(source) - M(clean)`` up to the quadrature error, which shrinks as
+  ``1 / steps**2``. ``steps`` forward + backward passes; any ablation.
+* **EAP-IG** (``"eap-ig"``, Hanna et al. 2024; MIB's "EAP-IG-inputs", the EAP-IG of its
+  leaderboard): the gradients are taken on runs whose *input embeddings* are interpolated,
+  ``corrupt + (k / steps) (clean - corrupt)`` for ``k = 0 .. steps - 1`` (the points of
+  ``get_scores_eap_ig`` in hannamw/EAP-IG ``src/eap/attribute.py``: corrupt end included, clean
+  end not), averaged and multiplied by the clean run's differences ``source_s - clean_s``.
+  Corrupt ablation only (it needs corrupt embeddings); not complete. MIB's default is 5 steps
+  (``--ig-steps`` of MIB-circuit-track ``run_attribution.py``). MIB's "EAP-IG-activations" (one
+  layer's outputs interpolated at a time) is not provided.
 
 Scores are per prompt (the metric of row ``i`` depends only on row ``i``), estimating
 ``patched - clean``: negative where an edge carries the clean answer. They are estimates, labelled
@@ -73,7 +75,7 @@ from cortexmap.circuits.senders import (
 from cortexmap.errors import CortexmapError
 from cortexmap.tasks.core import EncodedBatch, logit_diff
 
-METHODS: tuple[str, ...] = ("eap", "eap-ig", "eap-ig-inputs")
+METHODS: tuple[str, ...] = ("eap", "eap-ig", "eap-ig-edges")
 
 
 class ScoringPass(RewiredPass):
@@ -240,7 +242,7 @@ def edge_scores(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps:
     Args:
         handle: a :class:`~cortexmap.models.ModelHandle` of a supported architecture.
         batch: prompts of one token length (``corrupt_ids`` needed for corrupt ablation).
-        method: ``"eap"``, ``"eap-ig"`` or ``"eap-ig-inputs"``.
+        method: ``"eap"``, ``"eap-ig"`` (MIB's EAP-IG-inputs) or ``"eap-ig-edges"``.
         steps: integration points of the EAP-IG methods (ignored by EAP).
         ablation: ``"corrupt"``, ``"mean"`` or ``"zero"``: the source run the scores move toward.
 
@@ -248,7 +250,7 @@ def edge_scores(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps:
         Estimated ``patched - clean`` metric per prompt and edge (float32).
 
     Raises:
-        CortexmapError: an unknown method, ``steps < 1``, or eap-ig-inputs with mean ablation.
+        CortexmapError: an unknown method, ``steps < 1``, or eap-ig without corrupt ablation.
         UnsupportedArchitectureError: see :mod:`cortexmap.circuits.layout`.
         InterventionError: an unknown ablation, or corrupt ablation without corrupt prompts.
     """
@@ -256,17 +258,18 @@ def edge_scores(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps:
         raise CortexmapError(f"unknown attribution method {method!r}: use one of {', '.join(METHODS)}")
     if steps < 1:
         raise CortexmapError(f"EAP-IG needs at least one integration step, got steps={steps}")
-    if method == "eap-ig-inputs" and ablation != "corrupt":
-        raise CortexmapError("eap-ig-inputs interpolates corrupt and clean embeddings: it needs ablation='corrupt'")
+    if method == "eap-ig" and ablation != "corrupt":
+        raise CortexmapError("eap-ig interpolates corrupt and clean embeddings: it needs ablation='corrupt' "
+                             "(eap-ig-edges integrates along the edges and takes any ablation)")
     layout = circuit_layout(handle)
     device = handle.device
     ids = batch.input_ids.to(device)
     corrupt = None if batch.corrupt_ids is None else batch.corrupt_ids.to(device)
-    clean = record_contributions(layout, ids) if method == "eap-ig-inputs" else None
+    clean = record_contributions(layout, ids) if method == "eap-ig" else None
     source = source_contributions(layout, ids, corrupt, ablation, clean)
     target, foil = batch.target_ids.to(device), batch.foil_ids.to(device)
     scores = torch.zeros(ids.shape[0], layout.graph.n_edges, dtype=torch.float32, device=device)
-    if method == "eap-ig-inputs":
+    if method == "eap-ig":
         frozen = difference_store(layout, source, clean, compact=True)
         passes = [ScoringPass(layout, source, 0.0, scores, 1.0 / steps, frozen=frozen,
                               embeddings=source.emb + (k / steps) * (clean.emb - source.emb)) for k in range(steps)]
@@ -290,7 +293,7 @@ def attribute_edges(handle: Any, batch: EncodedBatch, method: str = "eap-ig", st
     Args:
         handle: a :class:`~cortexmap.models.ModelHandle` of a supported architecture.
         batch: prompts of one token length.
-        method: ``"eap"``, ``"eap-ig"`` or ``"eap-ig-inputs"``.
+        method: ``"eap"``, ``"eap-ig"`` (MIB's EAP-IG-inputs) or ``"eap-ig-edges"``.
         steps: integration points of the EAP-IG methods.
         ablation: ``"corrupt"``, ``"mean"`` or ``"zero"``.
 

@@ -21,15 +21,26 @@ evaluation code (``evaluate_area_under_curve`` in MIB-circuit-track):
 * **random baseline**: seeded random permutations of the edges, taken as rankings, so that the
   random circuits of one draw are nested like a ranking's.
 
+**Rankings** (:func:`ranking_summary`, :func:`paired_differences`): a curve table may hold each
+ranking in two orders (column ``order``: ``"absolute"``, by ``|score|``, or ``"signed"``) and
+random rankings (order ``"random"``). A ranking's CPR is read from its ``cpr_order`` curve and
+its CMD from its ``cmd_order`` curve (MIB: signed and absolute; ``print_results.py`` in
+MIB-circuit-track reads CPR from its ``abs-False`` and CMD from its ``abs-True`` results), its
+smallest circuit and per-size faithfulness from the ``cmd_order`` curve. The random baseline is
+the mean over its draws (CPR and CMD averaged draw by draw), reported with the spread over draws
+(sd, min, max). Every interval, and every difference between two rankings, comes from one set of
+bootstrap resamples of the prompts shared by all curves (a paired bootstrap: each replicate
+recomputes both rankings' statistics on the same prompts).
+
 Differences from MIB's tooling, to keep in mind when comparing numbers: MIB prunes edges left
-dangling by the top-n selection before evaluating (we evaluate the kept edges as they are), MIB
-ranks by signed scores for CPR and absolute scores for CMD (our ``absolute`` option picks one),
-and our graph counts key/value inputs per KV group (:mod:`~cortexmap.circuits.graph`), so a
-fraction of edges is a different number of edges than in an ungrouped graph.
+dangling by the top-n selection before evaluating (with corrupt patching that never changes the
+metric, :func:`~cortexmap.circuits.interchange.prune`), and cortexmap's own graph counts key/value
+inputs per KV group (:mod:`~cortexmap.circuits.graph`), so a fraction of edges is a different
+number of edges than in MIB's per-query-head graph (protocol ``"mib"`` uses MIB's).
 
 The curve table, the interface with :mod:`~cortexmap.circuits.curves`: one row per prompt and
-circuit, columns ``method, draw, fraction, n_edges, prompt, metric``; the references are rows with
-``method`` ``"full"`` (fraction 1) and ``"empty"`` (fraction 0).
+circuit, columns ``method, order, draw, fraction, n_edges, prompt, metric`` (``order`` optional);
+the references are rows with ``method`` ``"full"`` (fraction 1) and ``"empty"`` (fraction 0).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from cortexmap.errors import CortexmapError
+from cortexmap.stats import percentile_interval, resample_within
 
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 REFERENCES: tuple[str, ...] = ("full", "empty")
@@ -161,6 +173,11 @@ def curve_summary(fractions: Sequence[float], circuit: np.ndarray, empty: np.nda
     return out
 
 
+def _keys(curves: pd.DataFrame) -> list[str]:
+    """The columns naming one curve: ``method``, ``order`` (when present) and ``draw``."""
+    return ["method", "order", "draw"] if "order" in curves else ["method", "draw"]
+
+
 def _split(curves: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     missing = {"method", "draw", "fraction", "n_edges", "prompt", "metric"} - set(curves.columns)
     if missing:
@@ -175,37 +192,183 @@ def _split(curves: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
 
 
 def curve_table(curves: pd.DataFrame) -> pd.DataFrame:
-    """Faithfulness per ``(method, draw, fraction)`` of a curve table (see the module docstring).
+    """Faithfulness per curve (``method``, ``order`` if present, ``draw``) and ``fraction`` of a curve table.
 
     Returns:
-        Columns ``method, draw, fraction, n_edges, faithfulness`` sorted by method, draw, fraction.
+        Columns ``method, [order,] draw, fraction, n_edges, faithfulness``, sorted.
     """
     empty, full, circuits = _split(curves)
+    keys = _keys(curves)
     rows = []
-    for (method, draw, fraction), group in circuits.groupby(["method", "draw", "fraction"], sort=True):
+    for key, group in circuits.groupby([*keys, "fraction"], sort=True):
         metric = group.sort_values("prompt")["metric"].to_numpy(float)
-        rows.append({"method": method, "draw": int(draw), "fraction": float(fraction),
-                     "n_edges": int(group["n_edges"].iloc[0]),
+        rows.append({**dict(zip(keys, key[:-1])), "fraction": float(key[-1]), "n_edges": int(group["n_edges"].iloc[0]),
                      "faithfulness": float(circuit_faithfulness(metric, empty, full))})
-    return pd.DataFrame(rows, columns=["method", "draw", "fraction", "n_edges", "faithfulness"])
+    out = pd.DataFrame(rows, columns=[*keys, "fraction", "n_edges", "faithfulness"])
+    return out.astype({"draw": int})
 
 
 def summarize_curves(curves: pd.DataFrame, *, target: float = 0.8, n_boot: int = 1000, seed: int = 0,
                      level: float = 0.95, log_x: bool = False) -> pd.DataFrame:
-    """CPR, CMD and the smallest circuit reaching ``target``, per ``(method, draw)`` of a curve table.
+    """CPR, CMD and the smallest circuit reaching ``target``, per curve of a curve table.
 
     Returns:
-        One row per (method, draw): the :func:`curve_summary` fields, plus ``smallest_n_edges``
-        (edges of the smallest circuit; -1 when not reached) and ``target``.
+        One row per curve (``method``, ``order`` if present, ``draw``): the :func:`curve_summary`
+        fields, plus ``smallest_n_edges`` (edges of the smallest circuit; -1 when not reached) and
+        ``target``.
     """
     empty, full, circuits = _split(curves)
+    keys = _keys(curves)
     rows = []
-    for (method, draw), group in circuits.groupby(["method", "draw"], sort=True):
+    for key, group in circuits.groupby(keys, sort=True):
         wide = group.pivot_table(index="fraction", columns="prompt", values="metric").sort_index()
         sizes = group.groupby("fraction")["n_edges"].first().sort_index()
         stats = curve_summary(wide.index.to_numpy(float), wide.to_numpy(float), empty, full, target=target,
                               n_boot=n_boot, seed=seed, level=level, log_x=log_x)
         smallest = stats["smallest"]
         stats["smallest_n_edges"] = int(sizes.loc[smallest]) if np.isfinite(smallest) else -1
-        rows.append({"method": method, "draw": int(draw), **stats, "target": target})
+        rows.append({**dict(zip(keys, key)), **stats, "target": target})
+    return pd.DataFrame(rows).astype({"draw": int})
+
+
+# ---- rankings compared: one paired bootstrap over prompts for every curve ------------------------
+def _replicates(curves: pd.DataFrame, n_boot: int, seed: int) -> tuple[np.ndarray, list[tuple], np.ndarray, np.ndarray]:
+    """Fractions, curve keys, and faithfulness ``[n_curves, n_sizes]`` at the sample and ``[n_boot, ...]`` resampled.
+
+    Every curve must cover the same fractions and prompts (those of the references).
+    """
+    empty, full, circuits = _split(curves)
+    keys = _keys(curves)
+    wide = circuits.pivot_table(index=keys, columns=["fraction", "prompt"], values="metric").sort_index(axis=1)
+    fractions = np.array(sorted(set(wide.columns.get_level_values(0))), dtype=float)
+    if wide.isna().to_numpy().any() or wide.shape[1] != len(fractions) * len(empty):
+        raise CortexmapError("every ranking's curve needs every circuit size on every prompt of the references "
+                             "to be compared; evaluate them on one grid and one set of prompts")
+    metric = wide.to_numpy(float).reshape(len(wide), len(fractions), len(empty))  # [curves, sizes, prompts]
+    idx = resample_within(np.zeros(len(empty)), n_boot, np.random.default_rng(seed))  # [n_boot, prompts]
+    point = circuit_faithfulness(metric, empty, full)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high = empty[idx].mean(-1), full[idx].mean(-1)  # [n_boot]
+        boot = (metric[:, :, idx].mean(-1) - low) / (high - low)  # [curves, sizes, n_boot]
+    return fractions, list(wide.index), point, np.moveaxis(boot, -1, 0)
+
+
+def _statistics(fractions: np.ndarray, keys: list[tuple], faith: np.ndarray, cpr_order: str, cmd_order: str,
+                log_x: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Per ranking (random: mean over draws): ``cpr``, ``cmd`` ``[...]`` and ``faithfulness`` ``[..., sizes]``.
+
+    ``faith`` is ``[..., n_curves, n_sizes]``; the results drop the curve axis. Random rankings
+    also give ``cpr_draws`` and ``cmd_draws`` ``[..., n_draws]``.
+    """
+    has_order = len(keys[0]) == 3
+    curve = {k: i for i, k in enumerate(keys)}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for method in dict.fromkeys(k[0] for k in keys):
+        mine = [k for k in keys if k[0] == method]
+        if method == "random":
+            at = [curve[k] for k in mine]
+            draws_cpr, draws_cmd = cpr(fractions, faith[..., at, :], log_x), cmd(fractions, faith[..., at, :], log_x)
+            out[method] = {"cpr": draws_cpr.mean(-1), "cmd": draws_cmd.mean(-1),
+                           "faithfulness": faith[..., at, :].mean(-2), "cpr_draws": draws_cpr, "cmd_draws": draws_cmd}
+            continue
+
+        def pick(order: str) -> np.ndarray:
+            key = (method, order, 0) if has_order else (method, 0)
+            if key not in curve:
+                raise CortexmapError(f"ranking {method!r} has no {order!r} curve in the table")
+            return faith[..., curve[key], :]
+
+        out[method] = {"cpr": cpr(fractions, pick(cpr_order), log_x), "cmd": cmd(fractions, pick(cmd_order), log_x),
+                       "faithfulness": pick(cmd_order)}
+    return out
+
+
+def _names(found: Sequence[str], first: Sequence[str] | None) -> list[str]:
+    """Ranking names: those of ``first`` in its order, then the others as found, ``random`` last."""
+    listed = [n for n in (first or []) if n in found]
+    return sorted(listed + [n for n in found if n not in listed], key=lambda n: n == "random")
+
+
+def ranking_summary(curves: pd.DataFrame, *, cpr_order: str = "absolute", cmd_order: str = "absolute",
+                    target: float = 0.8, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                    log_x: bool = False, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """CPR, CMD and the smallest circuit per ranking, the random baseline averaged over its draws.
+
+    Args:
+        curves: a curve table (see the module docstring) covering one grid and one set of prompts.
+        cpr_order: the order whose curve gives CPR (``"signed"`` for MIB).
+        cmd_order: the order whose curve gives CMD, the smallest circuit and per-size faithfulness.
+        target: faithfulness the smallest circuit must reach.
+        n_boot: bootstrap resamples of the prompts, shared by every ranking.
+        seed: seed of the resampling.
+        level: coverage of the intervals.
+        log_x: integrate over ln(fraction).
+        names: rankings to list first, in this order (the others follow as found, random last).
+
+    Returns:
+        One row per ranking, in the order of ``names``, ``random`` last: ``method, cpr, cpr_low, cpr_high,
+        cmd, cmd_low, cmd_high, smallest, smallest_low, smallest_high`` (fractions; inf: not
+        reached), ``n_draws`` (1 for a ranking), ``cpr_sd, cpr_min, cpr_max, cmd_sd, cmd_min,
+        cmd_max`` (spread over the random draws; NaN for a ranking), ``cpr_order, cmd_order,
+        n_prompts, target``.
+    """
+    fractions, keys, point, boot = _replicates(curves, n_boot, seed)
+    at, draws = _statistics(fractions, keys, point, cpr_order, cmd_order, log_x), \
+        _statistics(fractions, keys, boot, cpr_order, cmd_order, log_x)
+    n_prompts = int((curves["method"] == "empty").sum())
+    rows = []
+    for method in _names(list(at), names):
+        row: dict[str, object] = {"method": method}
+        for name in ("cpr", "cmd"):
+            low, high = percentile_interval(draws[method][name], level)
+            row.update({name: float(at[method][name]), f"{name}_low": float(low), f"{name}_high": float(high)})
+        smallest = first_reaching(fractions, draws[method]["faithfulness"], target)
+        alpha = (1.0 - level) / 2.0
+        row.update({"smallest": float(first_reaching(fractions, at[method]["faithfulness"], target)),
+                    "smallest_low": float(np.quantile(smallest, alpha, method="lower")),
+                    "smallest_high": float(np.quantile(smallest, 1 - alpha, method="higher"))})
+        spread = at[method].get("cpr_draws")
+        row["n_draws"] = 1 if spread is None else len(spread)
+        for name in ("cpr", "cmd"):
+            values = at[method].get(f"{name}_draws")
+            row.update({f"{name}_sd": np.nan if values is None or len(values) < 2 else float(np.std(values, ddof=1)),
+                        f"{name}_min": np.nan if values is None else float(np.min(values)),
+                        f"{name}_max": np.nan if values is None else float(np.max(values))})
+        row.update({"cpr_order": cpr_order, "cmd_order": cmd_order, "n_prompts": n_prompts, "target": target})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paired_differences(curves: pd.DataFrame, *, cpr_order: str = "absolute", cmd_order: str = "absolute",
+                       n_boot: int = 1000, seed: int = 0, level: float = 0.95, log_x: bool = False,
+                       names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Differences between every two rankings (random: the mean of its draws), with paired bootstrap intervals.
+
+    Args:
+        curves: a curve table covering one grid and one set of prompts.
+        cpr_order, cmd_order, n_boot, seed, level, log_x, names: as in :func:`ranking_summary`
+            (the same ``seed`` resamples the same prompts, so the intervals go with its table).
+
+    Returns:
+        One row per (pair, measure): ``a, b`` (rankings; ``b`` comes after ``a`` in the order of
+        ``names``, ``random`` last), ``measure`` (``cpr``, ``cmd`` or ``faithfulness``), ``fraction`` (the size, for
+        faithfulness; NaN otherwise), ``difference`` (``a - b``), ``low, high``, ``n_prompts``.
+    """
+    fractions, keys, point, boot = _replicates(curves, n_boot, seed)
+    at, draws = _statistics(fractions, keys, point, cpr_order, cmd_order, log_x), \
+        _statistics(fractions, keys, boot, cpr_order, cmd_order, log_x)
+    n_prompts = int((curves["method"] == "empty").sum())
+    listed = _names(list(at), names)
+    rows = []
+    for i, a in enumerate(listed):
+        for b in listed[i + 1:]:
+            for measure in ("cpr", "cmd", "faithfulness"):
+                diff = at[a][measure] - at[b][measure]
+                low, high = percentile_interval(draws[a][measure] - draws[b][measure], level)
+                grid = fractions if measure == "faithfulness" else [np.nan]
+                for j, fraction in enumerate(grid):
+                    pick = (lambda v: v[..., j]) if measure == "faithfulness" else (lambda v: v)
+                    rows.append({"a": a, "b": b, "measure": measure, "fraction": float(fraction),
+                                 "difference": float(pick(diff)), "low": float(pick(low)), "high": float(pick(high)),
+                                 "n_prompts": n_prompts})
+    return pd.DataFrame(rows, columns=["a", "b", "measure", "fraction", "difference", "low", "high", "n_prompts"])

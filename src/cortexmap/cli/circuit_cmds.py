@@ -10,17 +10,16 @@ import typer
 
 from cortexmap.cli.app import Model, _load, _say, app, console, run_guarded, table_of
 
-Screen = Annotated[str, typer.Option(help="edge screen: eap | eap-ig")]
-Steps = Annotated[int, typer.Option(help="integration steps of EAP-IG")]
+Screen = Annotated[str, typer.Option(help="edge screen: eap | eap-ig (MIB's EAP-IG-inputs) | eap-ig-edges")]
+Steps = Annotated[int, typer.Option(help="integration steps of EAP-IG (MIB's default: 5)")]
 
 
-def parse_fractions(text: str | None) -> tuple[float, ...]:
-    """``--fractions 0.001,0.01,0.1,1`` (percent signs allowed: ``0.1%,1%,10%,100%``)."""
-    from cortexmap.circuits.run import DEFAULT_FRACTIONS
+def parse_fractions(text: str | None) -> tuple[float, ...] | None:
+    """``--fractions 0.001,0.01,0.1,1`` (percent signs allowed: ``0.1%,1%,10%,100%``); None: the protocol's grid."""
     from cortexmap.errors import CortexmapError
 
     if text is None:
-        return DEFAULT_FRACTIONS
+        return None
     values = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         try:
@@ -56,26 +55,72 @@ def _interval(value: float, low: float, high: float, fmt: str = "{:.3f}") -> str
 def _size(n: int, lo: int, hi: int, total: int) -> str:
     if n < 0:
         return "not reached"
-    bound = lambda k: "never" if k < 0 else str(k)
-    return f"{n} edges ({n / total:.2%}) [{bound(lo)}, {bound(hi)}]"
+    bound = lambda k: "never" if k < 0 else f"{k:,}"
+    return f"{n:,} edges ({n / total:.2%}) [{bound(lo)}, {bound(hi)}]"
 
 
-def summary_rows(result: Any) -> Any:
-    """Per ranking: CPR, CMD and the smallest circuit reaching the target, each with its interval."""
+def _ranking_name(r: Any) -> str:
+    return f"random (mean of {r.n_draws} draws)" if r.method == "random" else r.method
+
+
+def summary_rows(result: Any, split: str = "heldout") -> Any:
+    """Per ranking on one split: CPR, CMD and the smallest circuit reaching the target, each with its interval.
+
+    The random baseline is the mean of its draws; its spread over draws follows in parentheses.
+    """
     import pandas as pd
 
     total = int(result.arguments["n_edges"])
-    return pd.DataFrame([{
-        "ranking": r.method + (f" #{r.draw}" if r.method == "random" else ""),
-        "CPR (higher better)": _interval(r.cpr, r.cpr_low, r.cpr_high),
-        "CMD (lower better)": _interval(r.cmd, r.cmd_low, r.cmd_high),
-        f"smallest {r.target:.0%} circuit": _size(r.smallest_n_edges, r.smallest_n_edges_low, r.smallest_n_edges_high,
-                                                  total),
-    } for r in result.summary.itertuples()])
+    rows = []
+    for r in result.summary[result.summary["split"] == split].itertuples():
+        spread = lambda name: (f" (sd {getattr(r, name + '_sd'):.3f}, range {getattr(r, name + '_min'):.3f}-"
+                               f"{getattr(r, name + '_max'):.3f})" if r.method == "random" and r.n_draws > 1 else "")
+        rows.append({
+            "ranking": _ranking_name(r),
+            f"CPR ({r.cpr_order}; higher better)": _interval(r.cpr, r.cpr_low, r.cpr_high) + spread("cpr"),
+            f"CMD ({r.cmd_order}; lower better)": _interval(r.cmd, r.cmd_low, r.cmd_high) + spread("cmd"),
+            f"smallest {r.target:.0%} circuit": _size(r.smallest_n_edges, r.smallest_n_edges_low,
+                                                      r.smallest_n_edges_high, total),
+        })
+    return pd.DataFrame(rows)
+
+
+def difference_rows(result: Any, split: str = "heldout") -> Any:
+    """Every two rankings: CPR, CMD and smallest-size faithfulness differences with paired bootstrap intervals."""
+    import pandas as pd
+
+    diffs = result.differences[result.differences["split"] == split]
+    smallest = float(result.arguments["fractions"][0])
+    rows = []
+    for (a, b), group in diffs.groupby(["a", "b"], sort=False):
+        pick = {m: group[group["measure"] == m] for m in ("cpr", "cmd")}
+        faith = group[(group["measure"] == "faithfulness") & (group["fraction"] == smallest)]
+        cell = lambda g: _interval(*g[["difference", "low", "high"]].iloc[0]) if len(g) else "-"
+        rows.append({"a - b": f"{a} - {'random (mean)' if b == 'random' else b}", "CPR": cell(pick["cpr"]),
+                     "CMD": cell(pick["cmd"]), f"faithfulness at {smallest:.1%}": cell(faith)})
+    return pd.DataFrame(rows)
 
 
 def _edge(row: Any) -> str:
     return f"{row.sender} -> {row.receiver}.{row.kind}"
+
+
+def _counted(args: dict[str, Any]) -> str:
+    """The graph's edges in both countings, named."""
+    group, head = int(args["n_edges_per_kv_group"]), int(args["n_edges_per_query_head"])
+    if group == head:
+        return f"{head:,} edges (no grouped-query attention: one key/value input per head)"
+    if args["kv_counting"] == "per query head":
+        return f"{head:,} edges, key/value inputs per query head as MIB counts them ({group:,} per KV group)"
+    return f"{group:,} edges, key/value inputs per KV group ({head:,} per query head, as MIB counts them)"
+
+
+def _circuit_size(args: dict[str, Any], n: int) -> str:
+    counts = args["circuit_edges"]
+    if "per_kv_group" in counts:
+        return (f"{counts['per_kv_group']:,} edges per KV group = {counts['per_query_head']:,} per query head, "
+                f"{counts['per_query_head_pruned']:,} after MIB's pruning")
+    return f"{n:,} edges ({counts['per_query_head_pruned']:,} after MIB's pruning)"
 
 
 @app.command()
@@ -83,18 +128,34 @@ def circuit(
     run_dir: Annotated[str, typer.Argument(help="a run directory written by cortexmap map")],
     task: Annotated[str | None, typer.Option(help="task name (a built-in task, or the run's task file)")] = None,
     task_file: Annotated[str | None, typer.Option(help="JSONL file of your own pairs")] = None,
+    protocol: Annotated[str, typer.Option(
+        help="cortexmap (key/value edges per KV group, |score| rankings) | mib (MIB's protocol: edges per query head, "
+             "BOS, CPR from signed and CMD from |score| rankings)")] = "cortexmap",
+    heldout: Annotated[float, typer.Option(
+        help="share of the prompts held out (seeded): the screen and verification see the rest, faithfulness, "
+             "CPR/CMD and the circuit are judged on these; 0: judge in sample")] = 0.5,
+    in_sample: Annotated[bool, typer.Option(help="also judge the rankings on the discovery prompts")] = True,
     verify: Annotated[int | None, typer.Option(
         help="top screened edges to measure exactly (default: twice the smallest circuit on the grid, at least 32)")] = None,
-    screen: Screen = "eap-ig",
+    screen: Annotated[str | None, typer.Option(
+        help="edge screen: eap | eap-ig (MIB's EAP-IG-inputs, the default) | eap-ig-edges (default under mean ablation)")] = None,
+    rankings: Annotated[str | None, typer.Option(
+        help="screens to rank, comma-separated (default eap,eap-ig; eap,eap-ig-edges under mean ablation)")] = None,
     steps: Steps = 5,
     fractions: Annotated[str | None, typer.Option(
-        help="circuit sizes as fractions of edges (default 0.001,0.005,0.01,0.05,0.1,0.5,1: 7 of MIB's 10)")] = None,
+        help="circuit sizes as fractions of edges (default: MIB's 10 points 0.1%,0.2%,0.5%,...,50%,100%)")] = None,
     ablation: Annotated[str, typer.Option(help="what a patched edge carries: corrupt | mean")] = "corrupt",
-    prompts: Annotated[int | None, typer.Option(help="prompts (default: the run's n_prompts)")] = None,
-    random: Annotated[int, typer.Option("--random", help="random rankings for the baseline")] = 1,
+    prompts: Annotated[int | None, typer.Option(help="prompts in all, both parts (default: the run's n_prompts)")] = None,
+    random: Annotated[int, typer.Option("--random", help="random rankings for the baseline")] = 5,
+    import_graph: Annotated[str | None, typer.Option(
+        help="an EAP-IG / MIB graph .json whose edge scores join the rankings as 'imported'")] = None,
+    export: Annotated[str | None, typer.Option(
+        help="write the circuit's ranking and the circuit as an EAP-IG / MIB graph .json (MIB's evaluation reads it)")] = None,
     top: Annotated[int, typer.Option(help="verified edges to print")] = 10,
 ) -> None:
-    """Trace a task's circuit: screen every edge, verify the top ones, faithfulness curves; writes circuit.parquet."""
+    """Trace a task's circuit: screen and verify edges on some prompts, judge faithfulness on held-out ones."""
+    from cortexmap.circuits.interchange import read_mib_graph
+    from cortexmap.circuits.protocol import protocol_named
     from cortexmap.circuits.run import trace_circuit
     from cortexmap.circuits.store import write_circuit
     from cortexmap.errors import CortexmapError
@@ -102,38 +163,66 @@ def circuit(
 
     def go():
         grid = parse_fractions(fractions)
+        proto = protocol_named(protocol)
+        names = None if rankings is None else tuple(r.strip() for r in rankings.split(",") if r.strip())
+        if export is not None and not export.endswith(".json"):
+            raise CortexmapError(f"--export writes an EAP-IG / MIB graph .json, got {export!r}")
         results = load_results(run_dir)
         n = prompts if prompts is not None else int(results.manifest.get("arguments", {}).get("n_prompts", 32))
         if n < 1:
             raise CortexmapError(f"--prompts must be at least 1, got {n}")
         model = results.manifest["model"]
         handle = _load(results.model, results.manifest.get("device", "cpu"), model.get("dtype", "float32"))
+        imported = None
+        if import_graph is not None:
+            shape, scores, _, _ = read_mib_graph(import_graph)
+            if not proto.per_head_kv and handle.n_kv_heads != handle.n_heads:
+                raise CortexmapError("an EAP-IG / MIB graph counts key/value edges per query head, and this model "
+                                     "groups them; import it with --protocol mib")
+            if (shape.n_layers, shape.n_heads) != (handle.n_layers, handle.n_heads):
+                raise CortexmapError(f"{import_graph} is a graph of {shape.n_layers} layers x {shape.n_heads} heads, "
+                                     f"but {handle.spec} has {handle.n_layers} x {handle.n_heads}")
+            imported = {"imported": scores}
         the_task = _task(results, handle.tokenizer, task, task_file, n)
-        result = trace_circuit(handle, the_task, ablation=ablation, screen=screen, steps=steps, verify=verify,
-                               fractions=grid, n_random=random, seed=int(results.manifest.get("seed", 0)),
+        result = trace_circuit(handle, the_task, protocol=proto, ablation=ablation, screen=screen, rankings=names,
+                               steps=steps, verify=verify, fractions=grid, n_random=random, heldout=heldout,
+                               in_sample=in_sample, imported=imported, seed=int(results.manifest.get("seed", 0)),
                                progress=_say)
-        return the_task.name, result, write_circuit(run_dir, the_task.name, result)
+        exported = None if export is None else result.export(export, int(handle.model.config.hidden_size))
+        return the_task.name, result, write_circuit(run_dir, the_task.name, result), exported
 
-    name, result, paths = run_guarded(go)
+    name, result, paths, exported = run_guarded(go)
     args = result.arguments
-    console.print(table_of(summary_rows(result), title=f"{name}: faithfulness of edge rankings over "
-                           f"{args['n_prompts']} prompts, {args['n_edges']} edges, {args['ablation']} ablation "
-                           f"(95% bootstrap intervals)"))
+    judged = args["judged_on"]
+    where = (f"{args['n_heldout']} held-out prompts (screen and verification on the other {args['n_discovery']})"
+             if judged == "heldout" else f"the {args['n_discovery']} prompts the edges were chosen on (in sample)")
+    console.print(table_of(summary_rows(result, judged), title=f"{name}, protocol {args['protocol']}: faithfulness of "
+                           f"edge rankings on {where}; {_counted(args)}; {args['ablation']} ablation (95% bootstrap "
+                           "intervals over prompts)"))
+    if judged == "heldout" and (result.summary["split"] == "discovery").any():
+        console.print(table_of(summary_rows(result, "discovery").iloc[:, :3],
+                               title=f"in sample: the same on the {args['n_discovery']} discovery prompts"))
+    diffs = difference_rows(result, judged)
+    if len(diffs):
+        console.print(table_of(diffs, title="differences between rankings (a - b) with paired bootstrap intervals over "
+                                            "the same prompts"))
     edges = result.edges[result.edges["method"] == "exact"].sort_values("effect", key=abs, ascending=False).head(top)
     table = edges.assign(edge=[_edge(r) for r in edges.itertuples()],
                          effect=[_interval(r.effect, r.ci_low, r.ci_high) for r in edges.itertuples()])
     console.print(table_of(table[["edge", "score", "effect"]].rename(columns={"score": args["screen"]}),
-                           title="strongest verified edges: exact effect (patched - clean) [95% CI]"))
+                           title="strongest verified edges: exact effect (patched - clean) [95% CI], discovery prompts"))
     if result.circuit_method is None:
         console.print(f"no ranking reached {args['target']:.0%} faithfulness on this grid; try larger --fractions")
     else:
         n = int(result.edges["in_circuit"].sum())
         ends = ", ".join(result.end_heads[:8]) or "no head (only emb / MLPs write to the logits)"
         whole = " (the whole model: no smaller circuit on the grid reaches the target)" if n == args["n_edges"] else ""
-        console.print(f"circuit ({result.circuit_method} ranking, {n} edges{whole}, {len(result.top_heads)} nodes) "
-                      f"ends in {ends}", soft_wrap=True)
+        console.print(f"circuit ({result.circuit_method} ranking, {_circuit_size(args, n)}{whole}, "
+                      f"{len(result.top_heads)} nodes) ends in {ends}", soft_wrap=True)
     _print_errs(name, result.prompts)
-    console.print(f"took {result.timings['total_s']:.0f} s; wrote {paths[0]}, {paths[1].name} and {paths[2].name}")
+    also = f"; exported {exported}" if exported else ""
+    console.print(f"took {result.timings['total_s']:.0f} s; wrote {paths[0]}, {paths[1].name} and {paths[2].name}{also}",
+                  soft_wrap=True)
 
 
 def _print_errs(task: str, prompts: Any) -> None:

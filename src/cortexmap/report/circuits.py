@@ -237,7 +237,9 @@ def _summary_rows(entry: dict[str, Any]) -> list[list[Any]]:
     """Rows of the manifest's circuit summary: one per ranking (and random draw), with intervals over prompts."""
     rows = []
     for s in entry.get("summary") or []:
-        name = s["method"] + (f" #{s['draw']}" if s["method"] == "random" else "")
+        suffix = "" if s["method"] != "random" else (
+            f" (mean of {s['n_draws']} draws)" if "n_draws" in s else f" #{s['draw']}")
+        name = s["method"] + suffix
         smallest = ("not reached" if s.get("smallest") is None else
                     f"{s['smallest_n_edges']} edges ({s['smallest']:.1%}) [{s.get('smallest_n_edges_low')}, "
                     f"{s.get('smallest_n_edges_high')}]")

@@ -154,6 +154,17 @@ def compare_with(data: ReportData, other_dir: str | Path) -> Comparison:
     return Comparison(data.results.model, other.model, other.root, record)
 
 
+def _circuit_rows(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The rows the circuit view draws: protocol cortexmap's, and its held-out curves where it has them."""
+    if table is None:
+        return None
+    if "protocol" in table:
+        table = table[table["protocol"] == "cortexmap"]
+    if "split" in table:
+        table = table[table["split"] == ("heldout" if (table["split"] == "heldout").any() else "discovery")]
+    return table.reset_index(drop=True)
+
+
 def load_report_data(run_dir: str | Path, compare: Sequence[str | Path] = (), *, seed: int = 0) -> ReportData:
     """Load a run, its atlas records (built if needed), optional measurements and comparisons.
 
@@ -171,6 +182,6 @@ def load_report_data(run_dir: str | Path, compare: Sequence[str | Path] = (), *,
     atlas, records = ensure_atlas(run_dir, seed=seed)
     results = load_results(run_dir)
     data = ReportData(results, atlas, records, _influence(results.root), _prune_curve(results.root), [],
-                      results.table(CIRCUIT), results.table(CIRCUIT_CURVES), seed)
+                      _circuit_rows(results.table(CIRCUIT)), _circuit_rows(results.table(CIRCUIT_CURVES)), seed)
     data.comparisons = [compare_with(data, other) for other in compare]
     return data
