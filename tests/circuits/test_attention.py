@@ -23,11 +23,11 @@ from cortexmap.circuits.layout import unsupported_reason
 from cortexmap.heads import HeadId
 from cortexmap.models.hooks import eager_attention
 from tests.circuits.test_patching import cache_run, contribution
-from tests.circuits.tiny_circuits import SUPPORTED, UNSUPPORTED, circuit_handle, task_batch
+from tests.circuits.tiny_circuits import SUPPORTED, circuit_handle, task_batch
 
 ATOL = 1e-5
 SCALE = 12.0  # weights scaled up three times more than the other circuit tests': sharp attention patterns
-EVERY_ARCH = SUPPORTED + UNSUPPORTED
+EVERY_ARCH = SUPPORTED
 KEY, CONTRAST = 2, 4  # the positions the corrupt prompts change (task_batch)
 
 
@@ -158,9 +158,12 @@ def _reference(handle, batch, head: HeadId, measure, ablation: str = "corrupt"):
 
 
 def side_edges_senders(handle, head: HeadId) -> list[str]:  # noqa: ANN001
+    """The residual's terms before ``head``'s layer: a sandwich block writes its heads only through ``A{l}``."""
     names = ["emb"]
     for layer in range(head.layer):
-        names += [f"L{layer}H{h}" for h in range(handle.n_heads)] + [f"M{layer}"]
+        heads = [f"A{layer}"] if handle.geometry.block.residual == "sandwich" else \
+            [f"L{layer}H{h}" for h in range(handle.n_heads)]
+        names += heads + [f"M{layer}"]
     return names
 
 

@@ -60,9 +60,9 @@ SIDES: tuple[str, ...] = ("query", "key")
 def side_edges(graph: Graph, head: HeadId) -> dict[str, list[Edge]]:
     """The edges into ``head``'s query and into its KV group's key, per side, in sender order."""
     group = head.head // (graph.n_heads // graph.n_kv_heads)
-    senders = graph.senders[:graph.n_before(head.layer)]
-    return {"query": [Edge(s, str(head), "q") for s in senders],
-            "key": [Edge(s, f"L{head.layer}KV{group}", "k") for s in senders]}
+    query, key = str(head), f"L{head.layer}KV{group}"  # on sandwich graphs the senders are emb, A{l}, M{l}
+    return {"query": [e for e in graph.edges if e.receiver == query and e.kind == "q"],
+            "key": [e for e in graph.edges if e.receiver == key and e.kind == "k"]}
 
 
 def attention_metric(rows: torch.Tensor, key: torch.Tensor, contrast: torch.Tensor | None,
@@ -95,9 +95,9 @@ class _FrozenPass(RewiredPass):
     every pair: the same sum, without ``[pairs, batch, seq * d]`` products of zeros per chunk.
     """
 
-    def _delta(self, w: torch.Tensor, groups: torch.Tensor) -> torch.Tensor | None:
+    def _delta(self, w: torch.Tensor, groups: torch.Tensor, upstream: tuple[int, ...]) -> torch.Tensor | None:
         total = None
-        for start, n, chunk in self._store(w.shape[1]):
+        for start, n, chunk in self._store(upstream):
             wc = w[:, start:start + n].to(chunk.dtype)  # [P, n]
             pairs = wc.any(1).nonzero().flatten()
             if not len(pairs):
