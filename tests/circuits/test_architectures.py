@@ -27,7 +27,7 @@ PROMPT = "when anna and bert went to the store bert gave a drink to"
 @pytest.mark.parametrize("arch", SUPPORTED)
 def test_trace_circuit_runs_and_verifies_exactly(arch):  # noqa: ANN001
     handle, batch = circuit_handle(arch), task_batch(batch=4)
-    result = trace_circuit(handle, [batch], verify=4, fractions=(0.1, 0.5, 1.0), n_random=1, steps=2)
+    result = trace_circuit(handle, [batch], verify=4, fractions=(0.1, 0.5, 1.0), n_random=1, steps=2, heldout=0.0)
     graph = Graph.for_model(handle)
     assert len(result.edges) == graph.n_edges and result.arguments["n_edges"] == graph.n_edges
     exact = result.edges[result.edges["method"] == "exact"]

@@ -61,7 +61,7 @@ def _mib_node(name: str) -> str:
 
 def per_head_graph(graph: Graph) -> Graph:
     """The graph with key and value inputs per query head (MIB's counting) of a model's graph."""
-    return Graph(graph.n_layers, graph.n_heads, graph.n_heads)
+    return Graph(graph.n_layers, graph.n_heads, graph.n_heads, graph.residual)
 
 
 def mib_edge_names(graph: Graph) -> list[str]:
@@ -96,15 +96,15 @@ def per_head_scores(graph: Graph, values: np.ndarray) -> np.ndarray:
     if graph.n_kv_heads == graph.n_heads:
         return values.copy()
     full = per_head_graph(graph)
-    size = graph.n_heads // graph.n_kv_heads
+    size, h, g = graph.n_heads // graph.n_kv_heads, graph.n_heads, graph.n_kv_heads
     out = np.empty(full.n_edges, dtype=values.dtype)
-    for layer in range(graph.n_layers):
-        n_up, h, g = graph.n_before(layer), graph.n_heads, graph.n_kv_heads
-        grouped = values[graph.attention_slice(layer)].reshape(h + 2 * g, n_up)
-        kv = grouped[h:].reshape(2, g, n_up).repeat(size, axis=1).reshape(2 * h, n_up)
-        out[full.attention_slice(layer)] = np.concatenate([grouped[:h], kv]).reshape(-1)
-        out[full.mlp_slice(layer)] = values[graph.mlp_slice(layer)]
-    out[full.logits_slice()] = values[graph.logits_slice()]
+    for block in graph.receiver_blocks:  # the same senders in both graphs; only the k / v receivers multiply
+        chunk = values[block.edges]
+        if block.kind == "attention":
+            grouped = chunk.reshape(h + 2 * g, block.n_up)
+            kv = grouped[h:].reshape(2, g, block.n_up).repeat(size, axis=1).reshape(2 * h, block.n_up)
+            chunk = np.concatenate([grouped[:h], kv]).reshape(-1)
+        out[full.block(block.kind, block.layer).edges] = chunk
     return out
 
 
@@ -144,6 +144,9 @@ def write_mib_graph(path: str | Path, graph: Graph, scores: np.ndarray, in_graph
     Returns:
         The path written.
     """
+    if graph.residual != "pre_norm":
+        raise CortexmapError(f"MIB's graph files describe pre-norm sequential models; a {graph.residual} graph "
+                             "(its heads read and write the residual otherwise) cannot be written in that format")
     full = per_head_graph(graph)
     values = -per_head_scores(graph, np.asarray(scores, dtype=np.float64))
     mask = prune(full, per_head_scores(graph, np.asarray(in_graph, dtype=bool)))

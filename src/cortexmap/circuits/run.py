@@ -345,14 +345,14 @@ def trace_circuit(handle: Any, task: Task | Sequence[EncodedBatch], *, protocol:
     edges.loc[kept, "in_circuit"] = True
     prompt_ids = [i for b in discovery for i in b.indices]
     timings["total_s"] = round(time.perf_counter() - start, 3)
-    per_group = Graph(graph.n_layers, graph.n_heads, handle.n_kv_heads)
+    per_group = Graph(graph.n_layers, graph.n_heads, handle.n_kv_heads, graph.residual)
     arguments = {"protocol": proto.name, "ablation": ablation, "screen": screen, "rankings": list(ranked),
                  "steps": steps, "verify": int(verify), "fractions": [float(f) for f in fractions],
                  "n_random": n_random, "target": target, "seed": seed, "heldout": heldout, "in_sample": in_sample,
                  "n_prompts": n_discovery + n_heldout, "n_discovery": n_discovery, "n_heldout": n_heldout,
                  "judged_on": judged, "kv_counting": proto.kv_counting, "bos": proto.bos,
                  "cpr_order": proto.cpr_order, "cmd_order": proto.cmd_order, "n_edges": graph.n_edges,
-                 "graph": [graph.n_layers, graph.n_heads, graph.n_kv_heads],
+                 "graph": [graph.n_layers, graph.n_heads, graph.n_kv_heads, graph.residual],
                  "n_edges_per_kv_group": per_group.n_edges, "n_edges_per_query_head": per_head_graph(graph).n_edges,
                  "circuit_edges": _edge_counts(graph, kept)}
     return CircuitResult(edges, curves, summary, _top_heads(graph, kept, weights), method, arguments, timings,
