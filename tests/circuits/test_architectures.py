@@ -35,6 +35,8 @@ def test_trace_circuit_runs_and_verifies_exactly(arch):  # noqa: ANN001
     np.testing.assert_allclose(exact["effect"], reference, atol=1e-6)
     at_full = result.curves[(result.curves["fraction"] == 1.0) & (result.curves["method"] != "full")]
     np.testing.assert_allclose(at_full["faithfulness"], 1.0)
+    into_logits = set(result.top_heads.loc[result.top_heads["to_logits"], "node"])
+    assert set(result.end_heads) == {n for n in into_logits if n[0] in "LA"}  # heads, or A{l} on sandwich models
 
 
 def _configs(vocab: int) -> dict[str, tf.PretrainedConfig]:
@@ -68,3 +70,16 @@ def test_the_circuit_view_places_every_node_of_a_sandwich_graph():
     placed = dict(zip(nodes.customdata, zip(nodes.x, nodes.y)))
     assert {"A0", "A1", "A2", "M2", "L2H3"} <= set(placed)
     assert len(set(placed.values())) == len(placed)  # no two nodes drawn on one spot
+
+
+def test_regulator_edges_on_a_sandwich_graph_leave_out_the_heads_layer_output():
+    from cortexmap.circuits.graph import Edge
+    from cortexmap.circuits.regulation import baseline_heads, composition_edges
+    from cortexmap.heads import HeadId
+
+    graph = Graph(4, 4, 2, "sandwich")
+    picked = composition_edges(graph, np.ones(graph.n_edges), HeadId(1, 2), graph.n_edges)
+    senders = {graph.edges[i].sender for i in picked}
+    assert "A1" not in senders and {"A0", "M1", "emb"} <= senders
+    drawn = baseline_heads(graph, HeadId(2, 0), [Edge("A2", "L3H0", "q")], 3, seed=0)
+    assert all(h.layer < 2 for h in drawn)  # every head of layer 2 is held by A2, which sends a measured edge

@@ -129,19 +129,17 @@ class Layout:
         return {"q": 0, "k": h * d, "v": (h + g) * d}[kind] + slot * d + offset  # [q | k | v]
 
     def projections(self, layer: int) -> tuple[Projection, ...]:
-        """Layer ``layer``'s q/k/v projection modules in receiver order, kinds sharing a module merged."""
-        return tuple(Projection(module, lo, cols) for module, (lo, cols) in zip(self._modules(layer), self._spans))
-
-    def _modules(self, layer: int) -> list[Any]:
+        """Layer ``layer``'s q/k/v projection modules in receiver order (a fused one serves every receiver)."""
         block = self.blocks[layer]
-        return [block.q_proj] if block.k_proj is block.q_proj else [block.q_proj, block.k_proj, block.v_proj]
+        modules = [block.q_proj] if self.handle.geometry.qkv_fused else [block.q_proj, block.k_proj, block.v_proj]
+        return tuple(Projection(module, lo, cols) for module, (lo, cols) in zip(modules, self._spans))
 
     @cached_property
     def _spans(self) -> list[tuple[int, torch.Tensor]]:
         """Per projection module: its first receiver and its receivers' columns (on the model's device)."""
         h, g = self.graph.n_heads, self.graph.n_kv_heads
         parts = [(0, self.columns("q")), (h, self.columns("k")), (h + g, self.columns("v"))]
-        if self.blocks[0].k_proj is self.blocks[0].q_proj:  # fused: one module serves all receivers
+        if self.handle.geometry.qkv_fused:
             parts = [(0, torch.cat([columns for _, columns in parts]))]
         return [(lo, columns.to(self.handle.device)) for lo, columns in parts]
 

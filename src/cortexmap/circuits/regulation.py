@@ -103,10 +103,14 @@ def decision_batches(handle: Any, prompts: list[str]) -> list[EncodedBatch]:
 
 
 def composition_edges(graph: Graph, scores: np.ndarray, head: HeadId, n_edges: int) -> np.ndarray:
-    """Positions of the ``n_edges`` q / k edges above ``head``'s layer, not sent by it, by ``|score|``."""
+    """Positions of the ``n_edges`` q / k edges above ``head``'s layer, not sent by it, by ``|score|``.
+
+    On sandwich-norm graphs the head's layer output ``A{l}`` holds the head, so its edges are not eligible either.
+    """
     frame = graph.frame()
+    sends = {s: head in _nodes_heads(graph, s) for s in graph.senders}
     eligible = (frame["kind"].isin(["q", "k"]) & (frame["receiver_layer"] > head.layer)
-                & (frame["sender"] != str(head))).to_numpy()
+                & ~frame["sender"].map(sends)).to_numpy()
     index = np.flatnonzero(eligible)
     if len(index) == 0:
         raise CortexmapError(f"no query or key edge lies above {head}: pick a head below the last layer")
@@ -115,7 +119,10 @@ def composition_edges(graph: Graph, scores: np.ndarray, head: HeadId, n_edges: i
 
 
 def _nodes_heads(graph: Graph, node: str) -> set[HeadId]:
-    """The query heads a node is or holds: a head itself, every head of a KV group, none for emb / MLPs / logits."""
+    """The query heads a node is or holds: a head itself, every head of a KV group or of a sandwich layer's
+    attention output ``A{l}`` (their sum, normalized), none for emb / MLPs / logits."""
+    if node[0] == "A":
+        return {HeadId(int(node[1:]), h) for h in range(graph.n_heads)}
     if "KV" in node:
         layer, group = (int(x) for x in node[1:].split("KV"))
         size = graph.n_heads // graph.n_kv_heads

@@ -133,8 +133,11 @@ class CircuitResult:
 
     @property
     def end_heads(self) -> list[str]:
-        """The circuit's query heads that write straight into the logits, by that edge's ``|score|``."""
-        rows = self.top_heads[self.top_heads["to_logits"] & self.top_heads["node"].str.contains("H")]
+        """The circuit's query heads that write straight into the logits, by that edge's ``|score|``.
+
+        On sandwich-norm models heads reach the logits only through their layer's ``A{l}``: those count.
+        """
+        rows = self.top_heads[self.top_heads["to_logits"] & self.top_heads["node"].str.match(r"^(L\d+H\d+|A\d+)$")]
         return list(rows.sort_values("logits_weight", ascending=False, kind="stable")["node"])
 
 
