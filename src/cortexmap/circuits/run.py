@@ -289,6 +289,8 @@ def trace_circuit(handle: Any, task: Task | Sequence[EncodedBatch], *, protocol:
     with per_head_kv(handle) if proto.per_head_kv else nullcontext(handle) as view:
         graph = Graph.for_model(view)
         for name, values in (imported or {}).items():
+            if name in ("verified", "random", *methods):
+                raise CortexmapError(f"an imported ranking cannot be called {name!r}: that name is taken")
             if len(values) != graph.n_edges:
                 raise CortexmapError(f"imported ranking {name!r} has {len(values)} scores for {graph.n_edges} edges "
                                      f"({proto.kv_counting}); import it under the protocol it was made for")
