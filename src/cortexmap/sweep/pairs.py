@@ -121,7 +121,7 @@ def measure_pairs(handle: Any, batches: list[TaskBatch], task: str, heads: Seque
     frames = []
     for tb in batches:
         batch = len(tb.indices)
-        clean = tb.metric(tb.cache.last_logits).cpu().numpy()
+        clean = tb.metric(tb.cache.logits).cpu().numpy()
         metric = np.full((len(configs), batch), np.nan)
         repls = {l: None if kind == "zero" else replacement(kind, tb, l, means, seed + l) for l in layers}
         if kind == "zero" or all(r is not None for r in repls.values()):
