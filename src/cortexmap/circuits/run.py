@@ -47,7 +47,7 @@ from cortexmap.circuits.faithfulness import (
 from cortexmap.circuits.graph import Graph, node_layer
 from cortexmap.circuits.patching import PathPatcher
 from cortexmap.errors import CortexmapError
-from cortexmap.tasks.core import EncodedBatch, Task, encode_task
+from cortexmap.tasks.core import EncodedBatch, Task, encode_one_position
 from cortexmap.stats import bootstrap_cis
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
@@ -116,7 +116,7 @@ def _batches(handle: Any, task: Task | Sequence[EncodedBatch], max_batch: int | 
     if isinstance(task, Task):
         if handle.tokenizer is None:
             raise CortexmapError("this model has no tokenizer to encode the task; pass encoded batches instead")
-        return encode_task(task, handle.tokenizer, max_batch=max_batch)
+        return encode_one_position(task, handle.tokenizer, max_batch)[0]  # one-token answers, equal lengths
     batches = list(task)
     if not batches:
         raise CortexmapError("the task has no prompts; give it at least one pair")

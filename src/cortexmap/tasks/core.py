@@ -387,23 +387,36 @@ def encode_task(task: Task, tokenizer: Any, max_batch: int | None = None, pad: b
     return pack(items, task.metric, pad_id(tokenizer), max_batch, pad)
 
 
-def require_one_position(batches: list[EncodedBatch], what: str) -> None:
-    """Raise unless every batch reads one row per prompt at its last position, with sources of its length.
+def encode_one_position(task: Task, tokenizer: Any, max_batch: int | None = None) -> tuple[list[EncodedBatch], int]:
+    """The batches of a task's pairs whose metric is read at one position, for edge-level circuits.
+
+    Those are the pairs with one-token answers (one target and one foil, or sets of them) and a
+    corrupt prompt (if any) of the prompt's length: unpadded batches of one prompt length, read at
+    the last position. Their ``indices`` stay the pairs' positions in ``task.pairs``.
 
     Args:
-        batches: encoded batches of a task.
-        what: the task (or decision) named in the message.
+        task: the task, built for ``tokenizer``.
+        tokenizer: the tokenizer of the model.
+        max_batch: most pairs per batch (None: no limit).
+
+    Returns:
+        ``(batches, left_out)``: the batches and the number of pairs left out.
 
     Raises:
-        TaskError: multi-token answers, padded rows or corrupt prompts of another length.
+        TaskError: no pair of the task qualifies.
     """
+    keep = [i for i, pair in enumerate(task.pairs) if check_pair(pair, tokenizer, one_token=True)[1] is None]
+    if not keep:
+        raise TaskError(
+            f"task {task.name!r} has no pair with one-token answers and a corrupt prompt of the prompt's length "
+            "for this tokenizer; circuits need them: measure the task head by head with cortexmap map instead"
+        )
+    metric = "logit_diff" if task.metric in ("logit_diff", "logprob_diff") else task.metric
+    subset = replace(task, pairs=[task.pairs[i] for i in keep], metric=metric)
+    batches = encode_task(subset, tokenizer, max_batch=max_batch)
     for batch in batches:
-        if batch.reads() is not None or batch.source_map is not None or batch.source_lengths is not None:
-            raise TaskError(
-                f"{what} has multi-token answers or corrupt prompts of another length for this tokenizer; "
-                "circuits need one-token answers (sets of them are fine) and corrupt prompts of the prompt's "
-                "length: measure it head by head with cortexmap map instead"
-            )
+        batch.indices = [keep[i] for i in batch.indices]
+    return batches, len(task.pairs) - len(keep)
 
 
 def logit_diff(logits_last: torch.Tensor, target_ids: torch.Tensor, foil_ids: torch.Tensor) -> torch.Tensor:
