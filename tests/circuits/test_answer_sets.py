@@ -69,6 +69,6 @@ def test_circuits_trace_the_one_token_pairs_of_a_task_and_keep_their_indices(bpe
 def test_explain_refuses_a_multi_token_target_in_one_line(bpe_digits):  # noqa: ANN001
     handle = circuit_handle("llama")
     handle.tokenizer = bpe_digits
-    with pytest.raises(TaskError, match=r"2 tokens for this model, and edge circuits need a single-token target") as err:
+    with pytest.raises(TaskError, match=r"2 tokens for this model; give a single-token target .*edge circuits need one") as err:
         explain_decision(handle, "When Mary and John went to the store, John gave a drink to", " Mary Mary", " John")
     assert "\n" not in str(err.value)

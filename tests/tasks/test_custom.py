@@ -156,3 +156,17 @@ def test_missing_or_empty_file(tmp_path, bpe_digits):
         load_task_file(tmp_path / "nope.jsonl", bpe_digits)
     with pytest.raises(TaskError, match="has no pairs"):
         load_task_file(_write(tmp_path, ["", " "]), bpe_digits)
+
+
+def test_every_task_line_the_readme_shows_loads(tmp_path, bpe_gpt2):
+    """The README's ```json examples are lines of valid task files."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    lines = [line for block in re.findall(r"^```json\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
+             for line in block.splitlines() if line.strip()]
+    assert len(lines) >= 4 and any('"targets"' in line for line in lines)
+    for i, line in enumerate(lines):
+        task = load_task_file(_write(tmp_path, [line], f"readme{i}.jsonl"), bpe_gpt2, min_pairs=1)
+        assert len(task.pairs) == 1

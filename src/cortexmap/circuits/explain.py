@@ -130,9 +130,9 @@ def _pair(tokenizer: Any, prompt: str, target: str, foil: str, corrupt: str | No
                         f"length: change words one for one (e.g. swap names)")
     which, text = ("target", target) if reason == DROP_TARGET else ("foil", foil)
     n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    raise TaskError(f"the {which} {text!r} is {n} tokens for this model, and edge circuits need a single-token "
-                    f"{which} (often with a leading space, e.g. ' Mary'); multi-token answers are measured head by "
-                    "head by cortexmap map --task-file")
+    raise TaskError(f"the {which} {text!r} is {n} tokens for this model; give a single-token {which} "
+                    "(often with a leading space, e.g. ' Mary'): edge circuits need one, and multi-token answers "
+                    "are measured head by head by cortexmap map --task-file")
 
 
 def _heads(edges: pd.DataFrame, n_layers: int) -> pd.DataFrame:
