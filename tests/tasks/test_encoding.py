@@ -59,3 +59,13 @@ def test_encode_task_scores_multi_token_answers_as_a_direct_forward_pass_does(ti
     sets = Task("sets", "custom", "", [pairs[2]], metric="log_mass_diff")
     (row,) = evaluate_task(tiny, sets).itertuples()
     assert row.target == " big |  big Paris" and row.p_target > 0 and row.chance == pytest.approx(0.0)
+
+
+def test_answer_sets_need_a_set_metric(bpe_digits):
+    from cortexmap.errors import TaskError
+
+    sets = Task("sets", "custom", "", [Pair("Paris is", (" big",), (" small", " old"))])  # metric left at logit_diff
+    with pytest.raises(TaskError, match="holds answer sets scored by 'logit_diff'; give it a set metric"):
+        encode_task(sets, bpe_digits)
+    pair_as_set = Task("pair", "custom", "", [Pair("Paris is", " big", " small")], metric="prob_diff")
+    assert encode_task(pair_as_set, bpe_digits)[0].readout.metric == "prob_diff"  # a pair is a set of one each

@@ -43,7 +43,7 @@ def check(
     seed: int = 0,
     out: Annotated[str, typer.Option(help="also write the table to this CSV or Parquet file")] = "",
 ) -> None:
-    """Baseline table: usable pairs, the metric, accuracy (top-1 among the answers), mean metric with a 95% CI, chance."""
+    """Baseline table: usable pairs, the metric, top-1 accuracy, mean metric with a 95% CI, chance level."""
     from cortexmap.tasks import check_tasks, tasks_for
 
     def go():  # noqa: ANN202

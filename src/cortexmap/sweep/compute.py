@@ -140,7 +140,10 @@ def task_means(batches: list[TaskBatch]) -> dict[int, torch.Tensor]:
 
 
 def resample_partners(tb: TaskBatch, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(order [batch], alone [batch])``: each prompt's partner (a derangement within its prompt-length group), and the prompts without one."""
+    """``(order [batch], alone [batch])``: each prompt's partner and the prompts without one.
+
+    Partners are a seeded derangement within each group of prompts of one prompt length.
+    """
     n = len(tb.indices)
     lengths = [tb.input_ids.shape[1]] * n if tb.prompt_lengths is None else tb.prompt_lengths.tolist()
     order = torch.arange(n)

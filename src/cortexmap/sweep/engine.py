@@ -138,10 +138,11 @@ def _record(handle: Any, z: dict[int, torch.Tensor] | None, run: Callable[[], An
 
 @torch.no_grad()
 def clean_cache(handle: Any, input_ids: torch.Tensor, reads: Reads = None) -> CleanCache:
-    """Run the model once on ``input_ids`` and record block inputs, block arguments, head outputs and the logits at ``reads``."""
+    """Run the model once on ``input_ids``: block inputs, block arguments, head outputs and the logits at ``reads``."""
     z: dict[int, torch.Tensor] = {}
     keep = _keep(reads)
-    inputs, args, out = _record(handle, z, lambda: handle.model(input_ids=input_ids, use_cache=False, logits_to_keep=keep))
+    inputs, args, out = _record(handle, z, lambda: handle.model(input_ids=input_ids, use_cache=False,
+                                                                logits_to_keep=keep))
     return CleanCache(inputs, args, z, _at_reads(out.logits, reads).detach())
 
 

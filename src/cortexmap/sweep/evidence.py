@@ -360,7 +360,10 @@ def _bias_diff(bias: torch.Tensor, target_ids: torch.Tensor, foil_ids: torch.Ten
 
 @torch.no_grad()
 def _clean_logit_diff(handle: Any, run: _Pass, target_ids: torch.Tensor, foil_ids: torch.Tensor) -> torch.Tensor:
-    """``[b]`` clean logit along the direction (``logit(target) - logit(foil)``) at the last prompt position, before any soft-capping."""
+    """``[b]`` clean logit along the direction (``logit(target) - logit(foil)``) at the last prompt position.
+
+    Read before any soft-capping.
+    """
     chain = handle.final_modules()
     hidden = run.final_in[0][:, run.seq - 1] if run.final_in else None
     if hidden is None:  # no module before the unembedding: its input is the residual itself
@@ -460,7 +463,8 @@ def _cue_mask(tokenizer: Any, task: Any, indices: Sequence[int], seq: int) -> to
     return mask
 
 
-def _prompt_batches(task: Any, tokenizer: Any, batch_size: int) -> list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _prompt_batches(task: Any, tokenizer: Any,
+                    batch_size: int) -> list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Equal-length batches of the prompts alone: ``(indices, input_ids [b, seq], targets [b, m], foils [b, m])``.
 
     ``targets`` / ``foils`` hold the first token of each prompt's answers (-1 where it has fewer).

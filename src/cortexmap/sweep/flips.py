@@ -1,13 +1,13 @@
 """The causal test of why the model errs: patch a head from right prompts into wrong ones and see if the answer flips.
 
 For one task, a prompt is wrong when its clean margin (the task's metric: the logit difference
-target - foil, or its multi-token / answer-set form) is at most 0. For every candidate head and every wrong prompt, the head's output at *all* positions is
-replaced by its output on a right prompt of the *same template* (``Pair.variant``) and the same
-token length, and the wrong prompt's margin is measured again (its own target and foil). Same
-template keeps the comparison inside one prompt shape; same length is what position-wise patching
-needs, so a same-template right prompt of another length is skipped and counted (``unaligned``).
-Each wrong prompt gets up to ``max_sources`` such right prompts (drawn without replacement,
-seeded by ``seed`` and the task's name).
+target - foil, or its multi-token / answer-set form) is at most 0. For every candidate head and
+every wrong prompt, the head's output at *all* positions is replaced by its output on a right prompt
+of the *same template* (``Pair.variant``) and the same token length, and the wrong prompt's margin
+is measured again (its own target and foil). Same template keeps the comparison inside one prompt
+shape; same length is what position-wise patching needs, so a same-template right prompt of another
+length is skipped and counted (``unaligned``). Each wrong prompt gets up to ``max_sources`` such
+right prompts (drawn without replacement, seeded by ``seed`` and the task's name).
 
 Controls: for every candidate, ``n_controls`` random heads of the *same layer* (not candidates
 themselves where the layer allows) are patched the same way on the same pairs, so a head's flip

@@ -1,14 +1,15 @@
 """Joint interventions on pairs of heads, per prompt: the measurement behind redundancy.
 
-For one task and a few heads, every head is intervened on alone and every pair of them together,
-on every prompt, with the same replacement activations as the map's sweep
+For one task and a few heads, every head is intervened on alone and every pair of them together, on
+every prompt, with the same replacement activations as the map's sweep
 (:func:`cortexmap.sweep.compute.replacement`): ``patch`` takes both heads' outputs from the pair's
 corrupt prompt (at the aligned positions), ``mean`` replaces them by their mean output over every
 prompt token of the task's prompts, ``resample`` by their output on another prompt of the same
 length; ``zero`` (off distribution) is accepted for comparison. An effect is the metric change
-``intervened - clean`` (the task's metric, :mod:`cortexmap.tasks.metrics`; harm negative), so ``effect_a`` here equals the map's per-prompt
-effect of that head under the same intervention. The sign convention of the interaction built
-from these rows is fixed in :mod:`cortexmap.analysis.specialization`.
+``intervened - clean`` (the task's metric, :mod:`cortexmap.tasks.metrics`; harm negative), so
+``effect_a`` here equals the map's per-prompt effect of that head under the same intervention. The
+sign convention of the interaction built from these rows is fixed in
+:mod:`cortexmap.analysis.specialization`.
 
 One forward pass runs ``k * rows`` rows, row ``i * rows + r`` holding configuration ``i`` (one
 head, or a pair) on batch row ``r``; a pair may span two layers, so the passes are full forwards with

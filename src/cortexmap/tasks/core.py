@@ -366,10 +366,15 @@ def encode_task(task: Task, tokenizer: Any, max_batch: int | None = None, pad: b
     Raises:
         TaskError: an answer without tokens, a corrupt prompt that cannot be aligned, or an
             answer of several tokens in a ``logit_diff`` task, i.e. the task was built for a
-            different tokenizer.
+            different tokenizer; or answer sets under a pair metric.
     """
     if max_batch is not None and max_batch < 1:
         raise TaskError(f"max_batch must be at least 1, got {max_batch}; pass None for no limit")
+    if task.metric not in METRICS:
+        raise TaskError(f"task {task.name!r} has unknown metric {task.metric!r}; use one of {', '.join(METRICS)}")
+    if task.metric not in SET_METRICS and any(p.is_set for p in task.pairs):
+        raise TaskError(f"task {task.name!r} holds answer sets scored by {task.metric!r}; give it a set metric "
+                        f"({' or '.join(SET_METRICS)})")
     items = []
     for index, pair in enumerate(task.pairs):
         targets = [answer_ids(tokenizer, a) for a in pair.targets]

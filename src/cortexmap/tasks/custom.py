@@ -243,7 +243,8 @@ def load_task_file(path: str | Path, tokenizer: Any, name: str | None = None, mi
     for line, candidate in zip(lines, candidates):
         pair, reason = check_pair(candidate, tokenizer)
         if reason == DROP_UNALIGNED:
-            why = align(prompt_ids(tokenizer, candidate.prompt), prompt_ids(tokenizer, candidate.corrupt or "")).describe()
+            clean, corrupt = prompt_ids(tokenizer, candidate.prompt), prompt_ids(tokenizer, candidate.corrupt or "")
+            why = align(clean, corrupt).describe()
             raise TaskError(f"{path}:{line}: {why}; end the corrupt prompt like the prompt (the words before the "
                             "answer) or give it the prompt's token length")
         if pair is None:

@@ -62,7 +62,8 @@ class PairIds:
     @property
     def simple(self) -> bool:
         """One row (every answer one token) and no corrupt prompt of another length."""
-        return all(len(c) == 1 for c in self.candidates) and (self.corrupt is None or len(self.corrupt) == len(self.prompt))
+        one_row = all(len(c) == 1 for c in self.candidates)
+        return one_row and (self.corrupt is None or len(self.corrupt) == len(self.prompt))
 
     def alignment(self) -> Alignment | None:
         return None if self.corrupt is None else align(self.prompt, self.corrupt)

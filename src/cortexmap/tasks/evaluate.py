@@ -42,7 +42,7 @@ def last_logits(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def tiled_reads(reads: tuple[torch.Tensor, torch.Tensor], n_rows: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reads of ``k`` copies of a batch of ``n_rows`` rows stacked on the batch axis (copy ``i``: rows ``i * n_rows ..``)."""
+    """The reads of ``k`` copies of a batch of ``n_rows`` rows stacked on the batch axis (copy ``i`` from row ``i * n_rows``)."""
     rows, positions = reads
     return (torch.arange(k)[:, None] * n_rows + rows[None]).reshape(-1), positions.repeat(k)
 

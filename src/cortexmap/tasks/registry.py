@@ -97,7 +97,10 @@ def build_task(name: str, tokenizer: Any, n: int = 64, seed: int = 0, min_pairs:
     if min_pairs > 0:
         require_pairs(name, pairs, dropped, min(min_pairs, n))
     is_set = any(isinstance(v.target, tuple) for v in spec.variants)
-    metric = task_metric(pairs, tokenizer, spec.metric) if pairs else (spec.metric or "prob_diff") if is_set else "logit_diff"
+    if pairs:
+        metric = task_metric(pairs, tokenizer, spec.metric)
+    else:
+        metric = (spec.metric or "prob_diff") if is_set else "logit_diff"
     return Task(name=name, level=spec.level, description=spec.description, pairs=pairs, dropped=dropped,
                 version=spec.version, metric=metric)
 

@@ -16,9 +16,10 @@ at task level are defaults for every variant):
   the variables. An answer set gives ``targets`` and ``foils`` instead, each a list of templates;
   a template naming a list-valued computed variable renders once per item (``foils: [" {others}"]``
   with ``others`` = ``["1", "2"]`` gives ``[" 1", " 2"]``). A set task may name its ``metric``
-  (``prob_diff``, the default, or ``log_mass_diff``; :mod:`cortexmap.tasks.metrics`). A plain word is ``{x}``, a row field ``{x.city}``; ``.cap`` capitalises
-  (``{x.cap}``, ``{x.city.cap}``), ``.bare`` drops a leading "the " (``{x.name.bare}``:
-  "Eiffel Tower"), ``.last`` keeps the last word (``{x.phrase.last}``: "interested").
+  (``prob_diff``, the default, or ``log_mass_diff``; :mod:`cortexmap.tasks.metrics`). A plain
+  word is ``{x}``, a row field ``{x.city}``; ``.cap`` capitalises (``{x.cap}``, ``{x.city.cap}``),
+  ``.bare`` drops a leading "the " (``{x.name.bare}``: "Eiffel Tower"), ``.last`` keeps the last
+  word (``{x.phrase.last}``: "interested").
 * ``cue`` (optional): a template, or a list of templates, naming the words of the prompt the
   answer depends on (the subject noun, the country); each must render to text that occurs in
   the prompt, and the last occurrence is the one meant (see
@@ -292,7 +293,8 @@ def parse_specs(text: str, level: str, source: str) -> dict[str, TaskSpec]:
         defaults = {k: v for k, v in raw.items() if k in _VARIANT_KEYS}
         metric = raw.get("metric")
         if metric is not None and metric not in SET_METRICS:
-            raise TaskError(f"{source}: task {name!r} names metric {metric!r}; answer sets take {', '.join(SET_METRICS)}")
+            raise TaskError(f"{source}: task {name!r} names metric {metric!r}; answer sets take "
+                            f"{', '.join(SET_METRICS)}")
         variants = tuple(
             _parse_variant(name, {**defaults, **v}, lists, source) for v in raw.get("variants") or [{}]
         )
