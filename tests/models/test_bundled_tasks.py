@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cortexmap.tasks import MIN_PAIRS, build_task, builtin_task_names, check_tasks, condition_sets, run_probes
-from cortexmap.tasks.core import cue_positions, prompt_ids, single_token
+from cortexmap.tasks.alignment import align
+from cortexmap.tasks.core import answer_ids, cue_positions, prompt_ids, single_token
 from cortexmap.tasks.probes import ordinal_sequences, repeated_random_tokens
 from cortexmap.tasks.templates import builtin_specs
 from tests.tasks.battery_checks import NoOffsets, copy_shortcut, cue_problem, matches_variant
@@ -24,15 +25,26 @@ def test_every_builtin_task_fits_the_bundled_tokenizer(bundled_tokenizer):
         variants = builtin_specs()[name].variants
         assert {pair.variant for pair in task.pairs} == set(range(len(variants))), name
         for pair in task.pairs:
-            assert single_token(tok, pair.target) is not None and single_token(tok, pair.foil) is not None
-            assert pair.target != pair.foil
-            assert len(prompt_ids(tok, pair.corrupt)) == len(prompt_ids(tok, pair.prompt)), (name, pair)
+            assert all(answer_ids(tok, a) for a in pair.targets + pair.foils)
+            assert not set(pair.targets) & set(pair.foils)
+            assert align(prompt_ids(tok, pair.prompt), prompt_ids(tok, pair.corrupt)).ok, (name, pair)
             assert copy_shortcut(pair) is None, (name, pair)
             assert matches_variant(pair, variants[pair.variant]), (name, pair)
             assert pair.cue, (name, pair)
             for cue in pair.cue:
                 assert cue_problem(tok, pair, cue) is None, (name, pair, cue, cue_problem(tok, pair, cue))
                 assert cue_positions(NoOffsets(tok), pair.prompt, cue) == cue_positions(tok, pair.prompt, cue)
+
+
+def test_the_knowledge_tasks_keep_their_multi_token_cities(bundled_tokenizer):
+    """Landmarks and capitals draw no pair they used to drop ("New York", "San Francisco", names of other lengths)."""
+    tok = bundled_tokenizer
+    for name in ("landmarks", "capitals"):
+        task = build_task(name, tok, n=64, seed=0)
+        assert len(task.pairs) == 64 and task.dropped == {}, (name, task.dropped)
+    cities = {a for p in build_task("landmarks", tok, n=200, seed=0, min_pairs=0).pairs for a in p.targets + p.foils}
+    assert {" New York", " San Francisco"} <= cities
+    assert any(single_token(tok, a) is None for a in cities)
 
 
 def test_probe_inputs_and_conditions_fit_the_bundled_tokenizer(bundled_tokenizer):

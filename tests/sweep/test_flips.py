@@ -90,7 +90,7 @@ def test_patching_a_prompt_into_itself_changes_nothing(handle):  # noqa: ANN001
     task = letter_task()
     batch = encode_task(task, handle.tokenizer)[0]
     (prepared,) = prepare(handle, [batch], need_corrupt=False)
-    clean = prepared.metric(prepared.cache.last_logits).numpy()
+    clean = prepared.metric(prepared.cache.logits).numpy()
     heads = [(0, 1), (1, 3), (2, 2)]
     same = patched_margins(handle, batch.input_ids, batch.input_ids, batch.target_ids, batch.foil_ids, heads)
     np.testing.assert_allclose(same, np.repeat(clean[:, None], len(heads), axis=1), atol=1e-5)

@@ -90,3 +90,19 @@ def test_refuses_bad_requests() -> None:
         measure_pairs(handle, prepared, "toy", [(0, 1), (1, 1)], "amplify")
     with pytest.raises(InterventionError, match="does not exist"):
         measure_pairs(handle, prepared, "toy", [(0, 1), (9, 1)], "mean")
+
+
+@pytest.mark.parametrize("kind", ["patch", "mean", "resample"])
+def test_pairs_of_padded_multi_token_batches_agree_with_the_exact_sweep(kind: str) -> None:
+    """Single-head rows of the pair table equal the sweep, which tests/sweep/test_answers.py checks by weight edits."""
+    from tests.sweep.test_answers import make_items
+    from cortexmap.tasks.encoding import pack
+
+    handle = tiny_handle("gemma3_text")
+    batches = prepare(handle, pack(make_items("sets", seed=5), "log_mass_diff", 0, pad=True), kind == "patch")
+    table = measure_pairs(handle, batches, "demo", HEADS, kind, seed=3)
+    sweep = exact_matrix(handle, batches, kind, heads=HEADS, seed=3) - clean_metrics(batches)[:, None]
+    for (a, b), rows in table.groupby(["head_a", "head_b"], sort=False):
+        for name, head in (("effect_a", a), ("effect_b", b)):
+            layer, h = (int(x) for x in head[1:].split("H"))
+            np.testing.assert_allclose(rows[name], sweep[rows["prompt"], layer * handle.n_heads + h], atol=1e-5)

@@ -189,6 +189,44 @@ def test_prompt_effects_carry_each_prompts_clean_metric(tiny, tmp_path):  # noqa
         reference = evaluate_task(handle, load_task_file(tasks, handle.tokenizer, name=name)).set_index("pair")
         clean = rows.groupby("prompt")["clean"].agg(["min", "max"])
         np.testing.assert_allclose(clean["min"], clean["max"])  # one clean value per prompt, whatever the head
-        np.testing.assert_allclose(clean["min"], reference.loc[clean.index, "logit_diff"], atol=1e-4)
+        np.testing.assert_allclose(clean["min"], reference.loc[clean.index, "score"], atol=1e-4)
         means = result.effects[result.effects["task"] == name]["clean"]
-        np.testing.assert_allclose(means, reference["logit_diff"].mean(), atol=1e-4)
+        np.testing.assert_allclose(means, reference["score"].mean(), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["exact", "screen"])
+def test_a_task_file_with_multi_token_answers_and_corrupt_prompts_of_other_lengths_runs_every_line(tiny, tmp_path,
+                                                                                                method):
+    """Every line is mapped, and the exact rows equal one unpadded sequence at a time with the head edited in the weights."""
+    import cortexmap
+    from cortexmap.tasks import load_task_file
+    from cortexmap.tasks.core import answer_ids, prompt_ids
+    from cortexmap.tasks.encoding import PairIds
+    from tests.sweep.test_answers import reference, reference_mean
+    from tests.sweep.tiny_run import make_multi_token_file
+
+    model, _, _ = tiny
+    path = make_multi_token_file(tmp_path)
+    result = run_sweep(config(model, path, interventions=["patch", "mean"], method=method), tmp_path / "run")
+    handle = cortexmap.load_model(str(model))
+    task = load_task_file(path, handle.tokenizer)
+    assert result.manifest["tasks"]["ioi_multi"]["metric"] == "logprob_diff" and len(task.pairs) == 12
+    exact = result.prompt_effects()
+    exact = exact[exact["method"] == "exact"]
+    items = [PairIds(i, prompt_ids(handle.tokenizer, p.prompt), [answer_ids(handle.tokenizer, p.target)],
+                     [answer_ids(handle.tokenizer, p.foil)], prompt_ids(handle.tokenizer, p.corrupt))
+             for i, p in enumerate(task.pairs)]
+    assert {len(it.prompt) - len(it.corrupt) for it in items} == {-1, 0, 1}
+    checked = 0
+    for (kind, layer, head), rows in exact.groupby(["intervention", "layer", "head"]):
+        assert sorted(rows["prompt"]) == list(range(12)) or method == "screen"
+        if checked >= 6:
+            continue
+        mean = reference_mean(handle, items, layer, head) if kind == "mean" else None
+        for row in rows.head(3).itertuples():
+            item = items[row.prompt]
+            want = reference(handle, item, "logprob_diff", kind, layer, head, mean=mean, source=item.corrupt)
+            clean = reference(handle, item, "logprob_diff", "none", 0, 0)
+            assert row.effect == pytest.approx(want - clean, abs=1e-4)
+        checked += 1
+    assert checked == 6

@@ -43,3 +43,19 @@ def make_task_file(root: Path, n: int = 12, seed: int = 0, corrupt: bool = True)
     path = root / "ioi_tiny.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def make_multi_token_file(root: Path, n: int = 12, seed: int = 0) -> Path:
+    """IOI-shaped pairs whose target is two names, and whose corrupt prompts are a word longer or shorter."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        a, b, c = rng.sample(NAMES, 3)
+        prompt = f"when {a} and {b} went to the store {b} gave a drink to"
+        corrupt = (f"when {a} and {b} went to the store {a} {c} gave a drink to" if i % 3 == 0 else
+                   f"when {a} and {b} went to store {a} gave a drink to" if i % 3 == 1 else
+                   f"when {a} and {b} went to the store {a} gave a drink to")
+        lines.append(json.dumps({"prompt": prompt, "target": f" {a} and {c}", "foil": f" {b}", "corrupt": corrupt}))
+    path = root / "ioi_multi.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -43,16 +43,18 @@ def copy_shortcut(pair: Pair) -> str | None:
     """Why copying a word of the context could answer ``pair``, or None when it cannot.
 
     Returns:
-        ``"prompt"`` when the target is a word of the prompt and the foil is not,
-        ``"corrupt"`` when the foil is a word of the corrupt prompt and the target is not.
+        ``"prompt"`` when a target is a word of the prompt and no foil is,
+        ``"corrupt"`` when the foil is a word of the corrupt prompt and the target is not (pairs
+        only: an answer set's foils are the clean prompt's wrong answers, not the corrupt one's right ones).
     """
-    target, foil = pair.target.strip().lower(), pair.foil.strip().lower()
+    targets = {t.strip().lower() for t in pair.targets}
+    foils = {f.strip().lower() for f in pair.foils}
     context = words(pair.prompt)
-    if target in context and foil not in context:
+    if targets & context and not foils & context:
         return "prompt"
-    if pair.corrupt is not None:
+    if pair.corrupt is not None and not pair.is_set:
         context = words(pair.corrupt)
-        if foil in context and target not in context:
+        if foils & context and not targets & context:
             return "corrupt"
     return None
 
@@ -104,7 +106,13 @@ def template_regex(template: str) -> re.Pattern[str]:
 
 def matches_variant(pair: Pair, variant: Any) -> bool:
     """Whether a pair's prompt, answers and corrupt prompt are renderings of one variant's templates."""
-    prompt, corrupt, target, foil = pair.prompt, pair.corrupt, pair.target, pair.foil
+    prompt, corrupt = pair.prompt, pair.corrupt
+    if pair.is_set:  # an answer set: its rendered answers are checked by the task's own tests
+        if variant.target[0].startswith(" ") and not pair.targets[0].startswith(" "):  # the space was folded
+            prompt, corrupt = prompt[:-1], None if corrupt is None else corrupt[:-1]
+        checks = [(variant.prompt, prompt)] + ([(variant.corrupt, corrupt)] if variant.corrupt is not None else [])
+        return all(text is not None and template_regex(t).fullmatch(text) for t, text in checks)
+    target, foil = pair.target, pair.foil
     if variant.target.startswith(" ") and not target.startswith(" "):  # the space was folded into the prompts
         prompt, target, foil = prompt[:-1], " " + target, " " + foil
         corrupt = None if corrupt is None else corrupt[:-1]

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from cortexmap.tasks import LEVELS, build_task, builtin_task_names, task_level, tasks_for
+from cortexmap.tasks.alignment import align
 from cortexmap.tasks.core import Pair, prompt_ids
 from cortexmap.tasks.templates import builtin_specs
 from tests.tasks.battery_checks import copy_shortcut, cue_problem, matches_variant, words
@@ -58,13 +59,15 @@ def test_no_answer_can_be_copied_from_the_context(built, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_task_patches_from_same_length_corrupt_prompts(bpe, built, name):
+def test_every_task_patches_from_aligned_corrupt_prompts(bpe, built, name):
+    """Every corrupt prompt lines up with its prompt (:mod:`cortexmap.tasks.alignment`)."""
     assert builtin_specs()[name].has_corrupt
     task = built[name]
     assert task.has_corrupt and len(task.pairs) == N
     for pair in task.pairs:
         assert pair.corrupt != pair.prompt
-        assert len(prompt_ids(bpe, pair.corrupt)) == len(prompt_ids(bpe, pair.prompt))
+        clean, corrupt = prompt_ids(bpe, pair.prompt), prompt_ids(bpe, pair.corrupt)
+        assert align(clean, corrupt).ok
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -8,7 +8,7 @@ import torch
 from cortexmap.errors import TaskError
 from cortexmap.report.theme import LEVEL_ORDER
 from cortexmap.tasks.core import (
-    DROP_FOIL, DROP_LENGTH, DROP_SAME, DROP_TARGET, LEVEL_DESCRIPTIONS, LEVELS, Pair, Task, check_pair,
+    DROP_FOIL, DROP_LENGTH, DROP_SAME, DROP_TARGET, DROP_UNALIGNED, LEVEL_DESCRIPTIONS, LEVELS, Pair, Task, check_pair,
     cue_positions, encode_task, logit_diff, prompt_ids, require_pairs,
 )
 from cortexmap.tasks.registry import build_task, builtin_task_names
@@ -34,14 +34,32 @@ def test_check_pair_folds_a_separate_space_token(bpe_digits, bpe_gpt2):
 @pytest.mark.parametrize(
     ("pair", "reason"),
     [
-        (Pair("The capital of France is", " Parisxyzzy", " Rome"), DROP_TARGET),
-        (Pair("The capital of France is", " Paris", " Romexyzzy"), DROP_FOIL),
         (Pair("The capital of France is", " Paris", " Paris"), DROP_SAME),
-        (Pair("The capital of France is", " Paris", " Rome", "The capital of the old Italy is"), DROP_LENGTH),
+        (Pair("The capital of France is", (" Paris", " Lyon"), (" Rome", " Lyon")), DROP_SAME),
+        (Pair("The capital of France is", " Paris", " Rome", "In Italy the old capital city"), DROP_UNALIGNED),
     ],
 )
 def test_check_pair_drop_reasons(bpe, pair, reason):
     assert check_pair(pair, bpe) == (None, reason)
+
+
+@pytest.mark.parametrize(
+    ("pair", "reason"),
+    [
+        (Pair("The capital of France is", " Parisxyzzy", " Rome"), DROP_TARGET),
+        (Pair("The capital of France is", " Paris", " Romexyzzy"), DROP_FOIL),
+        (Pair("The capital of France is", " Paris", " Rome", "The capital of the old Italy is"), DROP_LENGTH),
+    ],
+)
+def test_what_one_token_checks_drop_is_kept_otherwise(bpe, pair, reason):
+    """Multi-token answers and aligned corrupt prompts of another length are usable; circuits still refuse them."""
+    assert check_pair(pair, bpe, one_token=True) == (None, reason)
+    assert check_pair(pair, bpe) == (pair, None)
+
+
+def test_check_pair_folds_the_space_of_an_answer_set(bpe_digits):
+    pair = Pair("3 + 4 =", (" 7",), (" 6", " 8"), "3 + 5 =")
+    assert check_pair(pair, bpe_digits) == (Pair("3 + 4 = ", ("7",), ("6", "8"), "3 + 5 = "), None)
 
 
 def test_require_pairs_names_task_and_counts():

@@ -62,13 +62,34 @@ def test_level_defaults_to_custom_and_corrupt_is_optional(tmp_path, bpe_digits):
     assert task.level == "custom" and not task.has_corrupt
 
 
-def test_pairs_that_do_not_fit_the_tokenizer_are_dropped(tmp_path, bpe_digits):
-    extra = json.dumps({"prompt": "The capital of Peru is", "target": " Limaqqq", "foil": " Paris"})
-    longer = json.dumps({"prompt": "The capital of Peru is", "target": " Lima", "foil": " Paris",
-                         "corrupt": "The capital of old France is"})
-    task = load_task_file(_write(tmp_path, _lines() + [extra, longer]), bpe_digits)
-    assert len(task.pairs) == 10
-    assert task.dropped == {"corrupt_length_mismatch": 1, "target_not_single_token": 1}
+def test_multi_token_answers_and_aligned_corrupt_prompts_of_another_length_are_kept(tmp_path, bpe_digits):
+    longer = {"prompt": "The capital of Peru is", "target": " Limaqqq", "foil": " Paris",
+              "corrupt": "The capital of old France is"}
+    task = load_task_file(_write(tmp_path, _lines() + [json.dumps(longer)]), bpe_digits)
+    assert len(task.pairs) == 11 and task.dropped == {} and task.metric == "logprob_diff"
+    assert task.pairs[-1] == Pair(longer["prompt"], longer["target"], longer["foil"], longer["corrupt"])
+
+
+def test_a_corrupt_prompt_that_cannot_be_aligned_names_its_line(tmp_path, bpe_digits):
+    unaligned = {"prompt": "The capital of Peru is", "target": " Lima", "foil": " Paris",
+                 "corrupt": "In France the old capital city"}
+    path = _write(tmp_path, _lines()[:4] + [json.dumps(unaligned)] + _lines()[4:])
+    with pytest.raises(TaskError) as err:
+        load_task_file(path, bpe_digits)
+    assert str(err.value).startswith(f"{path}:5: the corrupt prompt is ") and "do not end with the same token" in str(err.value)
+
+
+def test_answer_sets_and_their_metric(tmp_path, bpe_gpt2):
+    lines = []
+    for yy in range(30, 40):
+        lines.append(json.dumps({"prompt": f"The war lasted from the year 17{yy} to the year 17",
+                                 "targets": [f"{y}" for y in range(yy + 1, 100)],
+                                 "foils": [f"{y:02d}" for y in range(0, yy + 1)], "metric": "log_mass_diff"}))
+    task = load_task_file(_write(tmp_path, lines), bpe_gpt2)
+    assert task.metric == "log_mass_diff" and task.pairs[0].is_set
+    assert task.pairs[0].targets[0] == "31" and len(task.pairs[0].foils) == 31
+    default = [json.dumps({k: v for k, v in json.loads(line).items() if k != "metric"}) for line in lines]
+    assert load_task_file(_write(tmp_path, default, "sets.jsonl"), bpe_gpt2).metric == "prob_diff"
 
 
 def test_too_few_usable_pairs(tmp_path, bpe_digits):
@@ -96,7 +117,26 @@ BAD = {
     "variant float": ('{"prompt": "a", "target": " b", "foil": " c", "variant": 1.5}', "'variant' must be an integer"),
     "variant bool": ('{"prompt": "a", "target": " b", "foil": " c", "variant": true}', "'variant' must be an integer"),
     "variant negative": ('{"prompt": "a", "target": " b", "foil": " c", "variant": -1}', "'variant' is -1"),
+    "pair and set": ('{"prompt": "a", "target": " b", "foil": " c", "targets": [" b"]}', "not both"),
+    "set without foils": ('{"prompt": "a", "targets": [" b"]}', "missing required key 'foils'"),
+    "set not a list": ('{"prompt": "a", "targets": " b", "foils": [" c"]}', "'targets' must be a non-empty list"),
+    "set empty list": ('{"prompt": "a", "targets": [], "foils": [" c"]}', "'targets' must be a non-empty list"),
+    "set empty answer": ('{"prompt": "a", "targets": [" b", " "], "foils": [" c"]}', "'targets' holds an empty"),
+    "set repeats": ('{"prompt": "a", "targets": [" b", " b"], "foils": [" c"]}', "'targets' repeats an answer"),
+    "set overlap": ('{"prompt": "a", "targets": [" b"], "foils": [" c", " b"]}', "' b' is both a target and a foil"),
+    "metric for a pair": ('{"prompt": "a", "target": " b", "foil": " c", "metric": "prob_diff"}', "'metric' is for answer sets"),
+    "unknown metric": ('{"prompt": "a", "targets": [" b"], "foils": [" c"], "metric": "f1"}', "unknown metric 'f1'"),
 }
+
+
+def test_a_file_holds_pairs_or_sets_and_one_metric(tmp_path, bpe_digits):
+    one = '{"prompt": "a", "targets": [" b"], "foils": [" c"], "metric": "prob_diff"}'
+    other = '{"prompt": "a", "targets": [" b"], "foils": [" c"], "metric": "log_mass_diff"}'
+    pair = '{"prompt": "a", "target": " b", "foil": " c"}'
+    with pytest.raises(TaskError, match=r"sets.jsonl:2: metric 'log_mass_diff' differs from 'prob_diff' on line 1"):
+        load_task_file(_write(tmp_path, [one, other], "sets.jsonl"), bpe_digits)
+    with pytest.raises(TaskError, match=r"mixed.jsonl:3: answers 'pairs' differs from 'answer sets' on line 1;"):
+        load_task_file(_write(tmp_path, [one, one, pair], "mixed.jsonl"), bpe_digits)
 
 
 @pytest.mark.parametrize("kind", list(BAD))
@@ -116,3 +156,17 @@ def test_missing_or_empty_file(tmp_path, bpe_digits):
         load_task_file(tmp_path / "nope.jsonl", bpe_digits)
     with pytest.raises(TaskError, match="has no pairs"):
         load_task_file(_write(tmp_path, ["", " "]), bpe_digits)
+
+
+def test_every_task_line_the_readme_shows_loads(tmp_path, bpe_gpt2):
+    """The README's ```json examples are lines of valid task files."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    lines = [line for block in re.findall(r"^```json\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
+             for line in block.splitlines() if line.strip()]
+    assert len(lines) >= 4 and any('"targets"' in line for line in lines)
+    for i, line in enumerate(lines):
+        task = load_task_file(_write(tmp_path, [line], f"readme{i}.jsonl"), bpe_gpt2, min_pairs=1)
+        assert len(task.pairs) == 1

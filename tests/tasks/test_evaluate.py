@@ -24,9 +24,10 @@ def test_evaluate_task_matches_a_direct_forward_pass(tiny):
             logits = tiny.model(input_ids=ids).logits[0, -1]
         t = tiny.tokenizer(pair.target, add_special_tokens=False)["input_ids"][0]
         f = tiny.tokenizer(pair.foil, add_special_tokens=False)["input_ids"][0]
-        assert row.logit_diff == pytest.approx((logits[t] - logits[f]).item(), abs=1e-4)
+        assert row.metric == "logit_diff" and row.chance == 0.0
+        assert row.score == pytest.approx((logits[t] - logits[f]).item(), abs=1e-4)
         assert row.p_target == pytest.approx(torch.softmax(logits, -1)[t].item(), rel=1e-4)
-        assert row.correct == (row.logit_diff > 0)
+        assert row.correct == (row.score > 0)
         assert row.prompt == pair.prompt and row.task == "capitals" and row.level == "knowledge"
 
 
@@ -34,10 +35,10 @@ def test_check_tasks_table(tiny):
     table = check_tasks(tiny, "capitals,ioi", n=12, seed=0)
     assert list(table.columns) == CHECK_COLUMNS
     assert table["task"].tolist() == ["ioi", "capitals"]
-    assert (table["usable"] == 12).all() and (table["chance"] == 0.5).all()
-    assert (table["error"] == "").all()
+    assert (table["usable"] == 12).all() and (table["chance_accuracy"] == 0.5).all() and (table["chance"] == 0).all()
+    assert (table["error"] == "").all() and (table["metric"] == "logit_diff").all()
     for row in table.itertuples():
-        assert row.ci_low <= row.mean_logit_diff <= row.ci_high
+        assert row.ci_low <= row.mean <= row.ci_high
         assert row.above_chance == (row.ci_low > 0)
         assert 0.0 <= row.accuracy <= 1.0
     again = check_tasks(tiny, ["capitals"], n=12, seed=0)

@@ -10,7 +10,9 @@ import yaml
 
 from cortexmap.errors import TaskError
 from cortexmap.tasks import LEVELS, build_task, builtin_task_names, list_tasks, task_level, tasks_for
-from cortexmap.tasks.core import prompt_ids, single_token
+from cortexmap.tasks.alignment import align
+from cortexmap.tasks.core import answer_ids, prompt_ids, single_token
+from tests.tasks.conftest import make_bpe_tokenizer
 from cortexmap.tasks.registry import list_battery
 
 NAMES = builtin_task_names()
@@ -49,11 +51,10 @@ def test_builtin_task_is_deterministic_and_fits(bpe, name):
     assert build_task(name, bpe, n=16, seed=1).pairs != task.pairs
     assert task.has_corrupt
     for pair in task.pairs:
-        assert pair.target != pair.foil
-        assert single_token(bpe, pair.target) is not None
-        assert single_token(bpe, pair.foil) is not None
+        assert not set(pair.targets) & set(pair.foils)
+        assert all(answer_ids(bpe, a) for a in pair.targets + pair.foils)
         assert pair.corrupt != pair.prompt
-        assert len(prompt_ids(bpe, pair.corrupt)) == len(prompt_ids(bpe, pair.prompt))
+        assert align(prompt_ids(bpe, pair.prompt), prompt_ids(bpe, pair.corrupt)).ok
 
 
 def test_larger_n_extends_the_same_stream(bpe_digits):
@@ -73,27 +74,33 @@ def test_differ_keeps_verbs_apart(bpe_digits):
         assert pair.prompt.split()[-2] != pair.corrupt.split()[-2]
 
 
-def test_greater_than_answers_are_later_and_earlier(bpe):
-    for pair in build_task("greater_than", bpe, n=32).pairs:
+def test_greater_than_answers_are_the_later_and_the_earlier_years(bpe):
+    task = build_task("greater_than", bpe, n=32)
+    assert task.metric == "prob_diff"
+    for pair in task.pairs:
         start = next(w for w in pair.prompt.split() if len(w) == 4 and w.isdigit())
-        yy = int(start[2:])
-        hi, lo = int(pair.target), int(pair.foil)
-        if len(pair.target) == 1:  # one digit per token: the tens digit of the end year
-            assert hi > yy // 10 > lo
-        else:
-            assert hi > yy > lo
+        century, yy = start[:2], int(start[2:])
+        later, earlier = [int(t) for t in pair.targets], [int(f) for f in pair.foils]
+        if len(pair.targets[0]) == 1:  # one digit per token: the tens digit of the end year
+            assert later == list(range(yy // 10 + 1, 10)) and earlier == list(range(0, yy // 10))
+        else:  # Hanna et al.'s sets: every later year, every year up to the start (the century left out)
+            assert later == list(range(yy + 1, 100))
+            assert earlier == [y for y in range(0, yy + 1) if y != int(century)]
         assert " started " in pair.prompt or " began " in pair.prompt
 
 
-def test_arithmetic_target_is_the_sum_and_corrupt_sums_to_the_foil(bpe):
-    for pair in build_task("arithmetic", bpe, n=32).pairs:
+def test_arithmetic_targets_the_sum_against_every_other_digit_and_corrupt_sums_to_another(bpe):
+    task = build_task("arithmetic", bpe, n=32)
+    assert task.metric == "prob_diff"
+    for pair in task.pairs:
         def total(text: str) -> int:
             words = text.replace("?", " ").split()
             i = max(j for j, w in enumerate(words) if w in ("+", "plus"))  # the last sum, after any example
             return int(words[i - 1]) + int(words[i + 1])
 
-        assert total(pair.prompt) == int(pair.target)
-        assert total(pair.corrupt) == int(pair.foil)
+        assert [int(t) for t in pair.targets] == [total(pair.prompt)]
+        assert sorted(int(f) for f in pair.foils) == [d for d in range(10) if d != total(pair.prompt)]
+        assert abs(total(pair.corrupt) - total(pair.prompt)) == 1
 
 
 def test_ioi_corrupt_repeats_the_other_name(bpe_digits):
@@ -103,10 +110,13 @@ def test_ioi_corrupt_repeats_the_other_name(bpe_digits):
         assert pair.corrupt.count(a) == 2 and pair.corrupt.count(b) == 1
 
 
-def test_too_few_single_token_answers_raise():
+def test_multi_token_answers_are_kept_and_scored_by_log_probability():
+    """A byte-level vocabulary spells every city in several tokens: the pairs stay, under logprob_diff."""
     tiny_vocab = _char_level()
-    with pytest.raises(TaskError, match=r"'capitals' has 0 usable pairs.*target_not_single_token"):
-        build_task("capitals", tiny_vocab, n=16)
+    task = build_task("capitals", tiny_vocab, n=16)
+    assert len(task.pairs) == 16 and task.dropped == {} and task.metric == "logprob_diff"
+    assert all(single_token(tiny_vocab, p.target) is None for p in task.pairs)
+    assert build_task("capitals", make_bpe_tokenizer(True, True), n=16).metric == "logit_diff"
 
 
 def _char_level():
@@ -155,7 +165,7 @@ def test_unknown_name_lists_levels_and_tasks():
 
 def test_list_tasks_table():
     table = list_tasks()
-    assert list(table.columns) == ["name", "level", "description", "has_corrupt", "version"]
+    assert list(table.columns) == ["name", "level", "description", "has_corrupt", "version", "answers"]
     assert list(zip(table["name"], table["level"])) == [(t, level) for level, ts in DOCUMENTED.items() for t in ts]
     for level, names in DOCUMENTED.items():  # each row says what its YAML entry says
         raw = _raw_yaml(f"{level}.yaml")["tasks"]
@@ -166,7 +176,9 @@ def test_list_tasks_table():
             assert row["description"] == raw[name]["description"].strip() != ""
             assert row["version"] == str(raw[name].get("version", "1"))
             assert row["has_corrupt"] == all("corrupt" in raw[name] or "corrupt" in v for v in variants)
+            assert row["answers"] == ("set" if "targets" in raw[name] else "pair")
     assert table["has_corrupt"].all()  # every built-in task can be patched
+    assert set(table.loc[table["answers"] == "set", "name"]) == {"greater_than", "arithmetic"}
 
 
 def test_list_battery_has_every_task_probe_and_condition_set_with_a_description():

@@ -1,8 +1,9 @@
 """Why the model errs: a stratified, margin-adjusted screen, then a causal test by patching right into wrong.
 
-A prompt is *right* when its clean metric (logit difference target - foil, the *margin*) is above
-0, *wrong* otherwise. Two things make the naive right/wrong contrast of a unit's per-prompt effects
-(a head under a claim intervention, a verified circuit edge) misleading, and both are handled here:
+A prompt is *right* when its clean metric (logit difference target - foil, or its multi-token /
+answer-set form: the *margin*) is above 0, *wrong* otherwise. Two things make the naive right/wrong
+contrast of a unit's per-prompt effects (a head under a claim intervention, a verified circuit edge)
+misleading, and both are handled here:
 
 * **Templates.** A task renders its prompts from a few templates (``variant``), and accuracy is a
   property of a template far more than of a prompt (SmolLM2 gets 8 of 9 "Yesterday I walked. Today

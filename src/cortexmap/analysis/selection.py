@@ -13,8 +13,8 @@ below are fixed once:
   every other screened head with effect 0, no interval and ``screened_out = True``: it counts in
   every population (percentiles, depth, groups) as a head without effect and is never important
   or active, and no estimate stands in for a measurement.
-* **Harmful direction is negative.** Interventions are expected to lower the logit difference
-  (``effect = intervened - clean < 0``). ``importance = max(0, -effect) / |clean|``, i.e.
+* **Harmful direction is negative.** Interventions are expected to lower the task's metric (the
+  logit difference, or its multi-token / answer-set form; ``effect = intervened - clean < 0``). ``importance = max(0, -effect) / |clean|``, i.e.
   ``max(0, -effect_normalized)``; NaN when ``clean`` is 0.
 * **Standard errors come from the reported interval.** ``se_normalized = (ci_high - ci_low) /
   (2 * 1.959964) / |clean|``: the normal approximation of the 95% bootstrap interval.

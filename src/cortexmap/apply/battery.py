@@ -1,9 +1,14 @@
 """The task-battery column of a pruning curve: how much of the battery's behaviour a pruned model keeps.
 
-The score is the mean over tasks of each task's mean target - foil logit difference at the last
-position (every task weighs the same, whatever its number of usable pairs), computed on the
-clean prompts with :func:`~cortexmap.tasks.evaluate_task`. The curve reports it beside the
-unpruned model's, so ``task_delta_pct`` reads as "battery performance lost".
+The score is the mean over tasks of each task's mean metric on the clean prompts
+(:func:`~cortexmap.tasks.evaluate_task`: the logit difference, the log-probability difference of
+multi-token answers, or an answer set's probability difference), each divided by the unpruned
+model's mean on the same task. Tasks measure in different units (logits, probabilities), so each
+counts as the share of its clean margin the model keeps and every task weighs the same, whatever
+its number of usable pairs; the unpruned model scores 1. Tasks the unpruned model gets wrong on
+average (mean <= 0: no margin to keep, e.g. a task at chance) are left out, and logged. The curve
+reports the score beside the unpruned model's, so ``task_delta_pct`` reads as "battery
+performance lost".
 
 Prompts are drawn with their own seed (default 1): a map run uses seed 0, and ranking heads by a
 map and then scoring the pruned model on the same prompts would favour the map.
@@ -42,7 +47,8 @@ def battery_scorer(
         batch_size: most prompts per forward pass.
 
     Returns:
-        The scorer, or None when no task has enough usable pairs for this tokenizer (logged).
+        The scorer (the unpruned model's per-task means are measured here, once), or None when no
+        task has enough usable pairs for this tokenizer (logged).
     """
     items = tasks_for(tasks) if isinstance(tasks, str) else list(tasks)
     built = [t if isinstance(t, Task) else build_task(t, handle.tokenizer, n=n_prompts, seed=seed, min_pairs=0)
@@ -54,7 +60,22 @@ def battery_scorer(
     if len(usable) < len(built):
         log.info("task battery: %d of %d tasks fit this tokenizer", len(usable), len(built))
 
+    def means(model: ModelHandle) -> np.ndarray:
+        return np.array([evaluate_task(model, task, batch_size)["score"].mean() for task in usable])
+
+    base = means(handle)
+    kept = base > 0
+    if not kept.any():
+        log.warning("the unpruned model is wrong on average on every task; the curve's task_score is left empty")
+        return None
+    if not kept.all():
+        log.info("task battery: %s left out (no clean margin to keep)",
+                 ", ".join(t.name for t, k in zip(usable, kept) if not k))
+    usable = [t for t, k in zip(usable, kept) if k]
+    base = base[kept]
+
     def score(model: ModelHandle) -> float:
-        return float(np.mean([evaluate_task(model, task, batch_size)["logit_diff"].mean() for task in usable]))
+        values = base if model is handle else means(model)
+        return float(np.mean(values / base))
 
     return score

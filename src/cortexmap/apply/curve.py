@@ -200,7 +200,7 @@ def _change(row: dict[str, Any]) -> str:
     """One progress line's numbers: held-out loss and, when scored, the task battery."""
     text = f"loss {row['heldout_loss']:.4f} ({row['loss_delta_pct']:+.2f}%)"
     if math.isfinite(row["task_score"]):
-        text += f", battery logit diff {row['task_score']:.3f} ({row['task_delta_pct']:+.2f}%)"
+        text += f", battery score {row['task_score']:.3f} ({row['task_delta_pct']:+.2f}%)"
     return text
 
 

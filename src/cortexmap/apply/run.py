@@ -85,7 +85,7 @@ def plot_curve(curve: pd.DataFrame, path: str | Path) -> bool:
     panels = [("attn_params_removed_frac", "loss_delta_pct", "held-out loss change (%)"),
               ("total_params_removed_frac", "loss_delta_pct", "held-out loss change (%)")]
     if scored:
-        panels.insert(1, ("attn_params_removed_frac", "task_delta_pct", "task battery logit-diff change (%)"))
+        panels.insert(1, ("attn_params_removed_frac", "task_delta_pct", "task battery score change (%)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0))
     palette = plt.get_cmap("tab10")
     colors = {m: palette(i % 10) for i, m in enumerate(sorted(rows["method"].unique()))}

@@ -43,7 +43,7 @@ from cortexmap.errors import CortexmapError, TaskError
 from cortexmap.heads import HeadLike
 from cortexmap.models.hooks import eager_attention
 from cortexmap.stats import bootstrap_cis
-from cortexmap.tasks.core import EncodedBatch, Pair, Task, encode_task, prompt_ids
+from cortexmap.tasks.core import EncodedBatch, Pair, Task, encode_one_position, prompt_ids
 
 
 @dataclass(frozen=True)
@@ -142,12 +142,12 @@ def _encode(handle: Any, prompts: Task | Pair | str | Sequence[EncodedBatch], co
     if isinstance(prompts, Task):
         if not prompts.pairs:
             raise TaskError(f"task {prompts.name!r} has no pairs")
-        return encode_task(prompts, tok, max_batch=max_batch), True
+        return encode_one_position(prompts, tok, max_batch)[0], True  # one-token answers, equal lengths
     if isinstance(prompts, Pair):
         from cortexmap.circuits.explain import _pair
 
         pair = _pair(tok, prompts.prompt, prompts.target, prompts.foil, prompts.corrupt or corrupt)
-        return encode_task(Task("prompt", "custom", "one pair", [pair]), tok), True
+        return encode_one_position(Task("prompt", "custom", "one pair", [pair]), tok)[0], True
     if isinstance(prompts, str):
         ids = prompt_ids(tok, prompts)
         other = None

@@ -73,7 +73,7 @@ from cortexmap.circuits.senders import (
     source_contributions,
 )
 from cortexmap.errors import CortexmapError
-from cortexmap.tasks.core import EncodedBatch, logit_diff
+from cortexmap.tasks.core import EncodedBatch
 
 METHODS: tuple[str, ...] = ("eap", "eap-ig", "eap-ig-edges")
 
@@ -267,7 +267,6 @@ def edge_scores(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps:
     corrupt = None if batch.corrupt_ids is None else batch.corrupt_ids.to(device)
     clean = record_contributions(layout, ids) if method == "eap-ig" else None
     source = source_contributions(layout, ids, corrupt, ablation, clean)
-    target, foil = batch.target_ids.to(device), batch.foil_ids.to(device)
     scores = torch.zeros(ids.shape[0], layout.graph.n_edges, dtype=torch.float32, device=device)
     if method == "eap-ig":
         frozen = difference_store(layout, source, clean, compact=True)
@@ -279,7 +278,7 @@ def edge_scores(handle: Any, batch: EncodedBatch, method: str = "eap-ig", steps:
     with _no_parameter_grads(handle.model):
         for rewired in passes:
             try:
-                logit_diff(rewired.run(ids).float(), target, foil).sum().backward()
+                batch.metric(rewired.run(ids)).sum().backward()  # the task's metric at the last position
             finally:
                 rewired.release()
                 gc.collect()  # the hooks on the pass's tensors hold it in cycles: free it before the next pass

@@ -119,7 +119,7 @@ def _pair(tokenizer: Any, prompt: str, target: str, foil: str, corrupt: str | No
         if corrupt is None:
             raise TaskError(f"the prompt contains neither {target.strip()!r} nor {foil.strip()!r} to swap; pass "
                             "--corrupt with a prompt of the same token length whose answer is the foil")
-    pair, reason = check_pair(Pair(prompt, target, foil, corrupt), tokenizer)
+    pair, reason = check_pair(Pair(prompt, target, foil, corrupt), tokenizer, one_token=True)
     if pair is not None:
         return pair
     if reason == DROP_SAME:
@@ -131,7 +131,8 @@ def _pair(tokenizer: Any, prompt: str, target: str, foil: str, corrupt: str | No
     which, text = ("target", target) if reason == DROP_TARGET else ("foil", foil)
     n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     raise TaskError(f"the {which} {text!r} is {n} tokens for this model; give a single-token {which} "
-                    "(often with a leading space, e.g. ' Mary')")
+                    "(often with a leading space, e.g. ' Mary'): edge circuits need one, and multi-token answers "
+                    "are measured head by head by cortexmap map --task-file")
 
 
 def _heads(edges: pd.DataFrame, n_layers: int) -> pd.DataFrame:

@@ -34,7 +34,7 @@ from cortexmap.circuits.graph import Edge, Graph
 from cortexmap.circuits.layout import circuit_layout
 from cortexmap.circuits.rewire import RewiredPass
 from cortexmap.circuits.senders import difference_store, record_contributions, source_contributions
-from cortexmap.tasks.core import EncodedBatch, logit_diff
+from cortexmap.tasks.core import EncodedBatch
 from cortexmap.stats import bootstrap_cis
 
 
@@ -58,7 +58,7 @@ class PathPatcher:
         device = handle.device
         self.input_ids = batch.input_ids.to(device)
         corrupt = None if batch.corrupt_ids is None else batch.corrupt_ids.to(device)
-        self.target_ids, self.foil_ids = batch.target_ids.to(device), batch.foil_ids.to(device)
+        self.batch = batch  # its metric: the logit difference, or an answer set's (one-token answers)
         self.clean = record_contributions(self.layout, self.input_ids)
         self.source = source_contributions(self.layout, self.input_ids, corrupt, ablation, self.clean)
         self.clean_metric = self.metric(self.clean.last_logits).cpu().numpy()
@@ -69,9 +69,8 @@ class PathPatcher:
         return int(self.input_ids.shape[0])
 
     def metric(self, last_logits: torch.Tensor) -> torch.Tensor:
-        """Logit difference per row of ``[k * batch, vocab]`` logits (rows tiled per batch)."""
-        k = last_logits.shape[0] // self.batch_size
-        return logit_diff(last_logits.float(), self.target_ids.repeat(k), self.foil_ids.repeat(k))
+        """The task's metric per row of ``[k * batch, vocab]`` last-position logits (rows tiled per batch)."""
+        return self.batch.metric(last_logits)
 
     def weights(self, masks: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(masks, dtype=np.float32), device=self.input_ids.device)

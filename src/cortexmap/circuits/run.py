@@ -56,7 +56,7 @@ from cortexmap.circuits.protocol import MIB_IG_STEPS, Protocol, order_scores, pr
 from cortexmap.circuits.ungrouped import per_head_kv
 from cortexmap.errors import CortexmapError
 from cortexmap.stats import bootstrap_cis
-from cortexmap.tasks.core import EncodedBatch, Task, encode_task
+from cortexmap.tasks.core import EncodedBatch, Task, encode_one_position
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # MIB's grid
 SCREENS: tuple[str, ...] = ("eap", "eap-ig", "eap-ig-edges")
@@ -181,7 +181,7 @@ def _batches(handle: Any, task: Task | Sequence[EncodedBatch], max_batch: int | 
     if isinstance(task, Task):
         if handle.tokenizer is None:
             raise CortexmapError("this model has no tokenizer to encode the task; pass encoded batches instead")
-        return encode_task(task, handle.tokenizer, max_batch=max_batch)
+        return encode_one_position(task, handle.tokenizer, max_batch)[0]  # one-token answers, equal lengths
     batches = list(task)
     if not batches:
         raise CortexmapError("the task has no prompts; give it at least one pair")

@@ -23,12 +23,13 @@ def list_() -> None:
     from cortexmap.tasks.registry import list_battery
 
     battery = list_battery()
-    has_corrupt = list_tasks().set_index("name")["has_corrupt"]
+    tasks = list_tasks().set_index("name")
     for kind, title in TITLES.items():
         rows = battery[battery["kind"] == kind]
-        if kind == "task":  # "patch": the task has corrupt prompts, so activation patching can run on it
+        if kind == "task":  # "patch": the task has corrupt prompts; "answers": a target and a foil, or answer sets
             view = rows[["name", "level", "description"]].assign(
-                patch=rows["name"].map(has_corrupt).map({True: "yes", False: "no"}))
+                patch=rows["name"].map(tasks["has_corrupt"]).map({True: "yes", False: "no"}),
+                answers=rows["name"].map(tasks["answers"]))
         else:
             view = rows[["name", "description"]]
         console.print(table_of(view, title=title))
@@ -42,7 +43,7 @@ def check(
     seed: int = 0,
     out: Annotated[str, typer.Option(help="also write the table to this CSV or Parquet file")] = "",
 ) -> None:
-    """Baseline table: usable pairs, accuracy, mean logit difference with a 95% CI, chance level."""
+    """Baseline table: usable pairs, the metric, top-1 accuracy, mean metric with a 95% CI, chance level."""
     from cortexmap.tasks import check_tasks, tasks_for
 
     def go():  # noqa: ANN202
@@ -53,6 +54,7 @@ def check(
     table = run_guarded(go)
     console.print(table_of(table, title=f"task baselines on {model}"))
     above = int(table["above_chance"].sum())
-    console.print(f"{above}/{len(table)} tasks above chance (95% CI of the mean logit difference excludes 0)")
+    console.print(f"{above}/{len(table)} tasks above chance (95% CI of the mean metric minus its chance level "
+                  "excludes 0; chance is 0 for a pair's difference)")
     if out:
         (table.to_parquet if out.endswith(".parquet") else table.to_csv)(out, index=False)

@@ -8,7 +8,9 @@ Per layer, a :class:`LayerEdit` rewrites the out-projection input ``z`` viewed a
 ``scale`` is ``[rows, n_heads]`` (rows = batch or 1): zero ablation is scale 0, amplification
 ``1 + alpha``. ``replace`` is ``[rows, seq or 1, n_heads, d_head]`` with ``replace_mask``
 ``[rows, n_heads]``: mean / resample ablation and activation patching. Rows let one forward pass
-edit a different head in each batch row (the batched sweep).
+edit a different head in each batch row (the batched sweep). ``replace_positions`` (``[rows,
+seq]`` bool, optional) limits the replacement to some positions of each row: patching from a
+corrupt prompt of another length replaces only the aligned positions (:mod:`cortexmap.tasks.alignment`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class LayerEdit:
     replace: torch.Tensor | None = None
     replace_mask: torch.Tensor | None = None
     positions: torch.Tensor | None = None  # [seq] bool, or list of ints resolved at call time
+    replace_positions: torch.Tensor | None = None  # [rows, seq] bool: where each row is replaced
 
     def apply(self, heads: torch.Tensor) -> torch.Tensor:
         """The edited head outputs ``[batch, seq, n_heads, d_head]`` from the clean ones (same shape)."""
@@ -49,6 +52,8 @@ class LayerEdit:
                     f"the replacement activations have {replace.shape[0]} rows but the batch has {batch}"
                 )
             mask = self.replace_mask.to(new.device)[:, None, :, None]
+            if self.replace_positions is not None:
+                mask = mask & self.replace_positions.to(new.device)[:, :, None, None]
             new = torch.where(mask, replace.to(device=new.device, dtype=new.dtype), new)
         if self.positions is not None:
             keep = _position_mask(self.positions, seq, heads.device)

@@ -307,7 +307,7 @@ def prune_figure(curve: pd.DataFrame | None) -> go.Figure | None:
             hovertemplate=(f"<b>{method}</b> · {replace}{' · healed' if healed else ''}<br>%{{x:.0%}} of heads "
                            "(%{customdata[0]}), %{customdata[1]:.1f}M params removed<br>held-out loss %{y:+.1f}% "
                            "(ppl %{customdata[2]:.2f})"
-                           + ("<br>task battery logit diff %{customdata[3]:+.1f}%" if scored else "")
+                           + ("<br>task battery score %{customdata[3]:+.1f}%" if scored else "")
                            + "<extra></extra>")))
     fig.add_hline(y=0, line={"color": MUTED, "width": 1})
     fig.update_layout(**base_layout(height=400, xaxis={"title": {"text": "fraction of heads pruned"}, "tickformat": ".0%",

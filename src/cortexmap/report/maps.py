@@ -243,7 +243,7 @@ def _num(value: Any) -> float | None:
 
 def _effect_hover(task: str, level: str) -> str:
     return (f"<b>L%{{x}}H%{{y}}</b> · {task} ({level})<br>effect / |clean| <b>%{{z:.3f}}</b> "
-            "[95% CI %{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>logit diff: clean %{customdata[2]:.2f} → "
+            "[95% CI %{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>metric: clean %{customdata[2]:.2f} → "
             "intervened %{customdata[3]:.2f} (effect %{customdata[4]:.2f})<br>%{customdata[5]} prompts<extra></extra>")
 
 

@@ -172,7 +172,8 @@ def build_page(data: ReportData, figures: dict[str, go.Figure]) -> str:
                                        for name, fig in figures.items()) + "}")
     title = f"{data.model_name} · cortexmap atlas"
     footer = ('<footer><div class="wrap">cortexmap atlas · self-contained page (no network needed) · effects are '
-              "fractions of the clean logit difference; claims rest on the interventions stated under “What this atlas "
+              "fractions of the task's clean metric (the logit difference, or its log-probability / probability form for "
+              "multi-token answers and answer sets); claims rest on the interventions stated under “What this atlas "
               "measures”; intervals are 95% bootstrap intervals unless stated.</div></footer>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'

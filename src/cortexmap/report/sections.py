@@ -142,8 +142,9 @@ def effects_section(data: ReportData, views: list[tuple[str, str, dict]]) -> str
         why = ("a claim intervention" if on_claim else
                "zero ablation: off-distribution, shown for comparison, not evidence" if iv == "zero" else
                "not a claim intervention: shown for comparison, not evidence")
-        body += card(figure(name, f"{why}. Effect of the intervention on the task's logit difference, as a fraction of "
-                            "the clean value (red: the head is needed; blue: removing it helps; blank: not measured "
+        body += card(figure(name, f"{why}. Effect of the intervention on the task's metric (the logit difference; "
+                            "its log-probability or probability form for multi-token answers and answer sets), as a "
+                            "fraction of the clean value (red: the head is needed; blue: removing it helps; blank: not measured "
                             "this way); • important under this intervention (effect ≤ −5% of clean, z ≤ −3). Choose "
                             "the task in the menu; colour range per task."), title)
     body += card(figure("task_head_matrix", f"Effects under {data.records.interventions[0]} (the first claim "

@@ -5,8 +5,9 @@ Three savings over the plain loop (one hooked full forward per head):
 * **prefix reuse**: an intervention at layer ``l`` starts from the cached clean input of block
   ``l`` (hidden state plus the exact arguments the block was called with) instead of
   recomputing blocks ``0..l-1``;
-* **last-position logits**: only the metric's position goes through the final norm and the
-  unembedding;
+* **read positions only**: only the positions the metric reads (the last prompt position, or
+  the teacher-forced answer positions of :mod:`cortexmap.tasks.metrics`) go through the final
+  norm and the unembedding;
 * **heads on the batch axis**: ``k`` head interventions run in one pass over ``k * batch`` rows,
   row ``i * batch + b`` editing head ``heads[i]`` on prompt ``b`` (a per-row :class:`LayerEdit`);
   heads of several layers share a pass, their rows joining when the pass reaches their layer
@@ -14,8 +15,11 @@ Three savings over the plain loop (one hooked full forward per head):
 
 The block arguments are replayed as recorded, with every tensor of rank >= 2 whose first axis is
 the prompt batch tiled ``k`` times (rank-1 tensors such as ``cache_position`` are never tiled).
+Rows may be right-padded (:mod:`cortexmap.tasks.encoding`): no attention mask is passed, and
+since attention is causal a real position never sees the pads after it, so every tiled copy of a
+row computes its real positions as the row alone would.
 
-A fourth saving applies to activation patching: when every pair of a batch agrees on its first
+A fourth saving applies to activation patching: when every row of a batch agrees with its source row on its first
 ``p`` tokens (IOI swaps the names at token 9 of 14), the patched run equals the base run at those
 positions in every layer (attention is causal), so only positions ``p..seq-1`` are recomputed,
 attending to the base run's keys and values of the prefix (:func:`suffix_cache`). The prefix's
@@ -36,7 +40,8 @@ from transformers import Cache
 from cortexmap.interventions.edit import LayerEdit, edit_hook
 from cortexmap.models.hooks import register_head_hooks
 
-Metric = Callable[[torch.Tensor], torch.Tensor]  # last-position logits [rows, vocab] -> [rows]
+Metric = Callable[[torch.Tensor], torch.Tensor]  # logits at the reads [k * n_reads, vocab] -> [k * n_prompts]
+Reads = tuple[torch.Tensor, torch.Tensor] | None  # (rows, positions) of one copy; None: the last position of each row
 
 
 @dataclass
@@ -46,7 +51,7 @@ class CleanCache:
     block_inputs: list[torch.Tensor]  # per layer: [batch, seq, d_model]
     block_args: list[tuple[tuple[Any, ...], dict[str, Any]]]
     z: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [batch, seq, n_heads, d_head]
-    last_logits: torch.Tensor | None = None  # [batch, vocab]
+    logits: torch.Tensor | None = None  # at the reads: [n_reads, vocab]
     prefix: int = 0  # positions < prefix are not in block_inputs: they live in prefix_cache
     prefix_cache: Any = None  # transformers Cache of the positions < prefix, never mutated
 
@@ -70,11 +75,30 @@ class CleanCache:
         return kv
 
 
-def shared_prefix_length(base: torch.Tensor, source: torch.Tensor) -> int:
-    """Leading positions on which every row of ``base`` and ``source`` (``[batch, seq]``) agree, at most seq - 1."""
-    differ = (~(base == source).all(0)).nonzero()
-    p = int(differ[0]) if len(differ) else base.shape[1]
-    return min(p, base.shape[1] - 1)
+def shared_prefix_length(base: torch.Tensor, source: torch.Tensor, first_read: int | None = None) -> int:
+    """Leading positions on which every row of ``base`` and ``source`` agree, at most ``first_read`` (default seq - 1).
+
+    ``source`` may be longer or shorter (a corrupt prompt of another length, right-padded): only
+    the positions both have are compared.
+    """
+    width = min(base.shape[1], source.shape[1])
+    differ = (~(base[:, :width] == source[:, :width]).all(0)).nonzero()
+    p = int(differ[0]) if len(differ) else width
+    return min(p, base.shape[1] - 1 if first_read is None else first_read)
+
+
+def _at_reads(logits: torch.Tensor, reads: Reads, offset: int = 0) -> torch.Tensor:
+    """``[n_reads, vocab]`` from logits ``[batch, n_unique, vocab]`` kept at the reads' unique positions."""
+    if reads is None:
+        return logits[:, -1]
+    rows, positions = reads
+    _, inverse = torch.unique(positions - offset, return_inverse=True)
+    return logits[rows.to(logits.device), inverse.to(logits.device)]
+
+
+def _keep(reads: Reads, offset: int = 0) -> Any:
+    """``logits_to_keep`` for a forward whose logits are read at ``reads`` (positions shifted by ``offset``)."""
+    return 1 if reads is None else torch.unique(reads[1] - offset)
 
 
 def _record(handle: Any, z: dict[int, torch.Tensor] | None, run: Callable[[], Any]) -> tuple[list[Any], list[Any], Any]:
@@ -113,21 +137,25 @@ def _record(handle: Any, z: dict[int, torch.Tensor] | None, run: Callable[[], An
 
 
 @torch.no_grad()
-def clean_cache(handle: Any, input_ids: torch.Tensor) -> CleanCache:
-    """Run the model once on ``input_ids`` and record block inputs, block arguments and head outputs."""
+def clean_cache(handle: Any, input_ids: torch.Tensor, reads: Reads = None) -> CleanCache:
+    """Run the model once on ``input_ids``: block inputs, block arguments, head outputs and the logits at ``reads``."""
     z: dict[int, torch.Tensor] = {}
-    inputs, args, out = _record(handle, z, lambda: handle.model(input_ids=input_ids, use_cache=False, logits_to_keep=1))
-    return CleanCache(inputs, args, z, out.logits[:, -1].detach())
+    keep = _keep(reads)
+    inputs, args, out = _record(handle, z, lambda: handle.model(input_ids=input_ids, use_cache=False,
+                                                                logits_to_keep=keep))
+    return CleanCache(inputs, args, z, _at_reads(out.logits, reads).detach())
 
 
 @torch.no_grad()
-def suffix_cache(handle: Any, input_ids: torch.Tensor, prefix: int) -> CleanCache:
+def suffix_cache(handle: Any, input_ids: torch.Tensor, prefix: int, reads: Reads = None) -> CleanCache:
     """Run ``input_ids[:, :prefix]`` once with a KV cache, then record the blocks over the suffix only."""
     kv = handle.model(input_ids=input_ids[:, :prefix], use_cache=True).past_key_values
     snapshot = copy.deepcopy(kv)
+    keep = _keep(reads, prefix)
     inputs, args, out = _record(handle, None, lambda: handle.model(input_ids=input_ids[:, prefix:], cache=kv,
-                                                                   use_cache=True, logits_to_keep=1))
-    return CleanCache(inputs, args, {}, out.logits[:, -1].detach(), prefix=prefix, prefix_cache=snapshot)
+                                                                   use_cache=True, logits_to_keep=keep))
+    return CleanCache(inputs, args, {}, _at_reads(out.logits, reads, prefix).detach(), prefix=prefix,
+                      prefix_cache=snapshot)
 
 
 def _tile(value: Any, batch: int, k: int) -> Any:
@@ -156,15 +184,16 @@ def _with_cache(value: Any, cache: Any) -> Any:
 
 
 @torch.no_grad()
-def run_from_layer(handle: Any, cache: CleanCache, layer: int, edit: LayerEdit, k: int) -> torch.Tensor:
+def run_from_layer(handle: Any, cache: CleanCache, layer: int, edit: LayerEdit, k: int,
+                   reads: Reads = None) -> torch.Tensor:
     """Run blocks ``layer..L-1`` on ``k`` tiled copies of the cached batch with ``edit`` at ``layer``.
 
     With a :func:`suffix_cache` only the suffix positions run (``edit`` must cover those only).
 
     Returns:
-        Last-position logits ``[k * batch, vocab]``.
+        Logits at the reads of every copy ``[k * n_reads, vocab]`` (``reads`` None: the last position of each row).
     """
-    return run_joined(handle, cache, [(layer, edit, k)])
+    return run_joined(handle, cache, [(layer, edit, k)], reads)
 
 
 def pad_rows(edit: LayerEdit, rows: int) -> LayerEdit:
@@ -179,11 +208,15 @@ def pad_rows(edit: LayerEdit, rows: int) -> LayerEdit:
     replace = edit.replace
     if replace.shape[0] > 1:
         replace = torch.cat([replace.new_zeros(rows, *replace.shape[1:]), replace])
-    return LayerEdit(replace=replace, replace_mask=mask)
+    where = edit.replace_positions
+    if where is not None:  # the rows before are not replaced at all (mask False): any positions do
+        where = torch.cat([where.new_zeros(rows, where.shape[1]), where])
+    return LayerEdit(replace=replace, replace_mask=mask, replace_positions=where)
 
 
 @torch.no_grad()
-def run_joined(handle: Any, cache: CleanCache, groups: list[tuple[int, LayerEdit, int]]) -> torch.Tensor:
+def run_joined(handle: Any, cache: CleanCache, groups: list[tuple[int, LayerEdit, int]],
+               reads: Reads = None) -> torch.Tensor:
     """One pass in which each group of rows joins at its own layer.
 
     ``groups`` holds ``(layer, edit, k)`` sorted by layer: ``k`` tiled copies of the cached batch
@@ -191,8 +224,12 @@ def run_joined(handle: Any, cache: CleanCache, groups: list[tuple[int, LayerEdit
     that joined earlier run through that layer unedited. Row order follows ``groups``. Over a
     :func:`suffix_cache`, each layer's prefix keys and values are tiled to the rows alive there.
 
+    Args:
+        reads: ``(rows, positions)`` of one copy of the batch where logits are read (positions of
+            the full rows, prefix included); None: the last position of each row.
+
     Returns:
-        Last-position logits ``[sum(k) * batch, vocab]``.
+        Logits at the reads of every copy ``[sum(k) * n_reads, vocab]``.
     """
     batch = cache.batch
     joins = {layer: (edit, k) for layer, edit, k in groups}
@@ -219,7 +256,12 @@ def run_joined(handle: Any, cache: CleanCache, groups: list[tuple[int, LayerEdit
         finally:
             if hook is not None:
                 hook.remove()
-    return handle.logits_from_hidden(hidden[:, -1])
+    if reads is None:
+        return handle.logits_from_hidden(hidden[:, -1])
+    rows, positions = reads
+    rows = (torch.arange(k_now)[:, None] * batch + rows[None]).reshape(-1).to(hidden.device)
+    positions = (positions - cache.prefix).repeat(k_now).to(hidden.device)
+    return handle.logits_from_hidden(hidden[rows, positions])
 
 
 def head_block_edit(
@@ -229,12 +271,14 @@ def head_block_edit(
     kind: str,
     alpha: float = 0.0,
     replacement: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
 ) -> LayerEdit:
     """A per-row edit: rows ``i * batch .. (i + 1) * batch - 1`` intervene on ``heads[i]``.
 
     Args:
         replacement: ``[batch or 1, seq or 1, n_heads, d_head]`` activations for ``mean``,
             ``resample`` and ``patch``.
+        positions: ``[batch, seq]`` bool, where each row is replaced (None: everywhere).
     """
     k = len(heads)
     index = torch.arange(k).repeat_interleave(batch)
@@ -247,4 +291,5 @@ def head_block_edit(
     if replacement is None:
         raise ValueError(f"{kind} needs replacement activations")
     rows = replacement if replacement.shape[0] == 1 else replacement.repeat(k, 1, 1, 1)
-    return LayerEdit(replace=rows, replace_mask=onehot.to(replacement.device))
+    where = None if positions is None else positions.repeat(k, 1)
+    return LayerEdit(replace=rows, replace_mask=onehot.to(replacement.device), replace_positions=where)

@@ -9,8 +9,14 @@ returns the long ``evidence.parquet`` table (columns :data:`EVIDENCE_COLUMNS`) t
 
 Conventions fixed here:
 
-* **Decision position**: the last prompt position (where the sweep's metric is read). Attention
-  statistics are rows of the model's own ``output_attentions`` (eager attention) at that query.
+* **Decision position**: the last prompt position (where the sweep's metric is read, and where the
+  first token of every answer is predicted). Attention statistics are rows of the model's own
+  ``output_attentions`` (eager attention) at that query.
+* **Answers**: a pair's target and foil tokens are the *first* tokens of its answers; for an answer
+  set, of every target and every foil. The logit direction is the mean unembedding of the target
+  tokens minus that of the foil tokens (for a one-token pair, ``W_U[target] - W_U[foil]``: the
+  logit difference); a prompt whose target and foil first tokens are the same (``" New York"`` vs
+  ``" New Delhi"``) has no direction and no ``dla`` / ``ov_target``.
 * **A head's write** is its output through its own slice of the output projection, *without the
   projection's bias* (the convention of :mod:`cortexmap.circuits.senders`), computed by calling the
   projection module on the head's slice alone, so Conv1D, Linear and any stored layout agree.
@@ -34,15 +40,15 @@ Conventions fixed here:
   ==========================  ======================================================================
   task stats                  (source ``task``, name = the task)
   ==========================  ======================================================================
-  attn_target / attn_foil     attention from the last position to the positions holding the
-                              target's (foil's) token; prompts without it are left out
+  attn_target / attn_foil     attention from the last position to the positions holding a
+                              target's (foil's) token; prompts without one are left out
   attn_target_minus_foil      the paired difference, on prompts holding both
   attn_cue                    attention to the pair's cue positions (the union over its cues), on
                               tasks whose pairs carry cues (``Pair.cue``,
                               :func:`~cortexmap.tasks.core.cue_positions`); prompts whose cue is
                               not found are left out
   dla                         direct logit attribution of the head's write at the last position to
-                              ``logit(target) - logit(foil)``
+                              the logit direction (``logit(target) - logit(foil)`` for a pair)
   ov_target                   the same projection of what the head would write had it attended only
                               to the target's last occurrence before the last position: > 0 copies
                               the target (name mover), < 0 suppresses it (copy suppression)
@@ -74,7 +80,7 @@ from cortexmap.errors import CortexmapError, UnsupportedArchitectureError
 from cortexmap.heads import HeadId
 from cortexmap.models.hooks import eager_attention, register_head_hooks
 from cortexmap.stats import bootstrap_cis
-from cortexmap.tasks.core import cue_positions, encode_task
+from cortexmap.tasks.core import answer_ids, cue_positions, prompt_ids
 from cortexmap.tasks.probes import INPUTS, PROBES, ProbeBatch
 
 log = logging.getLogger(__name__)
@@ -325,15 +331,39 @@ class _Readout:
         return out
 
 
+def _sets(ids: torch.Tensor) -> torch.Tensor:
+    """Answer token ids as ``[b, m]`` (-1 where a prompt has fewer): a ``[b]`` tensor is one per prompt."""
+    return ids[:, None] if ids.dim() == 1 else ids
+
+
 def _direction(handle: Any, target_ids: torch.Tensor, foil_ids: torch.Tensor) -> torch.Tensor:
+    """``[b, d_out]`` the mean unembedding of each prompt's target tokens minus its foil tokens'."""
     weight = handle.final_modules()[-1].weight.float()
     device = weight.device
-    return weight[target_ids.to(device)] - weight[foil_ids.to(device)]  # [b, d_out]
+
+    def mean(sets: torch.Tensor) -> torch.Tensor:
+        sets = _sets(sets).to(device)
+        mask = (sets >= 0).float()[..., None]
+        return (weight[sets.clamp_min(0)] * mask).sum(1) / mask.sum(1)
+
+    return mean(target_ids) - mean(foil_ids)
+
+
+def _bias_diff(bias: torch.Tensor, target_ids: torch.Tensor, foil_ids: torch.Tensor) -> torch.Tensor:
+    def mean(sets: torch.Tensor) -> torch.Tensor:
+        sets = _sets(sets).to(bias.device)
+        mask = (sets >= 0).float()
+        return (bias.float()[sets.clamp_min(0)] * mask).sum(1) / mask.sum(1)
+
+    return mean(target_ids) - mean(foil_ids)
 
 
 @torch.no_grad()
 def _clean_logit_diff(handle: Any, run: _Pass, target_ids: torch.Tensor, foil_ids: torch.Tensor) -> torch.Tensor:
-    """``[b]`` clean ``logit(target) - logit(foil)`` at the last prompt position, before any soft-capping."""
+    """``[b]`` clean logit along the direction (``logit(target) - logit(foil)``) at the last prompt position.
+
+    Read before any soft-capping.
+    """
     chain = handle.final_modules()
     hidden = run.final_in[0][:, run.seq - 1] if run.final_in else None
     if hidden is None:  # no module before the unembedding: its input is the residual itself
@@ -344,8 +374,7 @@ def _clean_logit_diff(handle: Any, run: _Pass, target_ids: torch.Tensor, foil_id
     logits_diff = (hidden * _direction(handle, target_ids, foil_ids)).sum(-1)
     bias = getattr(unembed, "bias", None)
     if bias is not None:
-        device = bias.device
-        logits_diff = logits_diff + (bias[target_ids.to(device)] - bias[foil_ids.to(device)]).float()
+        logits_diff = logits_diff + _bias_diff(bias, target_ids, foil_ids).to(logits_diff.device)
     return logits_diff
 
 
@@ -367,8 +396,9 @@ def prompt_evidence(handle: Any, input_ids: torch.Tensor, target_ids: torch.Tens
     Args:
         handle: a :class:`~cortexmap.models.ModelHandle`.
         input_ids: ``[b, seq]`` clean prompts.
-        target_ids: ``[b]`` target token ids.
-        foil_ids: ``[b]`` foil token ids.
+        target_ids: ``[b]`` target token ids, or ``[b, m]`` the first tokens of each prompt's
+            targets (-1 where it has fewer).
+        foil_ids: ``[b]`` or ``[b, m]`` foil token ids, likewise.
         cue_mask: ``[b, seq]`` cue positions (None: no ``attn_cue``).
 
     Returns:
@@ -379,8 +409,9 @@ def prompt_evidence(handle: Any, input_ids: torch.Tensor, target_ids: torch.Tens
     _check_residual(handle)
     ids = input_ids.to(handle.device)
     b, seq = ids.shape
-    target_at = ids == target_ids.to(ids.device)[:, None]
-    foil_at = ids == foil_ids.to(ids.device)[:, None]
+    targets, foils = _sets(target_ids).to(ids.device), _sets(foil_ids).to(ids.device)
+    target_at = ((ids[:, :, None] == targets[:, None, :]) & (targets >= 0)[:, None, :]).any(-1)
+    foil_at = ((ids[:, :, None] == foils[:, None, :]) & (foils >= 0)[:, None, :]).any(-1)
     key = _last_before(target_at, seq - 1)  # the target's last occurrence before the decision position
     has_key = key >= 0
     run = _forward(handle, ids, key.clamp_min(0)[:, None] if has_key.any() else None, attention=True)
@@ -403,17 +434,18 @@ def prompt_evidence(handle: Any, input_ids: torch.Tensor, target_ids: torch.Tens
     rows = torch.arange(b, device=ids.device)
     readout = _Readout(handle, run, rows, torch.full((b,), seq - 1, device=ids.device))
     direction = _direction(handle, target_ids, foil_ids)[:, None, :]  # [b, 1, d_out]
+    aimed = direction.abs().sum((1, 2)) > 0  # target and foil tokens differ
     dla, ov = [], []
     for layer in range(handle.n_layers):
         dla.append((readout.project(layer, run.z[layer][:, seq - 1]) * direction).sum(-1))
         if run.z[layer].shape[1] > seq:  # the appended query attended to the target's position only
             ov.append((readout.project(layer, run.z[layer][:, seq]) * direction).sum(-1))
-    put("dla", torch.stack(dla, 1), torch.ones(b, dtype=torch.bool))
+    put("dla", torch.stack(dla, 1), aimed)
     if ov:
-        put("ov_target", torch.stack(ov, 1), has_key)
+        put("ov_target", torch.stack(ov, 1), has_key & aimed)
     else:
-        put("ov_target", torch.zeros(b, handle.n_layers, handle.n_heads), has_key)
-    put("clean", _clean_logit_diff(handle, run, target_ids, foil_ids), torch.ones(b, dtype=torch.bool))
+        put("ov_target", torch.zeros(b, handle.n_layers, handle.n_heads), has_key & aimed)
+    put("clean", _clean_logit_diff(handle, run, target_ids, foil_ids), aimed)
     return out
 
 
@@ -431,23 +463,53 @@ def _cue_mask(tokenizer: Any, task: Any, indices: Sequence[int], seq: int) -> to
     return mask
 
 
+def _prompt_batches(task: Any, tokenizer: Any,
+                    batch_size: int) -> list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Equal-length batches of the prompts alone: ``(indices, input_ids [b, seq], targets [b, m], foils [b, m])``.
+
+    ``targets`` / ``foils`` hold the first token of each prompt's answers (-1 where it has fewer).
+    """
+    by_length: dict[int, list[int]] = {}
+    ids = [prompt_ids(tokenizer, p.prompt) for p in task.pairs]
+    for index, row in enumerate(ids):
+        by_length.setdefault(len(row), []).append(index)
+
+    def firsts(answers: list[tuple[str, ...]]) -> torch.Tensor:
+        tokens = [list(dict.fromkeys(answer_ids(tokenizer, a)[0] for a in group)) for group in answers]
+        out = torch.full((len(tokens), max(map(len, tokens))), -1, dtype=torch.long)
+        for i, t in enumerate(tokens):
+            out[i, :len(t)] = torch.tensor(t)
+        return out
+
+    batches = []
+    for length in sorted(by_length):
+        group = by_length[length]
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            pairs = [task.pairs[i] for i in chunk]
+            batches.append((chunk, torch.tensor([ids[i] for i in chunk]), firsts([p.targets for p in pairs]),
+                            firsts([p.foils for p in pairs])))
+    return batches
+
+
 def task_evidence(handle: Any, task: Any, *, batch_size: int = 32) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-prompt statistics of one task: ``stat -> (values [n_prompts, n_layers, n_heads], counted [n_prompts])``.
 
-    ``dla`` and ``ov_target`` are divided by ``|mean clean logit difference|`` of the task.
+    ``dla`` and ``ov_target`` are divided by ``|mean clean logit difference|`` of the task (along
+    each prompt's direction, over the prompts that have one).
     """
     n = len(task.pairs)
     collected: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for batch in encode_task(task, handle.tokenizer, max_batch=batch_size):
-        cues = _cue_mask(handle.tokenizer, task, batch.indices, batch.input_ids.shape[1])
-        found = prompt_evidence(handle, batch.input_ids, batch.target_ids, batch.foil_ids, cues)
+    for indices, input_ids, targets, foils in _prompt_batches(task, handle.tokenizer, batch_size):
+        cues = _cue_mask(handle.tokenizer, task, indices, input_ids.shape[1])
+        found = prompt_evidence(handle, input_ids, targets, foils, cues)
         for stat, (values, counted) in found.items():
             if stat not in collected:
                 collected[stat] = (np.zeros((n, *values.shape[1:])), np.zeros(n, dtype=bool))
-            collected[stat][0][batch.indices] = values
-            collected[stat][1][batch.indices] = counted
-    clean = collected.pop("clean")[0]
-    scale = abs(float(np.mean(clean)))
+            collected[stat][0][indices] = values
+            collected[stat][1][indices] = counted
+    clean, aimed = collected.pop("clean")
+    scale = abs(float(np.mean(clean[aimed]))) if aimed.any() else 0.0
     for stat in ("dla", "ov_target"):
         values, counted = collected[stat]
         collected[stat] = (values / scale if scale else values * np.nan, counted & bool(scale))

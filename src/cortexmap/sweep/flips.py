@@ -1,13 +1,13 @@
 """The causal test of why the model errs: patch a head from right prompts into wrong ones and see if the answer flips.
 
-For one task, a prompt is wrong when its clean margin (logit difference target - foil) is at most
-0. For every candidate head and every wrong prompt, the head's output at *all* positions is
-replaced by its output on a right prompt of the *same template* (``Pair.variant``) and the same
-token length, and the wrong prompt's margin is measured again (its own target and foil). Same
-template keeps the comparison inside one prompt shape; same length is what position-wise patching
-needs, so a same-template right prompt of another length is skipped and counted (``unaligned``).
-Each wrong prompt gets up to ``max_sources`` such right prompts (drawn without replacement,
-seeded by ``seed`` and the task's name).
+For one task, a prompt is wrong when its clean margin (the task's metric: the logit difference
+target - foil, or its multi-token / answer-set form) is at most 0. For every candidate head and
+every wrong prompt, the head's output at *all* positions is replaced by its output on a right prompt
+of the *same template* (``Pair.variant``) and the same token length, and the wrong prompt's margin
+is measured again (its own target and foil). Same template keeps the comparison inside one prompt
+shape; same length is what position-wise patching needs, so a same-template right prompt of another
+length is skipped and counted (``unaligned``). Each wrong prompt gets up to ``max_sources`` such
+right prompts (drawn without replacement, seeded by ``seed`` and the task's name).
 
 Controls: for every candidate, ``n_controls`` random heads of the *same layer* (not candidates
 themselves where the layer allows) are patched the same way on the same pairs, so a head's flip
@@ -22,13 +22,16 @@ right prompt has one row per head with ``source = -1`` and ``patched`` NaN, so i
 lost. The statistics are :func:`cortexmap.analysis.mistakes.flip_tests`.
 
 The patched runs use the exact sweep engine (:func:`~cortexmap.sweep.compute.exact_matrix` with the
-right prompt as the "corrupt" source of each row), so they inherit its batching and prefix reuse.
+right prompt as the "corrupt" source of each row), so they inherit its batching and prefix reuse, and
+score multi-token answers and answer sets as the map does (the right prompt followed by the wrong
+prompt's own answer tokens is the source of a teacher-forced answer position).
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -37,7 +40,7 @@ import torch
 
 from cortexmap.heads import HeadId, as_heads
 from cortexmap.sweep.compute import clean_metrics, exact_matrix, prepare
-from cortexmap.tasks.core import EncodedBatch, Task, encode_task
+from cortexmap.tasks.core import EncodedBatch, Task, encode_task, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +107,9 @@ def measure_flips(handle: Any, task: Task, heads: Sequence[Any], *, max_sources:
     """
     candidates = [handle.head(h) for h in as_heads(list(heads))]
     rng = np.random.default_rng(seed + zlib.crc32(task.name.encode()) % 100_000)
-    batches = encode_task(task, handle.tokenizer, max_batch=max_batch)
-    clean = clean_metrics(prepare(handle, batches, need_corrupt=False))
-    ids: dict[int, tuple[torch.Tensor, int, int]] = {}
-    for b in batches:
-        for row, index in enumerate(b.indices):
-            ids[index] = (b.input_ids[row], int(b.target_ids[row]), int(b.foil_ids[row]))
+    clean = clean_metrics(prepare(handle, encode_task(task, handle.tokenizer, max_batch=max_batch), need_corrupt=False))
     variant = np.array([int(getattr(p, "variant", 0)) for p in task.pairs])
-    length = np.array([len(ids[i][0]) for i in range(len(task.pairs))])
+    length = np.array([len(prompt_ids(handle.tokenizer, p.prompt)) for p in task.pairs])
     right = clean > 0
     pairs, info = [], []  # (wrong, source); per wrong prompt (wrong, aligned, unaligned)
     for w in np.flatnonzero(~right):
@@ -126,22 +124,16 @@ def measure_flips(handle: Any, task: Task, heads: Sequence[Any], *, max_sources:
                       | {(c.layer, c.head) for cs in controls.values() for c in cs})
     if not info or not candidates:
         return pd.DataFrame(columns=FLIP_ROWS)
-    patched = np.empty((len(pairs), len(measured)))
-    by_length: dict[int, list[int]] = {}
-    for k, (w, _) in enumerate(pairs):
-        by_length.setdefault(int(length[w]), []).append(k)
     n_heads, n_controls = len(candidates), len(measured) - len(candidates)
     note(f"{task.name}: patching {n_heads} head{'s' * (n_heads != 1)} and {n_controls} "
          f"control{'s' * (n_controls != 1)} into {len(info)} wrong prompt{'s' * (len(info) != 1)} "
          f"({len(pairs)} pairs)")
-    for rows in by_length.values():
-        for start in range(0, len(rows), max_batch):
-            chunk = rows[start:start + max_batch]
-            base = torch.stack([ids[pairs[k][0]][0] for k in chunk]).to(handle.device)
-            source = torch.stack([ids[pairs[k][1]][0] for k in chunk]).to(handle.device)
-            target = torch.tensor([ids[pairs[k][0]][1] for k in chunk])
-            foil = torch.tensor([ids[pairs[k][0]][2] for k in chunk])
-            patched[chunk] = patched_margins(handle, base, source, target, foil, measured, rows_per_pass=rows_per_pass)
+    patched = np.empty((len(pairs), len(measured)))
+    if pairs:  # each wrong prompt patched from a right one: a task whose corrupt prompts are the right prompts
+        sourced = replace(task, pairs=[replace(task.pairs[w], corrupt=task.pairs[s].prompt) for w, s in pairs])
+        batches = prepare(handle, encode_task(sourced, handle.tokenizer, max_batch=max_batch), need_corrupt=True)
+        matrix = exact_matrix(handle, batches, "patch", heads=measured, rows_per_pass=rows_per_pass)
+        patched = matrix[:, [layer * handle.n_heads + head for layer, head in measured]]
     col = {h: j for j, h in enumerate(measured)}
     counts = {w: (a, u) for w, a, u in info}
     roles = [(h, "candidate", h) for h in candidates] + [(c, "control", h) for h in candidates for c in controls[h]]

@@ -37,6 +37,7 @@ def base_manifest(config: Any, facts: dict[str, Any], tasks: list[Any], skipped:
         "arguments": config.to_dict(),
         "interventions": [s.label for s in config.specs],
         "tasks": {t.name: {"level": t.level, "n_prompts": len(t.pairs), "dropped": t.dropped,
-                           "version": t.version, "has_corrupt": t.has_corrupt} for t in tasks},
+                           "version": t.version, "has_corrupt": t.has_corrupt,
+                           "metric": getattr(t, "metric", "logit_diff")} for t in tasks},
         "skipped_tasks": skipped,
     }

@@ -1,17 +1,18 @@
 """Joint interventions on pairs of heads, per prompt: the measurement behind redundancy.
 
-For one task and a few heads, every head is intervened on alone and every pair of them together,
-on every prompt, with the same replacement activations as the map's sweep
+For one task and a few heads, every head is intervened on alone and every pair of them together, on
+every prompt, with the same replacement activations as the map's sweep
 (:func:`cortexmap.sweep.compute.replacement`): ``patch`` takes both heads' outputs from the pair's
-corrupt prompt, ``mean`` replaces them by their mean output over every token of the task's
-prompts, ``resample`` by their output on another prompt of the same length; ``zero`` (off
-distribution) is accepted for comparison. An effect is the metric change ``intervened - clean``
-(logit difference target - foil; harm negative), so ``effect_a`` here equals the map's per-prompt
-effect of that head under the same intervention. The sign convention of the interaction built
-from these rows is fixed in :mod:`cortexmap.analysis.specialization`.
+corrupt prompt (at the aligned positions), ``mean`` replaces them by their mean output over every
+prompt token of the task's prompts, ``resample`` by their output on another prompt of the same
+length; ``zero`` (off distribution) is accepted for comparison. An effect is the metric change
+``intervened - clean`` (the task's metric, :mod:`cortexmap.tasks.metrics`; harm negative), so
+``effect_a`` here equals the map's per-prompt effect of that head under the same intervention. The
+sign convention of the interaction built from these rows is fixed in
+:mod:`cortexmap.analysis.specialization`.
 
-One forward pass runs ``k * batch`` rows, row ``i * batch + b`` holding configuration ``i`` (one
-head, or a pair) on prompt ``b``; a pair may span two layers, so the passes are full forwards with
+One forward pass runs ``k * rows`` rows, row ``i * rows + r`` holding configuration ``i`` (one
+head, or a pair) on batch row ``r``; a pair may span two layers, so the passes are full forwards with
 a per-row edit at every layer involved (no prefix reuse: a handful of heads per task is cheap).
 """
 
@@ -26,7 +27,8 @@ import torch
 from cortexmap.errors import InterventionError
 from cortexmap.heads import HeadId
 from cortexmap.interventions.edit import LayerEdit, register_edits
-from cortexmap.sweep.compute import TaskBatch, replacement, task_means
+from cortexmap.sweep.compute import TaskBatch, replaced_positions, replacement, task_means, unserved
+from cortexmap.tasks.evaluate import logits_at, tiled_reads
 
 PAIR_KINDS = ("patch", "mean", "resample", "zero")
 PAIR_TABLE_COLUMNS = ("task", "intervention", "head_a", "head_b", "prompt", "effect_a", "effect_b", "effect_ab",
@@ -43,8 +45,11 @@ def _configs(heads: list[tuple[int, int]]) -> list[Config]:
 
 
 def _edits(handle: Any, chunk: list[Config], batch: int, kind: str,
-           repls: dict[int, torch.Tensor | None]) -> dict[int, LayerEdit]:
-    """Per layer, the edit of ``len(chunk) * batch`` rows: row ``i * batch + b`` edits the heads of ``chunk[i]``."""
+           repls: dict[int, torch.Tensor | None], where: torch.Tensor | None = None) -> dict[int, LayerEdit]:
+    """Per layer, the edit of ``len(chunk) * batch`` rows: row ``i * batch + b`` edits the heads of ``chunk[i]``.
+
+    ``where``: ``[batch, seq]`` positions a replacement applies at (None: all).
+    """
     n_heads = handle.n_heads
     layers = sorted({layer for config in chunk for layer, _ in config})
     edits = {}
@@ -60,7 +65,8 @@ def _edits(handle: Any, chunk: list[Config], batch: int, kind: str,
             continue
         repl = repls[layer]  # [batch or 1, seq or 1, n_heads, d_head]
         rows = repl if repl.shape[0] == 1 else repl.repeat(len(chunk), 1, 1, 1)
-        edits[layer] = LayerEdit(replace=rows, replace_mask=mask.to(repl.device))
+        positions = None if where is None else where.repeat(len(chunk), 1)
+        edits[layer] = LayerEdit(replace=rows, replace_mask=mask.to(repl.device), replace_positions=positions)
     return edits
 
 
@@ -68,15 +74,16 @@ def _edits(handle: Any, chunk: list[Config], batch: int, kind: str,
 def _metrics(handle: Any, tb: TaskBatch, chunk: list[Config], kind: str,
              repls: dict[int, torch.Tensor | None]) -> torch.Tensor:
     """Metric ``[len(chunk), batch]`` with each configuration of ``chunk`` applied to every prompt of ``tb``."""
-    batch = len(tb.indices)
-    hooks = register_edits(handle, _edits(handle, chunk, batch, kind, repls))
+    rows = tb.n_rows
+    hooks = register_edits(handle, _edits(handle, chunk, rows, kind, repls, replaced_positions(kind, tb)))
     try:
         ids = tb.input_ids.repeat(len(chunk), 1)
-        logits = handle.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+        reads = tb.reads()
+        logits = logits_at(handle.model, ids, None if reads is None else tiled_reads(reads, rows, len(chunk)))
     finally:
         for h in hooks:
             h.remove()
-    return tb.metric(logits).view(len(chunk), batch)
+    return tb.metric(logits).view(len(chunk), len(tb.indices))
 
 
 def measure_pairs(handle: Any, batches: list[TaskBatch], task: str, heads: Sequence[tuple[int, int]], kind: str, *,
@@ -121,14 +128,18 @@ def measure_pairs(handle: Any, batches: list[TaskBatch], task: str, heads: Seque
     frames = []
     for tb in batches:
         batch = len(tb.indices)
-        clean = tb.metric(tb.cache.last_logits).cpu().numpy()
+        clean = tb.metric(tb.cache.logits).cpu().numpy()
         metric = np.full((len(configs), batch), np.nan)
-        repls = {l: None if kind == "zero" else replacement(kind, tb, l, means, seed + l) for l in layers}
+        repls = {l: None if kind == "zero" else replacement(kind, tb, l, means, seed + l, handle) for l in layers}
         if kind == "zero" or all(r is not None for r in repls.values()):
-            step = max(1, rows_per_pass // batch)
+            step = max(1, rows_per_pass // tb.n_rows)
             for start in range(0, len(configs), step):
                 chunk = configs[start:start + step]
                 metric[start:start + len(chunk)] = _metrics(handle, tb, chunk, kind, repls).float().cpu().numpy()
+            for l in layers:  # prompts a resample cannot serve (alone in their length group)
+                skip = unserved(kind, tb, seed, l)
+                if skip is not None:
+                    metric[:, skip.numpy()] = np.nan
         effect = metric - clean[None]  # [configs, batch]
         for a, b in configs[len(heads):]:
             frames.append(pd.DataFrame({

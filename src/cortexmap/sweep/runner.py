@@ -66,10 +66,13 @@ def build_tasks(config: SweepConfig, tokenizer: Any, note: Callable[[str], None]
 
 
 def longest_prompt(tasks: list[Any], tokenizer: Any) -> int:
-    """Tokens in the longest clean or corrupt prompt of ``tasks``."""
-    from cortexmap.tasks.core import prompt_ids
+    """Tokens in the longest row of ``tasks``: a clean or corrupt prompt with its longest teacher-forced answer."""
+    from cortexmap.tasks.core import answer_ids, prompt_ids
 
-    return max(len(prompt_ids(tokenizer, text)) for task in tasks for pair in task.pairs
+    def answer(pair: Any) -> int:
+        return max(len(answer_ids(tokenizer, a)) for a in pair.targets + pair.foils) - 1
+
+    return max(len(prompt_ids(tokenizer, text)) + answer(pair) for task in tasks for pair in task.pairs
                for text in (pair.prompt, pair.corrupt) if text)
 
 

@@ -1,39 +1,52 @@
-"""The task format: minimal pairs, their tokenizer checks, and equal-length batches.
+"""The task format: minimal pairs and answer sets, their tokenizer checks, and their batches.
 
 Conventions fixed here and used by every other module of :mod:`cortexmap.tasks`:
 
 * A :class:`Pair` is one minimal pair. ``target`` and ``foil`` are *continuations* of
-  ``prompt``; in templates they carry their leading space (``" Paris"``).
-* The metric is the logit difference ``logit[target] - logit[foil]`` at the last prompt
-  position (:func:`logit_diff`); a pair is ``correct`` when it is positive.
-* ``corrupt`` is a prompt of the same token length whose right answer is the foil, so
-  activation patching from the corrupt run flips the answer.
+  ``prompt``; in templates they carry their leading space (``" Paris"``). Either may be several
+  tokens (``" New York"``). An *answer set* gives tuples instead: ``target`` holds every right
+  continuation and ``foil`` every wrong one (``Pair.targets`` / ``Pair.foils`` always give tuples).
+* The metric (:mod:`cortexmap.tasks.metrics`) is the task's :attr:`Task.metric`: for pairs the
+  teacher-forced log-probability difference ``log P(target) - log P(foil)``, which is the logit
+  difference ``logit[target] - logit[foil]`` at the last prompt position when both answers are one
+  token (``logit_diff``, the default of such tasks, computed from the raw logits); for answer sets
+  ``prob_diff`` (Hanna et al.'s probability mass difference, the default) or ``log_mass_diff``.
+  A pair is ``correct`` when its most probable candidate is a target.
+* An answer's tokens are ``tokenizer(answer, add_special_tokens=False)`` appended to the prompt's
+  tokens: the continuation's probability given the prompt, not a re-tokenization of the joined text.
+* ``corrupt`` is a prompt whose right answer is the foil, so activation patching from the
+  corrupt run flips the answer. It may have another token length than the prompt: patching then
+  acts on the aligned positions (:mod:`cortexmap.tasks.alignment`), and a pair that cannot be
+  aligned at its last prompt position is refused.
 * ``variant`` is the index of the template variant a built-in pair was rendered from (0 for a
   task with one template); ``cue`` holds the words of the prompt the answer depends on (the
   subject noun of an agreement task, the country of a capital), each occurring in ``prompt``.
   :func:`cue_positions` turns a cue into token positions: those of ``prompt_ids(tokenizer,
   prompt)`` (special tokens included, so BOS is position 0) whose characters overlap the
   *last* occurrence of the cue in the prompt.
-* A pair is *usable* for a tokenizer when ``target`` and ``foil`` each encode to exactly one
-  id (``add_special_tokens=False``), differ, and the corrupt prompt (if any) has as many tokens
-  as the clean one. Prompts are encoded with the tokenizer's default special tokens (BOS
-  where the tokenizer adds one).
+* A pair is *usable* for a tokenizer when every answer encodes to at least one token, no
+  answer is both a target and a foil (as tokens), and the corrupt prompt (if any) can be aligned.
+  Prompts are encoded with the tokenizer's default special tokens (BOS where the tokenizer adds one).
 * Space folding: tokenizers that split digits (SmolLM2, Gemma) encode ``" 7"`` as a space
-  token then ``"7"``. When both answers are of that form, the space moves to the end of the
+  token then ``"7"``. When every answer is of that form, the space moves to the end of the
   prompt (and corrupt prompt) and the answers lose it, so the scored token is the one that
   tells them apart.
-* Batches are never padded: :func:`encode_task` groups pairs by prompt token length.
+* Batches (:mod:`cortexmap.tasks.encoding`): one-token pairs of one prompt length share an
+  unpadded batch, as they always did; other pairs share right-padded batches, which change no
+  number that is read.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from cortexmap.errors import TaskError
+from cortexmap.tasks.alignment import align
+from cortexmap.tasks.encoding import EncodedBatch, PairIds, pack
+from cortexmap.tasks.metrics import METRICS, SET_METRICS
 
 LEVELS: tuple[str, ...] = ("lexical", "syntactic", "semantic", "pragmatic", "knowledge", "reasoning", "custom")
 LEVEL_DESCRIPTIONS: dict[str, str] = {
@@ -47,36 +60,61 @@ LEVEL_DESCRIPTIONS: dict[str, str] = {
 }
 MIN_PAIRS = 8
 
-DROP_TARGET = "target_not_single_token"
+DROP_TARGET = "target_not_single_token"  # only where one-token answers are required (circuits)
 DROP_FOIL = "foil_not_single_token"
 DROP_SAME = "target_equals_foil"
-DROP_LENGTH = "corrupt_length_mismatch"
+DROP_LENGTH = "corrupt_length_mismatch"  # only where equal lengths are required (circuits)
+DROP_EMPTY = "answer_without_tokens"
+DROP_UNALIGNED = "corrupt_unaligned"
+
+Answer = str | tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One minimal pair.
+    """One minimal pair, or one prompt with answer sets.
 
     Attributes:
         prompt: the clean prompt.
-        target: the right continuation (with its leading space, e.g. ``" Paris"``).
-        foil: a plausible wrong continuation of the same kind.
-        corrupt: a prompt of the same token length whose right answer is ``foil``, or None.
+        target: the right continuation (with its leading space, e.g. ``" Paris"``), or a tuple of
+            every right continuation (an answer set).
+        foil: a plausible wrong continuation of the same kind, or a tuple of wrong ones.
+        corrupt: a prompt whose right answer is the foil, or None.
         variant: index of the template variant of the task the pair was rendered from.
         cue: the words of ``prompt`` the answer depends on, each occurring in it (may be empty).
     """
 
     prompt: str
-    target: str
-    foil: str
+    target: Answer
+    foil: Answer
     corrupt: str | None = None
     variant: int = 0
     cue: tuple[str, ...] = ()
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The right continuations, as a tuple."""
+        return self.target if isinstance(self.target, tuple) else (self.target,)
+
+    @property
+    def foils(self) -> tuple[str, ...]:
+        """The wrong continuations, as a tuple."""
+        return self.foil if isinstance(self.foil, tuple) else (self.foil,)
+
+    @property
+    def is_set(self) -> bool:
+        """Whether the pair gives answer sets (tuples) rather than one target and one foil."""
+        return isinstance(self.target, tuple) or isinstance(self.foil, tuple)
+
+
+def answer_text(answer: Answer) -> str:
+    """An answer or answer set as one line of text (sets joined by ``" | "``)."""
+    return " | ".join(answer) if isinstance(answer, tuple) else answer
+
 
 @dataclass
 class Task:
-    """A named set of minimal pairs scored by the target - foil logit difference.
+    """A named set of minimal pairs (or answer sets) scored by one metric.
 
     Attributes:
         name: task name (built-in name, or the JSONL file's stem).
@@ -85,6 +123,7 @@ class Task:
         pairs: the usable pairs, in generation order.
         dropped: reason -> number of candidate pairs dropped for that reason.
         version: bumped whenever the templates change, recorded in run manifests.
+        metric: one of :data:`~cortexmap.tasks.metrics.METRICS` (:func:`task_metric` picks it).
     """
 
     name: str
@@ -93,6 +132,7 @@ class Task:
     pairs: list[Pair]
     dropped: dict[str, int] = field(default_factory=dict)
     version: str = "1"
+    metric: str = "logit_diff"
 
     @property
     def has_corrupt(self) -> bool:
@@ -100,37 +140,51 @@ class Task:
         return bool(self.pairs) and all(p.corrupt is not None for p in self.pairs)
 
 
-@dataclass
-class EncodedBatch:
-    """Pairs whose prompts share one token length, ready for a forward pass.
-
-    Attributes:
-        input_ids: clean prompts, ``[batch, seq]``.
-        corrupt_ids: corrupt prompts, ``[batch, seq]``, or None when the pairs have none.
-        target_ids: ``[batch]``.
-        foil_ids: ``[batch]``.
-        indices: position of each row's pair in ``task.pairs``.
-    """
-
-    input_ids: torch.Tensor
-    corrupt_ids: torch.Tensor | None
-    target_ids: torch.Tensor
-    foil_ids: torch.Tensor
-    indices: list[int]
-
-    def __len__(self) -> int:
-        return len(self.indices)
+def answer_ids(tokenizer: Any, text: str) -> list[int]:
+    """The token ids of an answer continuation (no special tokens)."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def single_token(tokenizer: Any, text: str) -> int | None:
     """Return the id ``text`` encodes to without special tokens, or None if it is not one token."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = answer_ids(tokenizer, text)
     return int(ids[0]) if len(ids) == 1 else None
 
 
 def prompt_ids(tokenizer: Any, text: str) -> list[int]:
     """Encode a prompt with the tokenizer's default special tokens."""
     return list(tokenizer(text)["input_ids"])
+
+
+def task_metric(pairs: list[Pair], tokenizer: Any, requested: str | None = None) -> str:
+    """The metric of a task's pairs for a tokenizer.
+
+    Args:
+        pairs: the usable pairs (all answer sets, or all pairs).
+        tokenizer: the tokenizer they were checked with.
+        requested: a set metric asked for by the task (None: ``prob_diff`` for sets).
+
+    Returns:
+        ``logit_diff`` for pairs whose answers are all one token, ``logprob_diff`` for other pairs,
+        ``requested`` (or ``prob_diff``) for answer sets.
+
+    Raises:
+        TaskError: an unknown metric, a set metric for pairs, or pairs mixed with sets.
+    """
+    if requested is not None and requested not in METRICS:
+        raise TaskError(f"unknown metric {requested!r}; use one of {', '.join(SET_METRICS)} for answer sets")
+    kinds = {p.is_set for p in pairs}
+    if len(kinds) > 1:
+        raise TaskError("a task holds either pairs (target, foil) or answer sets (targets, foils), not both")
+    if kinds == {True}:
+        if requested is not None and requested not in SET_METRICS:
+            raise TaskError(f"answer sets take metric {' or '.join(SET_METRICS)}, not {requested!r}")
+        return requested or "prob_diff"
+    if requested is not None:
+        raise TaskError(f"metric {requested!r} is for answer sets (targets, foils); pairs are scored by "
+                        "log-probability (the logit difference when both answers are one token)")
+    one = all(len(answer_ids(tokenizer, a)) == 1 for p in pairs for a in p.targets + p.foils)
+    return "logit_diff" if one else "logprob_diff"
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -218,46 +272,59 @@ def cue_positions(tokenizer: Any, prompt: str, cue: str) -> list[int]:
 
 def _fold_space(pair: Pair, tokenizer: Any) -> Pair:
     """Move a shared leading space of the answers into the prompts when it is a token of its own."""
-    if not (pair.target.startswith(" ") and pair.foil.startswith(" ")):
+    answers = pair.targets + pair.foils
+    if not all(a.startswith(" ") for a in answers):
         return pair
-    space = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    space = answer_ids(tokenizer, " ")
     if len(space) != 1:
         return pair
-    for answer in (pair.target, pair.foil):
-        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    for answer in answers:
+        ids = answer_ids(tokenizer, answer)
         if len(ids) != 2 or ids[0] != space[0]:
             return pair
     for prompt in (pair.prompt, pair.corrupt):
         if prompt is not None and prompt_ids(tokenizer, prompt + " ") != prompt_ids(tokenizer, prompt) + space:
             return pair
+
+    def strip(answer: Answer) -> Answer:
+        return tuple(a[1:] for a in answer) if isinstance(answer, tuple) else answer[1:]
+
     corrupt = None if pair.corrupt is None else pair.corrupt + " "
-    return replace(pair, prompt=pair.prompt + " ", target=pair.target[1:], foil=pair.foil[1:], corrupt=corrupt)
+    return replace(pair, prompt=pair.prompt + " ", target=strip(pair.target), foil=strip(pair.foil), corrupt=corrupt)
 
 
-def check_pair(pair: Pair, tokenizer: Any) -> tuple[Pair | None, str | None]:
+def check_pair(pair: Pair, tokenizer: Any, *, one_token: bool = False) -> tuple[Pair | None, str | None]:
     """Check one pair against a tokenizer.
 
     Args:
         pair: the candidate pair.
         tokenizer: a Hugging Face tokenizer.
+        one_token: also require one-token answers and a corrupt prompt of the prompt's length
+            (what edge-level circuits need).
 
     Returns:
         ``(pair, None)`` with the (possibly space-folded) usable pair, or ``(None, reason)``
         where reason is one of the ``DROP_*`` keys.
     """
-    if pair.target == pair.foil:
+    if set(pair.targets) & set(pair.foils):
         return None, DROP_SAME
     pair = _fold_space(pair, tokenizer)
-    target, foil = single_token(tokenizer, pair.target), single_token(tokenizer, pair.foil)
-    if target is None:
+    targets = [tuple(answer_ids(tokenizer, a)) for a in pair.targets]
+    foils = [tuple(answer_ids(tokenizer, a)) for a in pair.foils]
+    if not all(targets + foils):
+        return None, DROP_EMPTY
+    if one_token and any(len(t) != 1 for t in targets):
         return None, DROP_TARGET
-    if foil is None:
+    if one_token and any(len(f) != 1 for f in foils):
         return None, DROP_FOIL
-    if target == foil:
+    if set(targets) & set(foils):
         return None, DROP_SAME
     if pair.corrupt is not None:
-        if len(prompt_ids(tokenizer, pair.corrupt)) != len(prompt_ids(tokenizer, pair.prompt)):
+        clean, corrupt = prompt_ids(tokenizer, pair.prompt), prompt_ids(tokenizer, pair.corrupt)
+        if one_token and len(clean) != len(corrupt):
             return None, DROP_LENGTH
+        if not align(clean, corrupt).ok:
+            return None, DROP_UNALIGNED
     return pair, None
 
 
@@ -267,57 +334,94 @@ def require_pairs(name: str, pairs: list[Pair], dropped: dict[str, int], minimum
         counts = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())) or "none"
         raise TaskError(
             f"task {name!r} has {len(pairs)} usable pairs, fewer than the {minimum} needed "
-            f"(dropped: {counts}); use a tokenizer that keeps its answers as single tokens or add more pairs"
+            f"(dropped: {counts}); add more pairs, or check that their corrupt prompts end like the prompts"
         )
 
 
-def encode_task(task: Task, tokenizer: Any, max_batch: int | None = None) -> list[EncodedBatch]:
-    """Encode a task into unpadded batches of equal prompt length.
+def pad_id(tokenizer: Any) -> int:
+    """The id written into pad positions: the pad token, else EOS, else 0 (never read either way)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
 
-    Pairs are grouped by prompt token length (and by whether they have a corrupt prompt);
-    batches come out sorted by length, each keeping its pairs in task order.
+
+def encode_task(task: Task, tokenizer: Any, max_batch: int | None = None, pad: bool = False) -> list[EncodedBatch]:
+    """Encode a task into batches (:mod:`cortexmap.tasks.encoding`).
+
+    One-token pairs whose corrupt prompt (if any) has the prompt's length go into unpadded
+    batches of one prompt length (sorted by length, each keeping its pairs in task order); other
+    pairs (multi-token answers, corrupt prompts of another length) into right-padded batches.
 
     Args:
         task: the task, built for ``tokenizer``.
         tokenizer: the tokenizer of the model the batches are for.
-        max_batch: split groups into batches of at most this many rows (None: no limit).
+        max_batch: split groups into batches of at most this many pairs (None: no limit).
+        pad: put every pair into right-padded batches, prompts of any length together.
 
     Returns:
         The batches; together their ``indices`` cover every pair once.
 
     Raises:
-        TaskError: an answer is not one token or a corrupt prompt has another length, i.e. the
-            task was built for a different tokenizer.
+        TaskError: an answer without tokens, a corrupt prompt that cannot be aligned, or an
+            answer of several tokens in a ``logit_diff`` task, i.e. the task was built for a
+            different tokenizer; or answer sets under a pair metric.
     """
     if max_batch is not None and max_batch < 1:
         raise TaskError(f"max_batch must be at least 1, got {max_batch}; pass None for no limit")
-    groups: dict[tuple[int, bool], list[tuple[int, list[int], list[int] | None, int, int]]] = defaultdict(list)
+    if task.metric not in METRICS:
+        raise TaskError(f"task {task.name!r} has unknown metric {task.metric!r}; use one of {', '.join(METRICS)}")
+    if task.metric not in SET_METRICS and any(p.is_set for p in task.pairs):
+        raise TaskError(f"task {task.name!r} holds answer sets scored by {task.metric!r}; give it a set metric "
+                        f"({' or '.join(SET_METRICS)})")
+    items = []
     for index, pair in enumerate(task.pairs):
-        target, foil = single_token(tokenizer, pair.target), single_token(tokenizer, pair.foil)
+        targets = [answer_ids(tokenizer, a) for a in pair.targets]
+        foils = [answer_ids(tokenizer, a) for a in pair.foils]
         ids = prompt_ids(tokenizer, pair.prompt)
         corrupt = None if pair.corrupt is None else prompt_ids(tokenizer, pair.corrupt)
-        if target is None or foil is None or (corrupt is not None and len(corrupt) != len(ids)):
+        lengths = [len(a) for a in targets + foils]
+        if (min(lengths) == 0 or (task.metric == "logit_diff" and max(lengths) > 1)
+                or (corrupt is not None and not align(ids, corrupt).ok)):
             raise TaskError(
                 f"pair {index} of task {task.name!r} does not fit this tokenizer; "
                 "rebuild the task with the tokenizer of the model you run"
             )
-        groups[(len(ids), corrupt is not None)].append((index, ids, corrupt, target, foil))
-    batches: list[EncodedBatch] = []
-    for key in sorted(groups):
-        rows = groups[key]
-        step = max_batch or len(rows)
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            batches.append(
-                EncodedBatch(
-                    input_ids=torch.tensor([r[1] for r in chunk], dtype=torch.long),  # [b, seq]
-                    corrupt_ids=torch.tensor([r[2] for r in chunk], dtype=torch.long) if key[1] else None,
-                    target_ids=torch.tensor([r[3] for r in chunk], dtype=torch.long),
-                    foil_ids=torch.tensor([r[4] for r in chunk], dtype=torch.long),
-                    indices=[r[0] for r in chunk],
-                )
-            )
-    return batches
+        items.append(PairIds(index, ids, targets, foils, corrupt))
+    return pack(items, task.metric, pad_id(tokenizer), max_batch, pad)
+
+
+def encode_one_position(task: Task, tokenizer: Any, max_batch: int | None = None) -> tuple[list[EncodedBatch], int]:
+    """The batches of a task's pairs whose metric is read at one position, for edge-level circuits.
+
+    Those are the pairs with one-token answers (one target and one foil, or sets of them) and a
+    corrupt prompt (if any) of the prompt's length: unpadded batches of one prompt length, read at
+    the last position. Their ``indices`` stay the pairs' positions in ``task.pairs``.
+
+    Args:
+        task: the task, built for ``tokenizer``.
+        tokenizer: the tokenizer of the model.
+        max_batch: most pairs per batch (None: no limit).
+
+    Returns:
+        ``(batches, left_out)``: the batches and the number of pairs left out.
+
+    Raises:
+        TaskError: no pair of the task qualifies.
+    """
+    keep = [i for i, pair in enumerate(task.pairs) if check_pair(pair, tokenizer, one_token=True)[1] is None]
+    if not keep:
+        raise TaskError(
+            f"task {task.name!r} has no pair with one-token answers and a corrupt prompt of the prompt's length "
+            "for this tokenizer; circuits need them: measure the task head by head with cortexmap map instead"
+        )
+    metric = "logit_diff" if task.metric in ("logit_diff", "logprob_diff") else task.metric
+    subset = replace(task, pairs=[task.pairs[i] for i in keep], metric=metric)
+    batches = encode_task(subset, tokenizer, max_batch=max_batch)
+    for batch in batches:
+        batch.indices = [keep[i] for i in batch.indices]
+    return batches, len(task.pairs) - len(keep)
 
 
 def logit_diff(logits_last: torch.Tensor, target_ids: torch.Tensor, foil_ids: torch.Tensor) -> torch.Tensor:

@@ -1,26 +1,37 @@
-"""User tasks from JSONL files: one minimal pair per line.
+"""User tasks from JSONL files: one minimal pair (or one prompt with answer sets) per line.
 
-Each non-blank line is a JSON object::
+Each non-blank line is a JSON object. A pair::
 
-    {"prompt": "The capital of France is", "target": " Paris", "foil": " Rome",
-     "corrupt": "The capital of Italy is", "level": "knowledge", "cue": "France", "variant": 0}
+    {"prompt": "The Statue of Liberty is in the city of", "target": " New York", "foil": " Paris",
+     "corrupt": "The Eiffel Tower is in the city of", "level": "knowledge", "cue": "Statue of Liberty"}
 
-``prompt``, ``target`` and ``foil`` are required non-empty strings. Optional keys:
+An answer set (every right and every wrong continuation)::
 
-* ``corrupt``: a prompt of the same token length whose right answer is the foil (needed for
-  activation patching).
+    {"prompt": "The war lasted from the year 1732 to the year 17", "targets": ["33", "34", "35"],
+     "foils": ["30", "31", "32"], "metric": "prob_diff"}
+
+``prompt`` is required, with either ``target`` and ``foil`` (strings) or ``targets`` and
+``foils`` (non-empty lists of distinct strings, none in both). Answers may be several tokens
+long: a pair is scored by ``log P(target) - log P(foil)`` (the logit difference when both are one
+token), a set by ``metric`` (:mod:`cortexmap.tasks.metrics`). Optional keys:
+
+* ``corrupt``: a prompt whose right answer is the foil (needed for activation patching). It may
+  have another token length than the prompt when the two end with the same token (patching then
+  acts on aligned positions, :mod:`cortexmap.tasks.alignment`); one that cannot be aligned is an error.
 * ``level``: one of :data:`~cortexmap.tasks.core.LEVELS` (default ``custom``; one level per file).
+* ``metric``: for answer sets, ``prob_diff`` (default: the probability mass of the targets minus
+  that of the foils) or ``log_mass_diff`` (the log of the two masses); one metric per file.
 * ``cue``: the words of the prompt the answer depends on, a string or a list of strings, each
   occurring in the prompt (positions are taken at its last occurrence; see
   :func:`~cortexmap.tasks.core.cue_positions`).
 * ``variant``: a non-negative integer naming the template the line was written from (default
   0), so results can be compared template by template.
 
-No other keys are allowed. Write answers as continuations, with their leading space. Every line
-is validated before anything is returned, and the first bad line raises
-:class:`~cortexmap.errors.TaskError` as ``path:line: reason``. Lines that are well formed but
-do not fit the tokenizer (an answer of several tokens, a corrupt prompt of another length)
-are dropped and counted, as for built-in tasks.
+No other keys are allowed, and a file holds pairs or answer sets, not both. Write answers as
+continuations, with their leading space. Every line is validated before anything is returned,
+and the first bad line raises :class:`~cortexmap.errors.TaskError` as ``path:line: reason``
+(a corrupt prompt that cannot be aligned for the tokenizer included). Lines whose target and foil
+become the same tokens for the tokenizer are dropped and counted, as for built-in tasks.
 """
 
 from __future__ import annotations
@@ -32,17 +43,23 @@ from pathlib import Path
 from typing import Any
 
 from cortexmap.errors import TaskError
-from cortexmap.tasks.core import LEVELS, MIN_PAIRS, Pair, Task, check_pair, require_pairs
+from cortexmap.tasks.core import (
+    DROP_UNALIGNED, LEVELS, MIN_PAIRS, Pair, Task, check_pair, prompt_ids, require_pairs, task_metric,
+)
+from cortexmap.tasks.alignment import align
+from cortexmap.tasks.metrics import SET_METRICS
 
 REQUIRED_KEYS = ("prompt", "target", "foil")
-OPTIONAL_KEYS = ("corrupt", "level", "cue", "variant")
+SET_KEYS = ("targets", "foils")
+OPTIONAL_KEYS = ("corrupt", "level", "metric", "cue", "variant")
 
 
 def _string(obj: dict[str, Any], key: str, where: str, required: bool) -> str | None:
     """Return ``obj[key]`` as a non-empty string, None when optional and absent (or null)."""
     if key not in obj or (obj[key] is None and not required):
         if required:
-            raise TaskError(f"{where}: missing required key {key!r}; each line needs prompt, target and foil")
+            raise TaskError(f"{where}: missing required key {key!r}; each line needs prompt, target and foil "
+                            "(or targets and foils)")
         return None
     value = obj[key]
     if not isinstance(value, str):
@@ -50,6 +67,38 @@ def _string(obj: dict[str, Any], key: str, where: str, required: bool) -> str | 
     if not value.strip():
         raise TaskError(f"{where}: {key!r} is empty; give it some text")
     return value
+
+
+def _answer_set(obj: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    """``obj[key]`` as a tuple of distinct non-empty strings."""
+    value = obj.get(key)
+    if value is None:
+        raise TaskError(f"{where}: missing required key {key!r}; an answer set needs targets and foils")
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise TaskError(f"{where}: {key!r} must be a non-empty list of strings, got {type(value).__name__}")
+    if any(not v.strip() for v in value):
+        raise TaskError(f"{where}: {key!r} holds an empty string; give every answer some text")
+    if len(set(value)) != len(value):
+        raise TaskError(f"{where}: {key!r} repeats an answer; list each once")
+    return tuple(value)
+
+
+def _answers(obj: dict[str, Any], where: str) -> tuple[str | tuple[str, ...], str | tuple[str, ...]]:
+    """The line's ``target`` / ``foil`` strings, or its ``targets`` / ``foils`` tuples."""
+    given = [k for k in REQUIRED_KEYS[1:] + SET_KEYS if k in obj]
+    if any(k in obj for k in SET_KEYS):
+        if any(k in obj for k in REQUIRED_KEYS[1:]):
+            raise TaskError(f"{where}: gives {' and '.join(given)}; give target and foil (a pair) or targets and "
+                            "foils (answer sets), not both")
+        targets, foils = _answer_set(obj, "targets", where), _answer_set(obj, "foils", where)
+        both = sorted(set(targets) & set(foils))
+        if both:
+            raise TaskError(f"{where}: {both[0]!r} is both a target and a foil; an answer is right or wrong, not both")
+        return targets, foils
+    target, foil = (_string(obj, key, where, required=True) for key in REQUIRED_KEYS[1:])
+    if target == foil:
+        raise TaskError(f"{where}: target and foil are both {target!r}; the foil must be a different answer")
+    return target, foil  # type: ignore[return-value]
 
 
 def _cue(obj: dict[str, Any], prompt: str, where: str) -> tuple[str, ...]:
@@ -80,7 +129,7 @@ def _variant(obj: dict[str, Any], where: str) -> int:
     return value
 
 
-def parse_line(text: str, where: str) -> tuple[Pair, str | None]:
+def parse_line(text: str, where: str) -> tuple[Pair, str | None, str | None]:
     """Validate one JSONL line.
 
     Args:
@@ -88,7 +137,7 @@ def parse_line(text: str, where: str) -> tuple[Pair, str | None]:
         where: ``path:line`` prefix for error messages.
 
     Returns:
-        The pair and the line's level (None when not given).
+        The pair, the line's level and its metric (None when not given).
 
     Raises:
         TaskError: the line is not a well-formed pair object.
@@ -99,60 +148,74 @@ def parse_line(text: str, where: str) -> tuple[Pair, str | None]:
         raise TaskError(f"{where}: not valid JSON ({err.msg}); write one JSON object per line") from None
     if not isinstance(obj, dict):
         raise TaskError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    allowed = REQUIRED_KEYS + SET_KEYS + OPTIONAL_KEYS
+    unknown = sorted(set(obj) - set(allowed))
     if unknown:
-        allowed = ", ".join(REQUIRED_KEYS + OPTIONAL_KEYS)
-        raise TaskError(f"{where}: unknown key {unknown[0]!r}; allowed keys are {allowed}")
-    prompt, target, foil = (_string(obj, key, where, required=True) for key in REQUIRED_KEYS)
+        raise TaskError(f"{where}: unknown key {unknown[0]!r}; allowed keys are {', '.join(allowed)}")
+    prompt = _string(obj, "prompt", where, required=True)
+    target, foil = _answers(obj, where)
     corrupt = _string(obj, "corrupt", where, required=False)
     level = _string(obj, "level", where, required=False)
     if level is not None and level not in LEVELS:
         raise TaskError(f"{where}: unknown level {level!r}; use one of {', '.join(LEVELS)}")
-    if target == foil:
-        raise TaskError(f"{where}: target and foil are both {target!r}; the foil must be a different answer")
+    metric = _string(obj, "metric", where, required=False)
+    if metric is not None and not isinstance(target, tuple):
+        raise TaskError(f"{where}: 'metric' is for answer sets (targets, foils); a pair is scored by log-probability")
+    if metric is not None and metric not in SET_METRICS:
+        raise TaskError(f"{where}: unknown metric {metric!r}; use one of {', '.join(SET_METRICS)}")
     if corrupt is not None and corrupt == prompt:
         raise TaskError(f"{where}: corrupt is the same as prompt; change the word that flips the answer")
     pair = Pair(prompt=prompt, target=target, foil=foil, corrupt=corrupt,  # type: ignore[arg-type]
                 variant=_variant(obj, where), cue=_cue(obj, prompt, where))  # type: ignore[arg-type]
-    return pair, level
+    return pair, level, metric
 
 
-def read_pairs(path: str | Path) -> tuple[list[Pair], str]:
+def _same(where: str, key: str, value: str | None, seen: tuple[str | None, int]) -> tuple[str | None, int]:
+    """Check a per-file setting (level, metric, kind) against the lines before; return the one in force."""
+    if value is None:
+        return seen
+    have, line = seen
+    if have is None:
+        return value, int(where.rsplit(":", 1)[1])
+    if value != have:
+        raise TaskError(f"{where}: {key} {value!r} differs from {have!r} on line {line}; put them in different files")
+    return seen
+
+
+def read_pairs(path: str | Path) -> tuple[list[Pair], str, str | None]:
     """Read and validate every line of a JSONL task file, without any tokenizer.
 
     Args:
         path: the ``.jsonl`` file.
 
     Returns:
-        The pairs in file order and the task level (``custom`` when no line names one).
+        The pairs in file order, the task level (``custom`` when no line names one) and the set
+        metric (None when no line names one).
 
     Raises:
-        TaskError: the file is missing or empty, a line is malformed, or lines name
-            different levels.
+        TaskError: the file is missing or empty, a line is malformed, or lines name different
+            levels or metrics, or mix pairs with answer sets.
     """
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist; pass the path of a .jsonl file")
     pairs: list[Pair] = []
-    level: str | None = None
-    level_line = 0
+    level: tuple[str | None, int] = (None, 0)
+    metric: tuple[str | None, int] = (None, 0)
+    kind: tuple[str | None, int] = (None, 0)
     with path.open(encoding="utf-8") as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
             where = f"{path}:{number}"
-            pair, line_level = parse_line(text, where)
-            if line_level is not None:
-                if level is not None and line_level != level:
-                    raise TaskError(
-                        f"{where}: level {line_level!r} differs from {level!r} on line {level_line}; "
-                        "put tasks of different levels in different files"
-                    )
-                level, level_line = line_level, number
+            pair, line_level, line_metric = parse_line(text, where)
+            level = _same(where, "level", line_level, level)
+            metric = _same(where, "metric", line_metric, metric)
+            kind = _same(where, "answers", "answer sets" if pair.is_set else "pairs", kind)
             pairs.append(pair)
     if not pairs:
         raise TaskError(f"task file {path} has no pairs; write one JSON object per line")
-    return pairs, level or "custom"
+    return pairs, level[0] or "custom", metric[0]
 
 
 def load_task_file(path: str | Path, tokenizer: Any, name: str | None = None, min_pairs: int = MIN_PAIRS) -> Task:
@@ -169,14 +232,21 @@ def load_task_file(path: str | Path, tokenizer: Any, name: str | None = None, mi
         lines that do not fit the tokenizer.
 
     Raises:
-        TaskError: the file is missing, empty or malformed, or too few pairs fit the tokenizer.
+        TaskError: the file is missing, empty or malformed (``path:line: reason``; a corrupt prompt
+            that cannot be aligned for this tokenizer included), or too few pairs fit the tokenizer.
     """
     path = Path(path)
-    candidates, level = read_pairs(path)
+    candidates, level, metric = read_pairs(path)
+    lines = _line_numbers(path)
     pairs: list[Pair] = []
     dropped: Counter[str] = Counter()
-    for candidate in candidates:
+    for line, candidate in zip(lines, candidates):
         pair, reason = check_pair(candidate, tokenizer)
+        if reason == DROP_UNALIGNED:
+            clean, corrupt = prompt_ids(tokenizer, candidate.prompt), prompt_ids(tokenizer, candidate.corrupt or "")
+            why = align(clean, corrupt).describe()
+            raise TaskError(f"{path}:{line}: {why}; end the corrupt prompt like the prompt (the words before the "
+                            "answer) or give it the prompt's token length")
         if pair is None:
             dropped[reason or "unknown"] += 1
         else:
@@ -191,4 +261,11 @@ def load_task_file(path: str | Path, tokenizer: Any, name: str | None = None, mi
         pairs=pairs,
         dropped=dict(sorted(dropped.items())),
         version=digest,
+        metric=task_metric(pairs, tokenizer, metric),
     )
+
+
+def _line_numbers(path: Path) -> list[int]:
+    """The numbers of the non-blank lines of a file (those :func:`read_pairs` returns pairs for)."""
+    with path.open(encoding="utf-8") as handle:
+        return [number for number, text in enumerate(handle, start=1) if text.strip()]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from cortexmap.errors import TaskError
 from cortexmap.tasks.conditions import condition_descriptions
-from cortexmap.tasks.core import LEVELS, MIN_PAIRS, Task, require_pairs
+from cortexmap.tasks.core import LEVELS, MIN_PAIRS, Task, require_pairs, task_metric
 from cortexmap.tasks.probes import PROBES
 from cortexmap.tasks.templates import TaskSpec, builtin_specs, generate_pairs
 
@@ -78,8 +78,8 @@ def build_task(name: str, tokenizer: Any, n: int = 64, seed: int = 0, min_pairs:
 
     Args:
         name: a built-in task name (see :func:`builtin_task_names`).
-        tokenizer: the tokenizer of the model the task is for; answers must be single tokens
-            and corrupt prompts as long as clean ones *for this tokenizer*.
+        tokenizer: the tokenizer of the model the task is for; corrupt prompts must align with
+            their prompts *for this tokenizer* (:mod:`cortexmap.tasks.alignment`).
         n: number of pairs wanted (fewer come back when the templates run out).
         seed: sampling seed; the same seed gives the same pairs.
         min_pairs: raise when fewer usable pairs than this are found (0: never raise).
@@ -96,18 +96,26 @@ def build_task(name: str, tokenizer: Any, n: int = 64, seed: int = 0, min_pairs:
     pairs, dropped = generate_pairs(spec, tokenizer, n, seed)
     if min_pairs > 0:
         require_pairs(name, pairs, dropped, min(min_pairs, n))
+    is_set = any(isinstance(v.target, tuple) for v in spec.variants)
+    if pairs:
+        metric = task_metric(pairs, tokenizer, spec.metric)
+    else:
+        metric = (spec.metric or "prob_diff") if is_set else "logit_diff"
     return Task(name=name, level=spec.level, description=spec.description, pairs=pairs, dropped=dropped,
-                version=spec.version)
+                version=spec.version, metric=metric)
 
 
 def list_tasks() -> pd.DataFrame:
-    """The built-in battery as a table: ``name, level, description, has_corrupt, version``."""
+    """The built-in battery as a table: ``name, level, description, has_corrupt, version, answers``.
+
+    ``answers`` is ``pair`` (a target and a foil) or ``set`` (answer sets, scored by ``metric``).
+    """
     rows = [
         {"name": s.name, "level": s.level, "description": s.description, "has_corrupt": s.has_corrupt,
-         "version": s.version}
+         "version": s.version, "answers": "set" if any(isinstance(v.target, tuple) for v in s.variants) else "pair"}
         for s in builtin_specs().values()
     ]
-    return pd.DataFrame(rows, columns=["name", "level", "description", "has_corrupt", "version"])
+    return pd.DataFrame(rows, columns=["name", "level", "description", "has_corrupt", "version", "answers"])
 
 
 BATTERY_COLUMNS = ["kind", "name", "level", "description"]

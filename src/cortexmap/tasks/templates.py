@@ -13,9 +13,13 @@ at task level are defaults for every variant):
 
 * ``vars``: variable -> list name. Variables drawn from the same list are distinct.
 * ``prompt``, ``corrupt`` (optional), ``target``, ``foil``: :meth:`str.format` templates over
-  the variables. A plain word is ``{x}``, a row field ``{x.city}``; ``.cap`` capitalises
-  (``{x.cap}``, ``{x.city.cap}``), ``.bare`` drops a leading "the " (``{x.name.bare}``:
-  "Eiffel Tower"), ``.last`` keeps the last word (``{x.phrase.last}``: "interested").
+  the variables. An answer set gives ``targets`` and ``foils`` instead, each a list of templates;
+  a template naming a list-valued computed variable renders once per item (``foils: [" {others}"]``
+  with ``others`` = ``["1", "2"]`` gives ``[" 1", " 2"]``). A set task may name its ``metric``
+  (``prob_diff``, the default, or ``log_mass_diff``; :mod:`cortexmap.tasks.metrics`). A plain
+  word is ``{x}``, a row field ``{x.city}``; ``.cap`` capitalises (``{x.cap}``, ``{x.city.cap}``),
+  ``.bare`` drops a leading "the " (``{x.name.bare}``: "Eiffel Tower"), ``.last`` keeps the last
+  word (``{x.phrase.last}``: "interested").
 * ``cue`` (optional): a template, or a list of templates, naming the words of the prompt the
   answer depends on (the subject noun, the country); each must render to text that occurs in
   the prompt, and the last occurrence is the one meant (see
@@ -25,7 +29,7 @@ at task level are defaults for every variant):
 * ``differ: [["{x.verb}", "{y.verb}"]]``: pairs of templates that must render differently
   (target != foil is always required).
 * ``compute``: name of a function in :data:`COMPUTED` that adds derived variables
-  (numbers) and may use the tokenizer.
+  (numbers, or lists of them for answer sets) and may use the tokenizer.
 
 Sampling is driven by ``random.Random(f"{task}:{seed}")``, so a task is deterministic for a
 seed and independent of the other tasks. Each pair records the index of the variant it was
@@ -39,6 +43,7 @@ prompt: where the target occurs in the prompt, the foil occurs too (tests/tasks 
 from __future__ import annotations
 
 import random
+import string
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -49,10 +54,11 @@ from typing import Any, Callable
 import yaml
 
 from cortexmap.errors import TaskError
-from cortexmap.tasks.core import LEVELS, Pair, check_pair, single_token
+from cortexmap.tasks.core import LEVELS, Answer, Pair, check_pair, single_token
+from cortexmap.tasks.metrics import SET_METRICS
 
-_VARIANT_KEYS = {"vars", "prompt", "corrupt", "target", "foil", "swap", "differ", "compute", "cue"}
-_TASK_KEYS = _VARIANT_KEYS | {"description", "version", "variants"}
+_VARIANT_KEYS = {"vars", "prompt", "corrupt", "target", "foil", "targets", "foils", "swap", "differ", "compute", "cue"}
+_TASK_KEYS = _VARIANT_KEYS | {"description", "version", "variants", "metric"}
 
 
 class Word(str):
@@ -81,8 +87,8 @@ class Variant:
 
     prompt: str
     corrupt: str | None
-    target: str
-    foil: str
+    target: str | tuple[str, ...]  # a tuple of templates: an answer set
+    foil: str | tuple[str, ...]
     vars: tuple[tuple[str, str], ...]
     swap: tuple[str, str] | None = None
     differ: tuple[tuple[str, str], ...] = ()
@@ -100,6 +106,7 @@ class TaskSpec:
     version: str
     variants: tuple[Variant, ...]
     lists: dict[str, tuple[Any, ...]]
+    metric: str | None = None
 
     @property
     def has_corrupt(self) -> bool:
@@ -107,32 +114,38 @@ class TaskSpec:
         return all(v.corrupt is not None for v in self.variants)
 
 
-def _greater_than(rng: random.Random, tokenizer: Any) -> dict[str, str]:
-    """Years for ``greater_than``: start year ``{century}{yy}``, a later and an earlier answer.
+def _greater_than(rng: random.Random, tokenizer: Any) -> dict[str, Any]:
+    """Years for ``greater_than``: start year ``{century}{yy}``, the later and the earlier answers.
 
-    When the tokenizer has two-digit tokens the answers are two digits (``"45"``); when it
-    splits digits they are the tens digit only, strictly above / below the start's tens digit.
-    A two-digit earlier answer is never the century itself, which ends the prompt (the corrupt
-    prompt's answer could otherwise be copied from it).
+    When the tokenizer has two-digit tokens the answers are two digits: ``later`` every year after
+    ``yy``, ``earlier`` every year up to it (``yy`` itself is not later: Hanna et al. 2023's
+    sets) except the century, which ends the prompt (copying it would answer the corrupt prompt,
+    whose right answers are the earlier years). When it splits digits they are the tens digit:
+    ``later`` the digits above the start's tens digit, ``earlier`` those below it (its own tens
+    digit could end either way and is in neither set). ``hi`` / ``lo`` are one of each.
     """
     tens = rng.randint(2, 7)
     yy = tens * 10 + rng.randint(0, 9)
     two_digit = single_token(tokenizer, "45") is not None
     if two_digit:
+        later, earlier = [f"{y:02d}" for y in range(yy + 1, 100)], [f"{y:02d}" for y in range(0, yy + 1)]
         hi, lo = f"{rng.randint(yy + 1, 99):02d}", f"{rng.randint(0, yy - 1):02d}"
     else:
+        later, earlier = [str(d) for d in range(tens + 1, 10)], [str(d) for d in range(0, tens)]
         hi, lo = str(rng.randint(tens + 1, 9)), str(rng.randint(0, tens - 1))
     century = str(rng.choice([13, 14, 15, 16, 17, 18]))
     while two_digit and lo == century:
         lo = f"{rng.randint(0, yy - 1):02d}"
-    return {"century": century, "yy": f"{yy:02d}", "hi": hi, "lo": lo}
+    earlier = [y for y in earlier if y != century]
+    return {"century": century, "yy": f"{yy:02d}", "hi": hi, "lo": lo, "later": later, "earlier": earlier}
 
 
-def _arithmetic(rng: random.Random, tokenizer: Any) -> dict[str, str]:
+def _arithmetic(rng: random.Random, tokenizer: Any) -> dict[str, Any]:
     """Single-digit sums ``a + b = s`` of two different numbers, and a worked example.
 
-    The foil is ``f = s +- 1`` and ``b2`` makes ``a + b2 = f`` (the corrupt prompt). The example
-    ``e1 + e2 = e3`` uses none of ``s`` and ``f``, so neither answer can be copied from it.
+    The foil is ``f = s +- 1`` and ``b2`` makes ``a + b2 = f`` (the corrupt prompt); ``others`` are
+    every other digit, the wrong answers of the answer set. The example ``e1 + e2 = e3`` uses none
+    of ``s`` and ``f``, so neither can be copied from it.
     """
     del tokenizer
     while True:
@@ -146,7 +159,7 @@ def _arithmetic(rng: random.Random, tokenizer: Any) -> dict[str, str]:
         if e1 + e2 <= 9 and not {e1, e2, e1 + e2} & {s, f}:
             break
     return {"a": str(a), "b": str(b), "b2": str(f - a), "s": str(s), "f": str(f),
-            "e1": str(e1), "e2": str(e2), "e3": str(e1 + e2)}
+            "e1": str(e1), "e2": str(e2), "e3": str(e1 + e2), "others": [str(d) for d in range(10) if d != s]}
 
 
 @lru_cache(maxsize=1)
@@ -164,7 +177,7 @@ def _sequence(rng: random.Random, tokenizer: Any) -> dict[str, str]:
     return dict(zip("abcde", items[start : start + 5]))
 
 
-COMPUTED: dict[str, Callable[[random.Random, Any], dict[str, str]]] = {
+COMPUTED: dict[str, Callable[[random.Random, Any], dict[str, Any]]] = {
     "greater_than": _greater_than,
     "arithmetic": _arithmetic,
     "sequence": _sequence,
@@ -208,10 +221,28 @@ def parse_list(name: str, raw: Any, source: str) -> tuple[Any, ...]:
     raise TaskError(f"{source}: list {name!r} must be a list of words or a mapping with fields and rows")
 
 
-def _parse_variant(task: str, raw: dict[str, Any], lists: dict[str, tuple[Any, ...]], source: str) -> Variant:
-    for key in ("prompt", "target", "foil"):
+def _answers(task: str, raw: dict[str, Any], source: str) -> tuple[str | tuple[str, ...], str | tuple[str, ...]]:
+    """A variant's ``target`` / ``foil`` templates, or its ``targets`` / ``foils`` lists of templates."""
+    if "targets" in raw or "foils" in raw:
+        if "target" in raw or "foil" in raw:
+            raise TaskError(f"{source}: task {task!r} gives both target/foil and targets/foils; give one pair of them")
+        out = []
+        for key in ("targets", "foils"):
+            value = raw.get(key)
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                raise TaskError(f"{source}: task {task!r} has {key!r} that is not a non-empty list of templates")
+            out.append(tuple(value))
+        return out[0], out[1]
+    for key in ("target", "foil"):
         if not isinstance(raw.get(key), str):
             raise TaskError(f"{source}: task {task!r} has a variant without a string {key!r}")
+    return raw["target"], raw["foil"]
+
+
+def _parse_variant(task: str, raw: dict[str, Any], lists: dict[str, tuple[Any, ...]], source: str) -> Variant:
+    if not isinstance(raw.get("prompt"), str):
+        raise TaskError(f"{source}: task {task!r} has a variant without a string 'prompt'")
+    target, foil = _answers(task, raw, source)
     vars_ = tuple((str(k), str(v)) for k, v in (raw.get("vars") or {}).items())
     for var, list_name in vars_:
         if list_name not in lists:
@@ -226,8 +257,8 @@ def _parse_variant(task: str, raw: dict[str, Any], lists: dict[str, tuple[Any, .
     return Variant(
         prompt=raw["prompt"],
         corrupt=raw.get("corrupt"),
-        target=raw["target"],
-        foil=raw["foil"],
+        target=target,
+        foil=foil,
         vars=vars_,
         swap=swap,  # type: ignore[arg-type]
         differ=tuple(tuple(d) for d in raw.get("differ") or ()),  # type: ignore[misc]
@@ -260,6 +291,10 @@ def parse_specs(text: str, level: str, source: str) -> dict[str, TaskSpec]:
         if unknown:
             raise TaskError(f"{source}: task {name!r} has unknown keys {sorted(unknown)}")
         defaults = {k: v for k, v in raw.items() if k in _VARIANT_KEYS}
+        metric = raw.get("metric")
+        if metric is not None and metric not in SET_METRICS:
+            raise TaskError(f"{source}: task {name!r} names metric {metric!r}; answer sets take "
+                            f"{', '.join(SET_METRICS)}")
         variants = tuple(
             _parse_variant(name, {**defaults, **v}, lists, source) for v in raw.get("variants") or [{}]
         )
@@ -270,6 +305,7 @@ def parse_specs(text: str, level: str, source: str) -> dict[str, TaskSpec]:
             version=str(raw.get("version", "1")),
             variants=variants,
             lists=lists,
+            metric=metric,
         )
     return specs
 
@@ -306,6 +342,23 @@ def draw(
     return values
 
 
+def _render_answer(template: Answer, values: dict[str, Any]) -> Answer:
+    """An answer template rendered; a tuple of templates (a set) expands list-valued variables, one answer per item."""
+    if isinstance(template, str):
+        return template.format(**values)
+    out: list[str] = []
+    for item in template:
+        roots = {field.split(".")[0].split("[")[0] for _, field, _, _ in string.Formatter().parse(item) if field}
+        ranging = [root for root in roots if isinstance(values.get(root), list)]
+        if len(ranging) > 1:
+            raise TaskError(f"answer template {item!r} ranges over two lists {sorted(ranging)}; use one per template")
+        if not ranging:
+            out.append(item.format(**values))
+            continue
+        out += [item.format(**{**values, ranging[0]: value}) for value in values[ranging[0]]]
+    return tuple(dict.fromkeys(out))
+
+
 def _render(index: int, spec: TaskSpec, rng: random.Random, tokenizer: Any) -> Pair | None:
     """Draw the variables of variant ``index`` and render a candidate pair (None if a constraint fails).
 
@@ -318,14 +371,15 @@ def _render(index: int, spec: TaskSpec, rng: random.Random, tokenizer: Any) -> P
         a, b = variant.swap
         values[a], values[b] = values[b], values[a]
     if variant.compute is not None:
-        values.update({k: Word(v) for k, v in COMPUTED[variant.compute](rng, tokenizer).items()})
+        computed = COMPUTED[variant.compute](rng, tokenizer).items()
+        values.update({k: [Word(x) for x in v] if isinstance(v, list) else Word(v) for k, v in computed})
     try:
         if any(x.format(**values) == y.format(**values) for x, y in variant.differ):
             return None
         pair = Pair(
             prompt=variant.prompt.format(**values),
-            target=variant.target.format(**values),
-            foil=variant.foil.format(**values),
+            target=_render_answer(variant.target, values),
+            foil=_render_answer(variant.foil, values),
             corrupt=None if variant.corrupt is None else variant.corrupt.format(**values),
             variant=index,
             cue=tuple(c.format(**values) for c in variant.cue),
