@@ -109,7 +109,8 @@ def attention_implementations(handle: Any, inputs: CheckInputs) -> InvariantResu
     try:
         fast = plain_logits(handle, inputs.ids)
     finally:
-        model.set_attn_implementation(previous)
+        if previous is not None:  # unset: transformers' default, which is what ``other`` is
+            model.set_attn_implementation(previous)
     with eager_attention(model):
         eager = plain_logits(handle, inputs.ids)
     return measured("attention_impl", claim, relative(fast, eager), inputs.tolerance, f"eager vs {other}")
