@@ -64,7 +64,8 @@ class Alignment:
                 "with the same token, so no corrupt position stands for the last prompt position")
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two id lists."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -83,7 +84,7 @@ def align(clean: list[int], corrupt: list[int]) -> Alignment:
     Returns:
         The :class:`Alignment`; check ``ok`` before patching with it.
     """
-    prefix = _common_prefix(clean, corrupt)
+    prefix = common_prefix(clean, corrupt)
     room = min(len(clean), len(corrupt)) - prefix
-    suffix = min(_common_prefix(clean[::-1], corrupt[::-1]), room)
+    suffix = min(common_prefix(clean[::-1], corrupt[::-1]), room)
     return Alignment(len(clean), len(corrupt), prefix, suffix)

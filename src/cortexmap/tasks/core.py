@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from cortexmap.errors import TaskError
-from cortexmap.tasks.alignment import align
+from cortexmap.tasks.alignment import align, common_prefix
 from cortexmap.tasks.encoding import EncodedBatch, PairIds, pack
 from cortexmap.tasks.metrics import METRICS, SET_METRICS
 
@@ -187,16 +187,6 @@ def task_metric(pairs: list[Pair], tokenizer: Any, requested: str | None = None)
     return "logit_diff" if one else "logprob_diff"
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two id lists."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _offsets(tokenizer: Any, prompt: str, ids: list[int]) -> list[tuple[int, int]] | None:
     """Character span of each token of ``ids`` from a fast tokenizer, or None when it has none."""
     if not getattr(tokenizer, "is_fast", False):
@@ -230,9 +220,9 @@ def _prefix_positions(tokenizer: Any, prompt: str, start: int, end: int, ids: li
 
     text_ids = content(ids)
     head = content(prompt_ids(tokenizer, prompt[:start]))
-    first = _common_prefix(head, text_ids)
+    first = common_prefix(head, text_ids)
     head = content(prompt_ids(tokenizer, prompt[:end]))
-    upto = _common_prefix(head, text_ids)
+    upto = common_prefix(head, text_ids)
     last = upto - 1 if upto == len(head) else upto  # the encodings part at a token the span's end cuts
     return list(range(first, min(last, len(text_ids) - 1) + 1))
 
