@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import re
 from pathlib import Path
 
@@ -144,6 +145,74 @@ def run_facts(results) -> str:  # noqa: ANN001
     return text
 
 
+def markdown(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (cells as they are)."""
+    rows = [list(frame.columns), ["---"] * len(frame.columns), *frame.astype(str).to_numpy().tolist()]
+    return "\n".join("| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows)
+
+
+def circuit_section(run_dir: str, task: str, attention: str | None) -> str:
+    """The circuit of ``task`` under both protocols (held-out beside in-sample, paired differences), and a head's
+    attention explained (``explain --attention --json``)."""
+    from types import SimpleNamespace
+
+    from cortexmap.circuits.store import circuit_key
+    from cortexmap.cli.circuit_cmds import _counted, difference_rows, summary_rows
+
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    out = []
+    for protocol in ("cortexmap", "mib"):
+        entry = manifest.get("circuits", {}).get(circuit_key(task, protocol))
+        if entry is None:
+            out.append(f"Protocol `{protocol}`: not traced in `{run_dir}`.\n")
+            continue
+        args = entry["arguments"]
+        frame = lambda records, split: pd.DataFrame(records).assign(split=split)  # noqa: E731
+        result = SimpleNamespace(arguments=args, summary=pd.concat(
+            [frame(entry["summary"], "heldout"), frame(entry["summary_in_sample"], "discovery")]),
+            differences=pd.concat([frame(entry["differences"], "heldout"),
+                                   frame(entry["differences_in_sample"], "discovery")]))
+        heldout, in_sample = summary_rows(result, "heldout"), summary_rows(result, "discovery")
+        in_sample.columns = [c if i == 0 else f"in sample: {c}" for i, c in enumerate(in_sample.columns)]
+        table = heldout.merge(in_sample.iloc[:, :3], on="ranking", how="left")
+        grid = ", ".join(f"{100 * f:g}%" for f in args["fractions"])
+        circuit = (f"the circuit: `{entry['circuit_method']}` ranking, {len(entry['circuit_heads'])} nodes, ends in "
+                   f"{', '.join(entry['end_heads'][:8]) or 'no head'}" if entry["circuit_method"]
+                   else "no ranking reached the target on this grid")
+        out.append(f"""#### Protocol `{protocol}`: {_counted(args)}
+
+{args['ablation']} ablation; screen `{args['screen']}` ({args['steps']} steps), {args['verify']} edges verified
+exactly; grid {grid}; judged on {args['n_heldout']} held-out prompts (screen and verification on the other
+{args['n_discovery']}, split seeded); {args['n_random']} random rankings; 95% bootstrap intervals over prompts;
+{circuit}; {entry['timings']['total_s']:.0f} s.
+
+{markdown(table)}
+
+Paired differences between rankings on the held-out prompts (a - b, bootstrap over the same prompts):
+
+{markdown(difference_rows(result, 'heldout'))}
+""")
+    if attention and Path(attention).exists():
+        ex = json.loads(Path(attention).read_text())
+        cell = lambda r, f="{:+.3f}": f"{f.format(r['effect'])} [{f.format(r['ci_low'])}, {f.format(r['ci_high'])}]"  # noqa: E731
+        sides = {r["side"]: cell(r) for r in ex["totals"]}
+        top = pd.DataFrame([{"sender": r["sender"], "side": r["side"], "exact effect [95% CI]": cell(r, "{:+.4f}"),
+                             "share of the total": f"{r['share']:+.2f}", "EAP (screen)": f"{r['eap']:+.4f}"}
+                            for r in ex["senders"][:12]])
+        args = ex["arguments"]
+        out.append(f"""#### Why {ex['head']} attends where it does (`cortexmap explain --attention {ex['head']} --task {task}`)
+
+{ex['described']} at the last position ({ex['key']}{'' if ex['contrast'] is None else ' against ' + ex['contrast']}),
+{len(ex['prompts'])} {task} prompts: {ex['clean']:+.3f} [{ex['clean_low']:+.3f}, {ex['clean_high']:+.3f}] on the clean
+prompts. Every upstream sender patched from the corrupt prompt ({args['ablation']} ablation) moves it by
+{sides['both']}: query side {sides['query']}, key side {sides['key']}. The strongest single senders, each patched
+alone on one side (EAP ranks all {len(ex['senders'])} sender-sides with Spearman {ex['screen_spearman']:.2f} against these):
+
+{markdown(top)}
+""")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smollm2", required=True, help="the default map of SmolLM2")
@@ -153,6 +222,8 @@ def main() -> None:
     parser.add_argument("--gemma-exact", required=True, help="the full exact map of Gemma-3 (patch, mean)")
     parser.add_argument("--time-log")
     parser.add_argument("--gemma-time-log")
+    parser.add_argument("--circuit", help="a run directory holding IOI traced under both protocols")
+    parser.add_argument("--attention", help="explain --attention --json output for a head on IOI")
     parser.add_argument("--out", default="docs/findings.md")
     args = parser.parse_args()
 
@@ -189,8 +260,14 @@ cortexmap map --tasks subject_verb_agreement,ioi,arithmetic --interventions zero
 cortexmap analyze {args.gemma}
 cortexmap map --model gemma3-270m --method exact --interventions patch,mean --no-probes --out {args.gemma_exact}
 cortexmap compare {args.smollm2} {args.gemma}
-python docs/generate_findings.py --smollm2 {args.smollm2} --exact {args.exact} --zero {args.zero} --gemma {args.gemma} \\
-    --gemma-exact {args.gemma_exact} --time-log {args.time_log} --gemma-time-log {args.gemma_time_log}
+""" + (f"""cortexmap map --tasks ioi --prompts 32 --no-probes --out {args.circuit}
+cortexmap circuit {args.circuit} --task ioi --rankings eap,eap-ig,eap-ig-edges
+cortexmap circuit {args.circuit} --task ioi --protocol mib --rankings eap,eap-ig
+""" if args.circuit else "") + (f"""cortexmap explain --model smollm2-135m --attention L23H3 --task ioi --json {args.attention}
+""" if args.attention else "") + f"""python docs/generate_findings.py --smollm2 {args.smollm2} --exact {args.exact} --zero {args.zero} --gemma {args.gemma} \\
+    --gemma-exact {args.gemma_exact} --time-log {args.time_log} --gemma-time-log {args.gemma_time_log}""" + (
+    f" \\\n    --circuit {args.circuit}" if args.circuit else "") + (
+    f" --attention {args.attention}" if args.attention else "") + f"""
 ```
 
 ## What the default map measures, and why not zero ablation
@@ -268,8 +345,21 @@ Median / worst over tasks: {recall_summary(gemma_by_iv)} of the exact top-10 mea
 """ + "\n".join(f.text for c in comparison.comparisons for f in c.findings()) + """
 ```
 
-Circuits, why the model errs on edges, the regulator test on edges and pruning were measured
-earlier and are not regenerated here: [earlier_findings.md](earlier_findings.md).
+""" + (f"""
+## The IOI circuit of SmolLM2, judged on held-out prompts under both protocols
+
+`cortexmap circuit` screens every edge, verifies the top ones by exact path patching and judges the
+rankings' faithfulness curves on prompts the edges were not chosen on. Protocol `cortexmap` counts a
+key/value input once per KV group and ranks by |score|; protocol `mib` is MIB's: key/value edges per
+query head, BOS prepended, CPR from signed and CMD from |score| rankings (MIB's sign), so its
+numbers stand beside MIB's published ones. `eap-ig` is MIB's EAP-IG-inputs; `eap-ig-edges`
+integrates along the edge-weight path; `verified` is the screen with the verified edges' exact
+effects in their place. CPR: area under the faithfulness curve (higher better); CMD: area between
+the curve and 1 (lower better); random: the mean of the draws, their spread in parentheses.
+
+{circuit_section(args.circuit, "ioi", args.attention)}""" if args.circuit else "") + """
+Why the model errs on edges, the regulator test on edges and pruning were measured earlier and are
+not regenerated here: [earlier_findings.md](earlier_findings.md).
 """]
     write_text(Path(args.out), "".join(doc))
     print(f"wrote {args.out}")

@@ -179,6 +179,8 @@ def test_explain_bad_input_is_one_line(tiny, extra, message):
 def test_explain_without_a_prompt_or_a_head_is_one_line(tiny):
     model, _, _ = tiny
     assert_one_line_error(invoke("explain", "--model", model, "--target", " anna"), "explain needs --prompt")
+    assert_one_line_error(invoke("explain", "--model", model, "--prompt", PROMPT, "--target", " anna", "--foil", " bert",
+                                 "--json", "x.json"), "--json writes explain --attention's tables")
 
 
 def test_explain_attention_over_a_task_prints_senders_and_draws_them(tiny, tmp_path):
@@ -187,9 +189,9 @@ def test_explain_attention_over_a_task_prints_senders_and_draws_them(tiny, tmp_p
     from cortexmap.tasks import load_task_file
 
     model, tasks, _ = tiny
-    path = tmp_path / "attention.html"
+    path, saved = tmp_path / "attention.html", tmp_path / "attention.json"
     out = assert_ok(invoke("explain", "--model", model, "--attention", "L2H1", "--task-file", tasks, "--prompts", "6",
-                           "--top", "5", "--out", path))
+                           "--top", "5", "--out", path, "--json", saved))
     assert "L2H1: A(target token) - A(foil token) at query position -1 =" in out and "over 6 prompts" in out
     assert "query side" in out and "key side" in out and "95% CI over prompts" in out and f"wrote {path}" in out
     handle = load_model(str(model))
@@ -200,6 +202,12 @@ def test_explain_attention_over_a_task_prints_senders_and_draws_them(tiny, tmp_p
     for r in ex.senders.head(5).itertuples():
         assert f"{r.effect:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" in out
         assert in_html(f"{r.sender} → {r.receiver} ({r.side} side of L2H1)", page)
+    record = json.loads(saved.read_text())  # the same tables, for scripts
+    assert record["head"] == "L2H1" and len(record["prompts"]) == 6 and len(record["senders"]) == len(ex.senders)
+    assert [(r["sender"], r["side"]) for r in record["senders"]] == list(zip(ex.senders["sender"], ex.senders["side"]))
+    assert [r["effect"] for r in record["senders"]] == pytest.approx(list(ex.senders["effect"]), abs=1e-9)
+    assert {r["side"]: r["effect"] for r in record["totals"]} == pytest.approx(
+        dict(zip(ex.totals["side"], ex.totals["effect"])), abs=1e-9)
 
 
 def test_explain_attention_on_one_prompt_has_no_intervals(tiny):

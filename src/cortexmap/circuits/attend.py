@@ -25,6 +25,7 @@ L23H3 (``U = 231``), 16 IOI prompts: about 16 s on one CPU thread.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,17 @@ class AttentionExplanation:
         term = (lambda what: f"log A({what})") if self.metric == "log-weight" else (lambda what: f"A({what})")
         text = term(self.key)
         return text if self.contrast is None else f"{text} - {term(self.contrast)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the head, metric, key positions, clean interval, the screen's Spearman, ``totals``,
+        ``senders`` and ``prompts`` as lists of records, ``arguments`` and ``timings`` (no per-prompt rows,
+        no graph)."""
+        records = lambda frame: json.loads(frame.to_json(orient="records"))  # noqa: E731  (NaN -> null)
+        return {"head": self.head, "metric": self.metric, "described": self.describe_metric(), "key": self.key,
+                "contrast": self.contrast, "clean": self.clean, "clean_low": self.clean_low,
+                "clean_high": self.clean_high, "screen_spearman": self.screen_spearman,
+                "totals": records(self.totals), "senders": records(self.senders), "prompts": records(self.prompts),
+                "arguments": self.arguments, "timings": self.timings}
 
     def figure(self, top: int = 24) -> Any:
         """The ``top`` senders by ``|effect|`` drawn as edges into the head's query and its KV group's key.

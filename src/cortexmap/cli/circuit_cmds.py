@@ -278,12 +278,14 @@ def explain(
         help="--attention: what a patched sender carries: corrupt | mean")] = "corrupt",
     metric: Annotated[str, typer.Option(
         help="--attention: weight | log-weight (of the attention on the key positions)")] = "weight",
+    json_out: Annotated[str | None, typer.Option(
+        "--json", help="--attention: also write the senders, totals and prompts as JSON here")] = None,
 ) -> None:
     """Explain one decision (the heads and paths that carried the target over the foil), or with --attention why a
     head attends where it does."""
     if attention is not None:
         _explain_attention(model, attention, prompt, target, foil, corrupt, task, task_file, prompts, seed, key,
-                           contrast, query, ablation, metric, device, top, out)
+                           contrast, query, ablation, metric, device, top, out, json_out)
         return
     from cortexmap.circuits.explain import explain_decision
     from cortexmap.errors import CortexmapError
@@ -291,6 +293,8 @@ def explain(
     def go():
         if prompt is None or target is None or foil is None:
             raise CortexmapError("explain needs --prompt, --target and --foil (or --attention HEAD to explain a head)")
+        if json_out is not None:
+            raise CortexmapError("--json writes explain --attention's tables; for a decision, draw it with --out")
         if out is not None:
             from cortexmap.report.export import figure_format
 
@@ -326,7 +330,7 @@ def _position(text: str | None) -> int | str | None:
 def _explain_attention(model: str, head: str, prompt: str | None, target: str | None, foil: str | None,
                        corrupt: str | None, task: str | None, task_file: str | None, prompts: int, seed: int,
                        key: str | None, contrast: str | None, query: int, ablation: str, metric: str, device: str,
-                       top: int, out: str | None) -> None:
+                       top: int, out: str | None, json_out: str | None = None) -> None:
     """``explain --attention``: every upstream sender's exact effect on the head's attention, per side."""
     import time
 
@@ -362,6 +366,10 @@ def _explain_attention(model: str, head: str, prompt: str | None, target: str | 
         ex = explain_attention(handle, source, head, key=_position(key), contrast=_position(contrast), query=query,
                                corrupt=corrupt, ablation=ablation, metric=metric, seed=seed, progress=_say)
         path = None if out is None else ex.save(out)
+        if json_out is not None:
+            from cortexmap.atomic import write_json
+
+            write_json(ex.to_dict() | {"model": handle.spec}, json_out)
         return ex, path, time.perf_counter() - tic
 
     ex, path, seconds = run_guarded(go)
@@ -384,7 +392,8 @@ def _explain_attention(model: str, head: str, prompt: str | None, target: str | 
                   "against the exact effects", soft_wrap=True)
     if ex.arguments.get("n_dropped"):
         console.print(f"{ex.arguments['n_dropped']} prompts alone in their token length were left out (mean ablation)")
-    console.print(f"took {seconds:.0f} s" + (f"; wrote {path}" if path else ""), soft_wrap=True)
+    wrote = ", ".join(str(p) for p in (path, json_out) if p)
+    console.print(f"took {seconds:.0f} s" + (f"; wrote {wrote}" if wrote else ""), soft_wrap=True)
 
 
 @app.command()
