@@ -145,6 +145,36 @@ def run_facts(results) -> str:  # noqa: ANN001
     return text
 
 
+def task_facts(results) -> str:  # noqa: ANN001
+    """Each metric and the tasks scored by it; the pairs a task dropped, and why."""
+    tasks = results.manifest.get("tasks", {})
+    by: dict[str, list[str]] = {}
+    for name, v in tasks.items():
+        by.setdefault(str(v.get("metric")), []).append(name)
+    text = "; ".join(f"`{metric}` ({len(names)}): {', '.join(names)}" for metric, names in by.items())
+    dropped = {n: v["dropped"] for n, v in tasks.items() if v.get("dropped")}
+    return text + (". Pairs left out before sampling: " + "; ".join(
+        f"{n} {', '.join(f'{k} {c}' for k, c in d.items())}" for n, d in dropped.items()) if dropped
+        else ". No task left a pair out") + "."
+
+
+def tasks_flag(truth, default) -> str:  # noqa: ANN001
+    """`` --no-probes --tasks a,b`` where the truth holds some of the default map's tasks, else nothing."""
+    tasks, every = list(truth.manifest.get("tasks", {})), list(default.manifest.get("tasks", {}))
+    return "" if set(every) <= set(tasks) else f" --no-probes --tasks {','.join(tasks)}"
+
+
+def truth_facts(truth, default) -> str:  # noqa: ANN001
+    """The exact map's facts; where it holds some of the default map's tasks, which and why."""
+    tasks, every = list(truth.manifest.get("tasks", {})), list(default.manifest.get("tasks", {}))
+    if set(every) <= set(tasks):
+        return run_facts(truth)
+    return (f"{run_facts(truth)}. This truth holds {len(tasks)} of the {len(every)} tasks ({', '.join(tasks)}): "
+            "those whose answers or metric changed with answers of any length and answer sets, and those of the "
+            "earlier claims below; the other tasks' recall was measured on the full truth before that change "
+            "(git history of this file)")
+
+
 def markdown(frame: pd.DataFrame) -> str:
     """A DataFrame as a Markdown table (cells as they are)."""
     rows = [list(frame.columns), ["---"] * len(frame.columns), *frame.astype(str).to_numpy().tolist()]
@@ -233,10 +263,10 @@ def main() -> None:
     atlases = {}
     for name, res in (("default", default), ("exact", exact), ("gemma", gemma)):
         stored = load_atlas(res)
-        if stored is None:
+        if stored is None and name != "exact":
             raise SystemExit(f"{res.root}: run `cortexmap analyze {res.root}` first")
         atlases[name] = stored
-    levels = {t: v.get("level", "") for t, v in exact.manifest.get("tasks", {}).items()}
+    levels = {t: v.get("level", "") for t, v in default.manifest.get("tasks", {}).items()}
     table, by_iv = recall_table(exact.effects, default.effects, levels)
     gemma_table, gemma_by_iv = recall_table(gemma_exact.effects, gemma.effects, levels)
     comparison = compare_runs([args.smollm2, args.gemma])
@@ -253,14 +283,13 @@ results: nothing here is copied from it. All runs: this project's 2-core CPU, fp
 ```bash
 /usr/bin/time -v cortexmap map --out {args.smollm2}                  # the default: patch + mean, screen + verification + audit
 cortexmap analyze {args.smollm2} --regulators --redundancy
-cortexmap map --method exact --interventions patch,mean --out {args.exact}   # every head on every prompt: the truth
-cortexmap analyze {args.exact}
-cortexmap map --tasks subject_verb_agreement,ioi,arithmetic --interventions zero --method exact --no-probes --out {args.zero}
+cortexmap map --method exact --interventions patch,mean{tasks_flag(exact, default)} --out {args.exact}   # every head on every prompt: the truth
+""" + (f"cortexmap analyze {args.exact}\n" if atlases["exact"] is not None else "") + f"""cortexmap map --tasks subject_verb_agreement,ioi,arithmetic --interventions zero --method exact --no-probes --out {args.zero}
 /usr/bin/time -v cortexmap map --model gemma3-270m --out {args.gemma}
 cortexmap analyze {args.gemma}
-cortexmap map --model gemma3-270m --method exact --interventions patch,mean --no-probes --out {args.gemma_exact}
+cortexmap map --model gemma3-270m --method exact --interventions patch,mean --no-probes{tasks_flag(gemma_exact, gemma).replace(" --no-probes", "")} --out {args.gemma_exact}
 cortexmap compare {args.smollm2} {args.gemma}
-""" + (f"""cortexmap map --tasks ioi --prompts 32 --no-probes --out {args.circuit}
+""" + (f"""cortexmap map --tasks ioi --prompts 24 --no-probes --out {args.circuit}
 cortexmap circuit {args.circuit} --task ioi --rankings eap,eap-ig,eap-ig-edges
 cortexmap circuit {args.circuit} --task ioi --protocol mib --rankings eap,eap-ig
 """ if args.circuit else "") + (f"""cortexmap explain --model smollm2-135m --attention L23H3 --task ioi --json {args.attention}
@@ -287,7 +316,11 @@ called off-distribution wherever it is reported.
 
 Default map: {run_facts(default)}; wall clock {wall or 'not recorded'} (model already cached).
 
-Truth: {run_facts(exact)}.
+Truth: {truth_facts(exact, default)}.
+
+Metrics (`logit_diff`: one-token target and foil; `logprob_diff`: answers of several tokens, the
+teacher-forced log-probability difference; `prob_diff`: answer sets, probability mass of the valid
+answers minus the invalid ones): {task_facts(default)}
 
 ### The default map against the truth
 
@@ -306,7 +339,7 @@ The atlas published before this one named roles from zero-ablation harm alone. R
 (normalised effect = change of the logit difference / |clean logit difference|, 95% bootstrap
 interval over prompts; zero from `{args.zero}`, the others from the exact truth):
 
-{earlier_table(exact.effects, zero, atlases['exact'][0])}
+{earlier_table(exact.effects, zero, atlases['default'][0])}
 
 A head whose zero-ablation harm vanishes under mean ablation and patching was taken off its
 distribution, not found to carry the task: it is no longer named. A mechanistic name now needs
@@ -321,14 +354,16 @@ causal test.
 ### The atlas of the default map (`cortexmap analyze {args.smollm2}`)
 
 {findings_blocks(atlases['default'][1].findings())}
-### The atlas of the truth, for comparison (`cortexmap analyze {args.exact}`)
+""" + (f"""### The atlas of the truth, for comparison (`cortexmap analyze {args.exact}`)
 
-{findings_blocks([f for f in atlases['exact'][1].findings() if f.kind not in ('errs_unit', 'role_evidence', 'band', 'depth_step', 'level_depth', 'disagreement', 'redundancy_pair')])}
+{findings_blocks([f for f in atlases['exact'][1].findings() if f.kind not in ('errs_unit', 'role_evidence', 'band', 'depth_step', 'level_depth', 'disagreement', 'redundancy_pair')])}""" if atlases["exact"] is not None else "") + f"""
 ## Gemma-3-270M
 
 Default map: {run_facts(gemma)}; wall clock {gemma_wall or 'not recorded'}.
 
-Truth: {run_facts(gemma_exact)}.
+Truth: {truth_facts(gemma_exact, gemma)}.
+
+Metrics: {task_facts(gemma)}
 
 ### The default map against the truth
 
