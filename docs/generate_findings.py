@@ -181,6 +181,25 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows)
 
 
+def clean_of(run_dir: str, task: str, protocol: str) -> str:
+    """Mean clean metric over a traced task's discovery prompts, with its 95% bootstrap interval."""
+    from cortexmap.stats import bootstrap_cis
+
+    rows = pd.read_parquet(Path(run_dir) / "circuit_prompts.parquet")
+    rows = rows[(rows["task"] == task) & (rows["protocol"] == protocol)].drop_duplicates("prompt")
+    low, high = bootstrap_cis(rows[["clean"]].to_numpy(dtype=float))
+    return f"{rows['clean'].mean():+.3f} [{low[0]:+.3f}, {high[0]:+.3f}] over {len(rows)} prompts"
+
+
+def strongest(edges: pd.DataFrame, screen: str, top: int = 8) -> pd.DataFrame:
+    """The ``top`` verified edges by |exact effect|: edge, screen score, effect [95% CI]."""
+    rows = edges.reindex(edges["effect"].abs().sort_values(ascending=False, kind="stable").index).head(top)
+    return pd.DataFrame({"edge": [f"{r.sender} -> {r.receiver}.{r.kind}" for r in rows.itertuples()],
+                         screen: [f"{v:+.3f}" for v in rows["score"]],
+                         "exact effect [95% CI]": [f"{r.effect:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+                                                   for r in rows.itertuples()]})
+
+
 def circuit_section(run_dir: str, task: str, attention: str | None) -> str:
     """The circuit of ``task`` under both protocols (held-out beside in-sample, paired differences), and a head's
     attention explained (``explain --attention --json``)."""
@@ -190,6 +209,8 @@ def circuit_section(run_dir: str, task: str, attention: str | None) -> str:
     from cortexmap.cli.circuit_cmds import _counted, difference_rows, summary_rows
 
     manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    edges = pd.read_parquet(Path(run_dir) / "circuit.parquet")
+    edges = edges[(edges["task"] == task) & (edges["method"] == "exact")]
     out = []
     for protocol in ("cortexmap", "mib"):
         entry = manifest.get("circuits", {}).get(circuit_key(task, protocol))
@@ -221,6 +242,11 @@ exactly; grid {grid}; judged on {args['n_heldout']} held-out prompts (screen and
 Paired differences between rankings on the held-out prompts (a - b, bootstrap over the same prompts):
 
 {markdown(difference_rows(result, 'heldout'))}
+
+The strongest verified edges (exact effect of patching the edge alone, patched - clean, on the discovery prompts;
+their mean clean logit difference is {clean_of(run_dir, task, protocol)}):
+
+{markdown(strongest(edges[edges["protocol"] == protocol], args["screen"]))}
 """)
     if attention and Path(attention).exists():
         ex = json.loads(Path(attention).read_text())
