@@ -200,6 +200,15 @@ def strongest(edges: pd.DataFrame, screen: str, top: int = 8) -> pd.DataFrame:
                                                    for r in rows.itertuples()]})
 
 
+def leaning(ex: dict) -> str:
+    """Which key positions a head's clean attention contrast favours, from its interval."""
+    if ex["clean_low"] > 0:
+        return "the target's positions more than the foil's"
+    if ex["clean_high"] < 0:
+        return "the foil's positions more than the target's"
+    return "neither side more than the other (the interval holds 0)"
+
+
 def circuit_section(run_dir: str, task: str, attention: str | None) -> str:
     """The circuit of ``task`` under both protocols (held-out beside in-sample, paired differences), and a head's
     attention explained (``explain --attention --json``)."""
@@ -258,9 +267,9 @@ their mean clean logit difference is {clean_of(run_dir, task, protocol)}):
         args = ex["arguments"]
         out.append(f"""#### Why {ex['head']} attends where it does (`cortexmap explain --attention {ex['head']} --task {task}`)
 
-{ex['described']} at the last position ({ex['key']}{'' if ex['contrast'] is None else ' against ' + ex['contrast']}),
-{len(ex['prompts'])} {task} prompts: {ex['clean']:+.3f} [{ex['clean_low']:+.3f}, {ex['clean_high']:+.3f}] on the clean
-prompts. Every upstream sender patched from the corrupt prompt ({args['ablation']} ablation) moves it by
+{ex['described']} at the last position, {len(ex['prompts'])} {task} prompts (on IOI the target is the indirect
+object, the foil the subject, both of its mentions): {ex['clean']:+.3f} [{ex['clean_low']:+.3f}, {ex['clean_high']:+.3f}]
+on the clean prompts, i.e. the head attends {leaning(ex)}. Every upstream sender patched from the corrupt prompt ({args['ablation']} ablation) moves it by
 {sides['both']}: query side {sides['query']}, key side {sides['key']}. The strongest single senders, each patched
 alone on one side (EAP ranks all {len(ex['senders'])} sender-sides with Spearman {ex['screen_spearman']:.2f} against these):
 
@@ -320,7 +329,8 @@ cortexmap circuit {args.circuit} --task ioi --rankings eap,eap-ig,eap-ig-edges
 cortexmap circuit {args.circuit} --task ioi --protocol mib --rankings eap,eap-ig
 """ if args.circuit else "") + (f"""cortexmap explain --model smollm2-135m --attention L23H3 --task ioi --json {args.attention}
 """ if args.attention else "") + f"""python docs/generate_findings.py --smollm2 {args.smollm2} --exact {args.exact} --zero {args.zero} --gemma {args.gemma} \\
-    --gemma-exact {args.gemma_exact} --time-log {args.time_log} --gemma-time-log {args.gemma_time_log}""" + (
+    --gemma-exact {args.gemma_exact} --time-log {args.time_log}""" + (
+    f" --gemma-time-log {args.gemma_time_log}" if args.gemma_time_log else "") + (
     f" \\\n    --circuit {args.circuit}" if args.circuit else "") + (
     f" --attention {args.attention}" if args.attention else "") + f"""
 ```
