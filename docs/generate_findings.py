@@ -164,14 +164,14 @@ def tasks_flag(truth, default) -> str:  # noqa: ANN001
     return "" if set(every) <= set(tasks) else f" --no-probes --tasks {','.join(tasks)}"
 
 
-def truth_facts(truth, default) -> str:  # noqa: ANN001
+def truth_facts(truth, default, earlier: bool = True) -> str:  # noqa: ANN001
     """The exact map's facts; where it holds some of the default map's tasks, which and why."""
     tasks, every = list(truth.manifest.get("tasks", {})), list(default.manifest.get("tasks", {}))
     if set(every) <= set(tasks):
         return run_facts(truth)
     return (f"{run_facts(truth)}. This truth holds {len(tasks)} of the {len(every)} tasks ({', '.join(tasks)}): "
-            "those whose answers or metric changed with answers of any length and answer sets, and those of the "
-            "earlier claims below; the other tasks' recall was measured on the full truth before that change "
+            "those whose answers or metric changed with answers of any length and answer sets"
+            + (", and those of the earlier claims below" if earlier else "") + "; the other tasks' recall was measured on the full truth before that change "
             "(git history of this file)")
 
 
@@ -397,7 +397,7 @@ causal test.
 
 Default map: {run_facts(gemma)}; wall clock {gemma_wall or 'not recorded'}.
 
-Truth: {truth_facts(gemma_exact, gemma)}.
+Truth: {truth_facts(gemma_exact, gemma, earlier=False)}.
 
 Metrics: {task_facts(gemma)}
 
