@@ -158,18 +158,25 @@ def task_facts(results) -> str:  # noqa: ANN001
         else ". No task left a pair out") + "."
 
 
+def partial_tasks(truth, default) -> list[str] | None:  # noqa: ANN001
+    """The truth's tasks where it holds only some of the default map's, else None."""
+    tasks = list(truth.manifest.get("tasks", {}))
+    return None if set(default.manifest.get("tasks", {})) <= set(tasks) else tasks
+
+
 def tasks_flag(truth, default) -> str:  # noqa: ANN001
-    """`` --no-probes --tasks a,b`` where the truth holds some of the default map's tasks, else nothing."""
-    tasks, every = list(truth.manifest.get("tasks", {})), list(default.manifest.get("tasks", {}))
-    return "" if set(every) <= set(tasks) else f" --no-probes --tasks {','.join(tasks)}"
+    """`` --tasks a,b`` where the truth holds some of the default map's tasks, else nothing."""
+    tasks = partial_tasks(truth, default)
+    return "" if tasks is None else f" --tasks {','.join(tasks)}"
 
 
 def truth_facts(truth, default, earlier: bool = True) -> str:  # noqa: ANN001
     """The exact map's facts; where it holds some of the default map's tasks, which and why."""
-    tasks, every = list(truth.manifest.get("tasks", {})), list(default.manifest.get("tasks", {}))
-    if set(every) <= set(tasks):
+    tasks = partial_tasks(truth, default)
+    if tasks is None:
         return run_facts(truth)
-    return (f"{run_facts(truth)}. This truth holds {len(tasks)} of the {len(every)} tasks ({', '.join(tasks)}): "
+    every = len(default.manifest.get("tasks", {}))
+    return (f"{run_facts(truth)}. This truth holds {len(tasks)} of the {every} tasks ({', '.join(tasks)}): "
             "those whose answers or metric changed with answers of any length and answer sets"
             + (", and those of the earlier claims below" if earlier else "") + "; the other tasks' recall was measured on the full truth before that change "
             "(git history of this file)")
@@ -209,9 +216,8 @@ def leaning(ex: dict) -> str:
     return "neither side more than the other (the interval holds 0)"
 
 
-def circuit_section(run_dir: str, task: str, attention: str | None) -> str:
-    """The circuit of ``task`` under both protocols (held-out beside in-sample, paired differences), and a head's
-    attention explained (``explain --attention --json``)."""
+def circuit_section(run_dir: str, task: str) -> str:
+    """The circuit of ``task`` under both protocols: held-out beside in-sample, paired differences, strongest edges."""
     from types import SimpleNamespace
 
     from cortexmap.circuits.store import circuit_key
@@ -257,25 +263,30 @@ their mean clean logit difference is {clean_of(run_dir, task, protocol)}):
 
 {markdown(strongest(edges[edges["protocol"] == protocol], args["screen"]))}
 """)
-    if attention and Path(attention).exists():
-        ex = json.loads(Path(attention).read_text())
-        cell = lambda r, f="{:+.3f}": f"{f.format(r['effect'])} [{f.format(r['ci_low'])}, {f.format(r['ci_high'])}]"  # noqa: E731
-        sides = {r["side"]: cell(r) for r in ex["totals"]}
-        top = pd.DataFrame([{"sender": r["sender"], "side": r["side"], "exact effect [95% CI]": cell(r, "{:+.4f}"),
-                             "share of the total": f"{r['share']:+.2f}", "EAP (screen)": f"{r['eap']:+.4f}"}
-                            for r in ex["senders"][:12]])
-        args = ex["arguments"]
-        out.append(f"""#### Why {ex['head']} attends where it does (`cortexmap explain --attention {ex['head']} --task {task}`)
+    return "\n".join(out)
+
+
+def attention_section(attention: str, task: str) -> str:
+    """A head's attention explained (``explain --attention --json``): clean contrast, totals per side, senders."""
+    from cortexmap.cli.circuit_cmds import _interval
+
+    ex = json.loads(Path(attention).read_text())
+    cell = lambda r, fmt="{:+.3f}": _interval(r["effect"], r["ci_low"], r["ci_high"], fmt)  # noqa: E731
+    sides = {r["side"]: cell(r) for r in ex["totals"]}
+    top = pd.DataFrame([{"sender": r["sender"], "side": r["side"], "exact effect [95% CI]": cell(r, "{:+.4f}"),
+                         "share of the total": f"{r['share']:+.2f}", "EAP (screen)": f"{r['eap']:+.4f}"}
+                        for r in ex["senders"][:12]])
+    args = ex["arguments"]
+    return f"""#### Why {ex['head']} attends where it does (`cortexmap explain --attention {ex['head']} --task {task}`)
 
 {ex['described']} at the last position, {len(ex['prompts'])} {task} prompts (on IOI the target is the indirect
-object, the foil the subject, both of its mentions): {ex['clean']:+.3f} [{ex['clean_low']:+.3f}, {ex['clean_high']:+.3f}]
+object, the foil the subject, both of its mentions): {_interval(ex['clean'], ex['clean_low'], ex['clean_high'], '{:+.3f}')}
 on the clean prompts, i.e. the head attends {leaning(ex)}. Every upstream sender patched from the corrupt prompt ({args['ablation']} ablation) moves it by
 {sides['both']}: query side {sides['query']}, key side {sides['key']}. The strongest single senders, each patched
 alone on one side (EAP ranks all {len(ex['senders'])} sender-sides with Spearman {ex['screen_spearman']:.2f} against these):
 
 {markdown(top)}
-""")
-    return "\n".join(out)
+"""
 
 
 def main() -> None:
@@ -318,11 +329,11 @@ results: nothing here is copied from it. All runs: this project's 2-core CPU, fp
 ```bash
 /usr/bin/time -v cortexmap map --out {args.smollm2}                  # the default: patch + mean, screen + verification + audit
 cortexmap analyze {args.smollm2} --regulators --redundancy
-cortexmap map --method exact --interventions patch,mean{tasks_flag(exact, default)} --out {args.exact}   # every head on every prompt: the truth
+cortexmap map --method exact --interventions patch,mean{'' if partial_tasks(exact, default) is None else ' --no-probes'}{tasks_flag(exact, default)} --out {args.exact}   # every head on every prompt: the truth
 """ + (f"cortexmap analyze {args.exact}\n" if atlases["exact"] is not None else "") + f"""cortexmap map --tasks subject_verb_agreement,ioi,arithmetic --interventions zero --method exact --no-probes --out {args.zero}
 /usr/bin/time -v cortexmap map --model gemma3-270m --out {args.gemma}
 cortexmap analyze {args.gemma}
-cortexmap map --model gemma3-270m --method exact --interventions patch,mean --no-probes{tasks_flag(gemma_exact, gemma).replace(" --no-probes", "")} --out {args.gemma_exact}
+cortexmap map --model gemma3-270m --method exact --interventions patch,mean --no-probes{tasks_flag(gemma_exact, gemma)} --out {args.gemma_exact}
 cortexmap compare {args.smollm2} {args.gemma}
 """ + (f"""cortexmap map --tasks ioi --prompts 24 --no-probes --out {args.circuit}
 cortexmap circuit {args.circuit} --task ioi --rankings eap,eap-ig,eap-ig-edges
@@ -428,7 +439,8 @@ integrates along the edge-weight path; `verified` is the screen with the verifie
 effects in their place. CPR: area under the faithfulness curve (higher better); CMD: area between
 the curve and 1 (lower better); random: the mean of the draws, their spread in parentheses.
 
-{circuit_section(args.circuit, "ioi", args.attention)}""" if args.circuit else "") + """
+{circuit_section(args.circuit, "ioi")}""" if args.circuit else "") + (
+    "\n" + attention_section(args.attention, "ioi") if args.attention else "") + """
 Why the model errs on edges, the regulator test on edges and pruning were measured earlier and are
 not regenerated here: [earlier_findings.md](earlier_findings.md).
 """]

@@ -330,7 +330,7 @@ def _position(text: str | None) -> int | str | None:
 def _explain_attention(model: str, head: str, prompt: str | None, target: str | None, foil: str | None,
                        corrupt: str | None, task: str | None, task_file: str | None, prompts: int, seed: int,
                        key: str | None, contrast: str | None, query: int, ablation: str, metric: str, device: str,
-                       top: int, out: str | None, json_out: str | None = None) -> None:
+                       top: int, out: str | None, json_out: str | None) -> None:
     """``explain --attention``: every upstream sender's exact effect on the head's attention, per side."""
     import time
 
